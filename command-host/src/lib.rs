@@ -1,0 +1,2 @@
+//! Sourcegram command-host (being built).
+#![forbid(unsafe_code)]

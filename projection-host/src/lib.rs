@@ -1,0 +1,2 @@
+//! Sourcegram projection-host (being built).
+#![forbid(unsafe_code)]

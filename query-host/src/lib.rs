@@ -1,0 +1,2 @@
+//! Sourcegram query-host (being built).
+#![forbid(unsafe_code)]
