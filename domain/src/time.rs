@@ -192,3 +192,24 @@ mod tests {
         }
     }
 }
+
+impl From<Timestamp> for std::time::SystemTime {
+    fn from(t: Timestamp) -> Self {
+        let offset = std::time::Duration::from_millis(t.0.unsigned_abs());
+        if t.0 >= 0 {
+            std::time::UNIX_EPOCH + offset
+        } else {
+            std::time::UNIX_EPOCH - offset
+        }
+    }
+}
+
+impl From<std::time::SystemTime> for Timestamp {
+    /// Converting an instant is not reading a clock: the caller brings the value.
+    fn from(t: std::time::SystemTime) -> Self {
+        match t.duration_since(std::time::UNIX_EPOCH) {
+            Ok(after) => Self(i64::try_from(after.as_millis()).unwrap_or(i64::MAX)),
+            Err(before) => Self(-i64::try_from(before.duration().as_millis()).unwrap_or(i64::MAX)),
+        }
+    }
+}

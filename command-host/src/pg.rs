@@ -1,0 +1,170 @@
+//! A small PostgreSQL connection pool shared by every PostgreSQL adapter.
+//!
+//! Connections are opened lazily up to a bound, each with its own cache of
+//! prepared statements, and dropped when PostgreSQL closed them (after a server
+//! restart the next checkout simply reconnects).
+
+use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::{Client, Config, NoTls, Statement};
+
+/// A bounded pool of PostgreSQL connections. Cloning shares the pool.
+#[derive(Clone)]
+pub struct PgPool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    idle: Mutex<Vec<PgConn>>,
+    permits: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for PgPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgPool")
+            .field("available", &self.inner.permits.available_permits())
+            .finish()
+    }
+}
+
+/// One connection and the statements prepared on it.
+#[derive(Debug)]
+pub struct PgConn {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+impl PgConn {
+    /// The statement for `sql`, prepared once per connection.
+    pub async fn prepared(
+        &mut self,
+        sql: &'static str,
+    ) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql).await?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+impl Deref for PgConn {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl DerefMut for PgConn {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+/// A checked-out connection; it returns to the pool when dropped, unless closed.
+pub struct PooledConn {
+    conn: Option<PgConn>,
+    pool: Arc<Inner>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl std::fmt::Debug for PooledConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledConn").field("conn", &self.conn).finish()
+    }
+}
+
+impl Deref for PooledConn {
+    type Target = PgConn;
+    fn deref(&self) -> &PgConn {
+        // `conn` is only taken in `drop`.
+        self.conn.as_ref().expect("connection present until drop")
+    }
+}
+
+impl DerefMut for PooledConn {
+    fn deref_mut(&mut self) -> &mut PgConn {
+        self.conn.as_mut().expect("connection present until drop")
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && !conn.client.is_closed()
+            && let Ok(mut idle) = self.pool.idle.lock()
+        {
+            idle.push(conn);
+        }
+    }
+}
+
+impl PgPool {
+    /// A pool of at most `max_size` connections. Connects lazily.
+    pub fn new(config: Config, max_size: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                idle: Mutex::new(Vec::new()),
+                permits: Arc::new(Semaphore::new(max_size.max(1))),
+            }),
+        }
+    }
+
+    /// Parses a `postgres://` URL (or key=value string) into a pool.
+    pub fn from_url(url: &str, max_size: usize) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self::new(url.parse::<Config>()?, max_size))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Waits for a free slot, then hands out an idle connection or opens one.
+    pub async fn get(&self) -> Result<PooledConn, tokio_postgres::Error> {
+        // The semaphore is never closed, so acquiring can only wait, not fail.
+        let permit = Arc::clone(&self.inner.permits)
+            .acquire_owned()
+            .await
+            .expect("pool semaphore is never closed");
+        let idle = self.inner.idle.lock().ok().and_then(|mut idle| {
+            loop {
+                match idle.pop() {
+                    Some(conn) if conn.client.is_closed() => continue,
+                    other => break other,
+                }
+            }
+        });
+        let conn = match idle {
+            Some(conn) => conn,
+            None => self.connect().await?,
+        };
+        Ok(PooledConn {
+            conn: Some(conn),
+            pool: Arc::clone(&self.inner),
+            _permit: permit,
+        })
+    }
+
+    async fn connect(&self) -> Result<PgConn, tokio_postgres::Error> {
+        let (client, connection) = self.inner.config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "postgres connection closed");
+            }
+        });
+        Ok(PgConn {
+            client,
+            statements: HashMap::new(),
+        })
+    }
+}

@@ -1,0 +1,92 @@
+//! The command records port: what the write side remembers besides events.
+//! Idempotency records (so a retried write answers the same and changes nothing,
+//! across restarts) and the stream registry (each post's author, last version and
+//! whether it is deleted), which can be repaired from the event store.
+
+use std::future::Future;
+
+use domain::{PostId, Timestamp, UserId, Version};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordsError {
+    #[error("command records unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored record is unreadable: {0}")]
+    Corrupt(String),
+}
+
+/// The response a completed idempotent request gave, replayed on a retry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub status: u16,
+    pub location: Option<String>,
+    pub body: String,
+}
+
+/// The outcome of claiming an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyClaim {
+    /// The key was free (or its earlier claim went stale): this request owns it.
+    Claimed,
+    /// A request with this key and the same fingerprint completed: answer this.
+    Completed(StoredResponse),
+    /// A request with this key and the same fingerprint is still running.
+    InProgress,
+    /// The key was used with another request (method, path or body differ).
+    Mismatch,
+}
+
+/// One post in the stream registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamHead {
+    pub post_id: PostId,
+    pub author: UserId,
+    pub version: Version,
+    pub deleted: bool,
+    pub updated_at: Timestamp,
+}
+
+pub trait CommandRecords: Send + Sync {
+    /// Claims `key` for `user`'s request whose fingerprint (a hash of method,
+    /// path and body) is `fingerprint`. Concurrent claims of one key: exactly one
+    /// gets `Claimed`. A claim older than `stale_after_ms` that never completed
+    /// (its host died) can be claimed again.
+    fn claim_idempotency_key(
+        &self,
+        user: &UserId,
+        key: &str,
+        fingerprint: &[u8; 32],
+        now: Timestamp,
+        stale_after_ms: i64,
+    ) -> impl Future<Output = Result<IdempotencyClaim, RecordsError>> + Send;
+
+    /// Stores the response of the request that holds the claim.
+    fn complete_idempotency_key(
+        &self,
+        user: &UserId,
+        key: &str,
+        response: &StoredResponse,
+    ) -> impl Future<Output = Result<(), RecordsError>> + Send;
+
+    /// Gives a claim back (the request failed before changing anything), so a
+    /// retry can run.
+    fn release_idempotency_key(
+        &self,
+        user: &UserId,
+        key: &str,
+    ) -> impl Future<Output = Result<(), RecordsError>> + Send;
+
+    /// Upserts a post's registry row; a row never moves back to a lower version.
+    fn record_stream_head(
+        &self,
+        head: &StreamHead,
+    ) -> impl Future<Output = Result<(), RecordsError>> + Send;
+
+    fn stream_head(
+        &self,
+        post_id: PostId,
+    ) -> impl Future<Output = Result<Option<StreamHead>, RecordsError>> + Send;
+
+    /// Cheap reachability check for `/readyz`.
+    fn ping(&self) -> impl Future<Output = Result<(), RecordsError>> + Send;
+}
