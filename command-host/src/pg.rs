@@ -79,7 +79,9 @@ pub struct PooledConn {
 
 impl std::fmt::Debug for PooledConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PooledConn").field("conn", &self.conn).finish()
+        f.debug_struct("PooledConn")
+            .field("conn", &self.conn)
+            .finish()
     }
 }
 

@@ -1,2 +1,6 @@
-//! Sourcegram projection-host (being built).
+//! Sourcegram's projection host: builds the PostgreSQL read model from Kafka.
+//!
+//! - [`schema`]: the read-model and notification tables.
 #![forbid(unsafe_code)]
+
+pub mod schema;
