@@ -214,15 +214,19 @@ impl Problem {
         self
     }
 
-    pub fn into_response(self) -> HttpResponse {
+    /// The `application/problem+json` body.
+    pub fn to_json(&self) -> String {
         let body = ProblemBody {
             type_uri: format!("/problems/{}", self.kind),
             title: self.status.canonical_reason().unwrap_or("Error"),
             status: self.status.as_u16(),
             detail: &self.detail,
         };
-        let bytes = serde_json::to_vec(&body).expect("a problem body always serializes");
-        let mut response = Response::new(Full::new(Bytes::from(bytes)));
+        serde_json::to_string(&body).expect("a problem body always serializes")
+    }
+
+    pub fn into_response(self) -> HttpResponse {
+        let mut response = Response::new(Full::new(Bytes::from(self.to_json())));
         *response.status_mut() = self.status;
         response.headers_mut().insert(
             CONTENT_TYPE,

@@ -1,20 +1,112 @@
 //! Sourcegram's command host: the write side.
 //!
-//! - [`http`]: the hyper accept loop, problem+json, JSON bodies (shared by all hosts).
-//! - [`auth`]: HMAC-signed bearer tokens (shared with the query host).
-//! - [`metrics`]: a small Prometheus registry (shared by all hosts).
+//! - [`app`]: the mediator and the write, history and health handlers.
+//! - [`routes`]: the URL space as a closed enum.
+//! - [`error`]: the host's errors and their one mapping to problem+json.
+//! - [`event_store`]: the `EventStore` port and its adapters.
+//! - [`records`]: the `CommandRecords` port (idempotency, stream registry) and its adapters.
+//! - [`publisher`] and [`relay`]: the outbox relay that publishes every event to Kafka.
+//! - [`config`]: configuration from the environment.
+//!
+//! Pieces the other hosts share live here too:
+//! - [`http`]: the hyper accept loop, problem+json, JSON bodies.
+//! - [`auth`]: HMAC-signed bearer tokens.
+//! - [`metrics`]: a small Prometheus registry.
+//! - [`pg`]: the PostgreSQL connection pool.
 //! - [`clock`]: where the hosts read the time.
-//! - [`event_store`]: the `EventStore` port (PostgreSQL and MongoDB adapters).
-//! - [`records`]: the `CommandRecords` port (PostgreSQL and SQL Server adapters).
-//! - [`pg`]: the PostgreSQL connection pool every PostgreSQL adapter uses.
 //! - [`testkit`]: fresh schemas and topics on the real services, for tests.
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod auth;
 pub mod clock;
+pub mod config;
+pub mod error;
 pub mod event_store;
 pub mod http;
 pub mod metrics;
 pub mod pg;
+pub mod publisher;
 pub mod records;
+pub mod relay;
+pub mod routes;
 pub mod testkit;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+use crate::app::{App, StreamSlots};
+use crate::auth::TokenKey;
+use crate::event_store::EventStore;
+use crate::http::ServerConfig;
+use crate::metrics::Metrics;
+use crate::publisher::KafkaPublisher;
+use crate::records::CommandRecords;
+use crate::relay::RelayConfig;
+
+/// What the command host runs on. The caller connects the stores and the
+/// producer, so tests can hand in fresh ones.
+#[derive(Debug)]
+pub struct CommandHostDeps<S, R> {
+    pub store: S,
+    pub records: R,
+    pub publisher: KafkaPublisher,
+    pub token_key: TokenKey,
+    pub server: ServerConfig,
+    pub relay: RelayConfig,
+    pub metrics: Metrics,
+}
+
+/// Serves the command host on `listener` and runs the outbox relay until
+/// `shutdown` completes; then drains requests and stops the relay.
+pub async fn run<S, R>(
+    listener: TcpListener,
+    deps: CommandHostDeps<S, R>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()>
+where
+    S: EventStore + 'static,
+    R: CommandRecords + 'static,
+{
+    let store = Arc::new(deps.store);
+    let relay_wake = Arc::new(Notify::new());
+    let (stop_relay, relay_stopped) = watch::channel(false);
+    let relay = tokio::spawn(relay::run_relay(
+        Arc::clone(&store),
+        deps.publisher.clone(),
+        Arc::clone(&relay_wake),
+        deps.metrics.clone(),
+        deps.relay,
+        relay_stopped,
+    ));
+    let app = Arc::new(App {
+        store,
+        records: deps.records,
+        publisher: deps.publisher,
+        relay_wake,
+        token_key: deps.token_key,
+        metrics: deps.metrics.clone(),
+        max_body_bytes: deps.server.max_body_bytes,
+        streams: StreamSlots::default(),
+    });
+    let served = http::serve(
+        listener,
+        deps.server,
+        deps.metrics,
+        move |request, context| {
+            let app = Arc::clone(&app);
+            async move { app.handle(request, context).await }
+        },
+        shutdown,
+    )
+    .await;
+    // Sending fails only if the relay already ended, which is what we want anyway.
+    let _ = stop_relay.send(true);
+    if let Err(error) = relay.await {
+        tracing::error!(%error, "outbox relay task failed");
+    }
+    served
+}

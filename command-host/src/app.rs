@@ -1,0 +1,611 @@
+//! The command host's mediator and handlers. A request becomes a closed
+//! [`CommandRequest`]; [`App::dispatch`] matches it to one handler each. Writes go
+//! load → decide → append, with per-post serialization inside this host and
+//! optimistic concurrency against other hosts.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use hyper::body::Incoming;
+use hyper::header::{ETAG, HeaderValue, IF_MATCH, LOCATION};
+use hyper::{HeaderMap, Method, Request, StatusCode};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use domain::{
+    CommandContext, CommentId, CommentText, EventEnvelope, EventMetadata, Message, Post,
+    PostCommand, PostId, UserId, Version, apply, decide,
+};
+
+use crate::auth::{self, TokenKey};
+use crate::clock;
+use crate::error::{CommandError, problem_for};
+use crate::event_store::{EventStore, StoreError};
+use crate::http::{self, HttpResponse, Problem, RequestContext};
+use crate::metrics::Metrics;
+use crate::publisher::KafkaPublisher;
+use crate::records::{CommandRecords, IdempotencyClaim, StoredResponse, StreamHead};
+use crate::routes::{Endpoint, route};
+
+/// A write that lost a race is retried against fresh state this many times.
+const MAX_ATTEMPTS: usize = 5;
+/// An idempotency claim whose request never finished may be taken over after this.
+const IDEMPOTENCY_STALE_MS: i64 = 30_000;
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
+/// Cached post states kept before unused ones are dropped.
+const STREAM_CACHE_CAPACITY: usize = 10_000;
+
+/// Everything the command host can be asked, after routing and parsing.
+#[derive(Debug)]
+pub enum CommandRequest {
+    Write(WriteRequest),
+    History(PostId),
+    Healthz,
+    Readyz,
+    Metrics,
+}
+
+/// A command aimed at one post, with who asks and how.
+#[derive(Debug)]
+pub struct WriteRequest {
+    pub post_id: PostId,
+    pub command: PostCommand,
+    pub actor: UserId,
+    pub if_match: Option<Version>,
+    pub idempotency_key: Option<String>,
+    /// Hash of method, path and body: the same key must come with the same request.
+    pub fingerprint: [u8; 32],
+    pub request_id: Uuid,
+}
+
+/// A successful write, as the client sees it.
+#[derive(Debug)]
+struct Written {
+    status: StatusCode,
+    post_id: PostId,
+    comment_id: Option<CommentId>,
+    version: Version,
+}
+
+/// What a write may have done when it failed: whether events might have been
+/// appended decides if its idempotency claim may be given back.
+enum WriteFailure {
+    NothingAppended(CommandError),
+    MaybeAppended(CommandError),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageBody {
+    message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TextBody {
+    text: String,
+}
+
+/// Shared state of one command host.
+pub struct App<S, R> {
+    pub(crate) store: Arc<S>,
+    pub(crate) records: R,
+    pub(crate) publisher: KafkaPublisher,
+    pub(crate) relay_wake: Arc<Notify>,
+    pub(crate) token_key: TokenKey,
+    pub(crate) metrics: Metrics,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) streams: StreamSlots,
+}
+
+impl<S, R> std::fmt::Debug for App<S, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App").finish_non_exhaustive()
+    }
+}
+
+/// One async lock per post, holding its last known state. Writes to one post are
+/// serialized inside this host, so they do not race each other; the cached state
+/// spares a load before each write. Another host's write shows up as a conflict
+/// on append, which drops the cached state and reloads.
+#[derive(Debug, Default)]
+pub(crate) struct StreamSlots {
+    slots: Mutex<HashMap<PostId, Arc<tokio::sync::Mutex<Option<Post>>>>>,
+}
+
+impl StreamSlots {
+    fn slot(&self, post_id: PostId) -> Arc<tokio::sync::Mutex<Option<Post>>> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if slots.len() >= STREAM_CACHE_CAPACITY {
+            // Only slots nobody holds can go; their state is reloaded when needed.
+            slots.retain(|_, slot| Arc::strong_count(slot) > 1);
+        }
+        Arc::clone(slots.entry(post_id).or_default())
+    }
+}
+
+impl<S: EventStore, R: CommandRecords> App<S, R> {
+    /// Turns one HTTP request into a response. Never fails: errors become problems.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        context: RequestContext,
+    ) -> HttpResponse {
+        let endpoint = match route(request.method(), request.uri().path()) {
+            Ok(endpoint) => endpoint,
+            Err(problem) => return http::with_route(problem.into_response(), "unmatched"),
+        };
+        let response = match self.parse(endpoint, request, context).await {
+            Ok(parsed) => self.dispatch(parsed).await,
+            Err(error) => Err(error),
+        };
+        let response = response.unwrap_or_else(|error| problem_for(&error).into_response());
+        http::with_route(response, endpoint.label())
+    }
+
+    /// Authenticates and parses a request into a [`CommandRequest`].
+    async fn parse(
+        &self,
+        endpoint: Endpoint,
+        request: Request<Incoming>,
+        context: RequestContext,
+    ) -> Result<CommandRequest, CommandError> {
+        let post_id = match endpoint {
+            Endpoint::Healthz => return Ok(CommandRequest::Healthz),
+            Endpoint::Readyz => return Ok(CommandRequest::Readyz),
+            Endpoint::Metrics => return Ok(CommandRequest::Metrics),
+            Endpoint::CreatePost => PostId::from_uuid(Uuid::new_v4()),
+            Endpoint::EditMessage(id)
+            | Endpoint::LikePost(id)
+            | Endpoint::UnlikePost(id)
+            | Endpoint::AddComment(id)
+            | Endpoint::EditComment(id, _)
+            | Endpoint::RemoveComment(id, _)
+            | Endpoint::DeletePost(id)
+            | Endpoint::History(id) => id,
+        };
+        let actor = self
+            .token_key
+            .verify(auth::bearer(request.headers())?, clock::now())?;
+        if let Endpoint::History(id) = endpoint {
+            return Ok(CommandRequest::History(id));
+        }
+        let idempotency_key = idempotency_key(request.headers())?;
+        let if_match = if_match(request.headers())?;
+        let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+        let needs_body = matches!(
+            endpoint,
+            Endpoint::CreatePost
+                | Endpoint::EditMessage(_)
+                | Endpoint::AddComment(_)
+                | Endpoint::EditComment(..)
+        );
+        let body = if needs_body {
+            http::read_json_bytes(request, self.max_body_bytes).await?
+        } else {
+            Bytes::new()
+        };
+        let command = match endpoint {
+            Endpoint::CreatePost => PostCommand::CreatePost {
+                message: parse_message(&body)?,
+            },
+            Endpoint::EditMessage(_) => PostCommand::EditMessage {
+                message: parse_message(&body)?,
+            },
+            Endpoint::LikePost(_) => PostCommand::LikePost,
+            Endpoint::UnlikePost(_) => PostCommand::UnlikePost,
+            Endpoint::AddComment(_) => PostCommand::AddComment {
+                text: parse_text(&body)?,
+            },
+            Endpoint::EditComment(_, comment_id) => PostCommand::EditComment {
+                comment_id,
+                text: parse_text(&body)?,
+            },
+            Endpoint::RemoveComment(_, comment_id) => PostCommand::RemoveComment { comment_id },
+            Endpoint::DeletePost(_) => PostCommand::DeletePost,
+            Endpoint::History(_) | Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics => {
+                unreachable!("answered above")
+            }
+        };
+        Ok(CommandRequest::Write(WriteRequest {
+            post_id,
+            command,
+            actor,
+            if_match,
+            idempotency_key,
+            fingerprint: fingerprint(&method, &path, &body),
+            request_id: context.request_id,
+        }))
+    }
+
+    /// The mediator: one handler per request kind.
+    pub async fn dispatch(&self, request: CommandRequest) -> Result<HttpResponse, CommandError> {
+        match request {
+            CommandRequest::Write(write) => self.write_idempotently(write).await,
+            CommandRequest::History(post_id) => self.history(post_id).await,
+            CommandRequest::Healthz => Ok(http::healthz()),
+            CommandRequest::Readyz => Ok(self.readyz().await),
+            CommandRequest::Metrics => Ok(self.metrics().await),
+        }
+    }
+
+    /// Runs a write under its idempotency key, if it has one: a retry with the same
+    /// key and request gets the first answer; nothing is appended twice.
+    async fn write_idempotently(&self, write: WriteRequest) -> Result<HttpResponse, CommandError> {
+        let Some(key) = write.idempotency_key.clone() else {
+            return match self.write(&write).await {
+                Ok(written) => Ok(written_response(&written)),
+                Err(WriteFailure::NothingAppended(e) | WriteFailure::MaybeAppended(e)) => Err(e),
+            };
+        };
+        let claim = self
+            .records
+            .claim_idempotency_key(
+                &write.actor,
+                &key,
+                &write.fingerprint,
+                clock::now(),
+                IDEMPOTENCY_STALE_MS,
+            )
+            .await?;
+        match claim {
+            IdempotencyClaim::Claimed => {}
+            IdempotencyClaim::Completed(stored) => {
+                self.metrics
+                    .inc("sourcegram_idempotent_replays_total", &[], 1);
+                return Ok(replayed_response(&stored));
+            }
+            IdempotencyClaim::InProgress => return Err(CommandError::IdempotencyInProgress),
+            IdempotencyClaim::Mismatch => return Err(CommandError::IdempotencyMismatch),
+        }
+        let stored = match self.write(&write).await {
+            Ok(written) => stored_response(&written),
+            // A refusal by the rules is final: the same request gets the same answer.
+            Err(WriteFailure::NothingAppended(
+                error @ (CommandError::Domain(_) | CommandError::PreconditionFailed { .. }),
+            )) => {
+                let problem = problem_for(&error);
+                StoredResponse {
+                    status: problem.status.as_u16(),
+                    location: None,
+                    body: problem.to_json(),
+                }
+            }
+            // Nothing happened, and trying again may succeed: free the key.
+            Err(WriteFailure::NothingAppended(error)) => {
+                self.records
+                    .release_idempotency_key(&write.actor, &key)
+                    .await?;
+                return Err(error);
+            }
+            // The outcome is unknown: keep the claim, so a retry waits until it goes
+            // stale rather than risking a second append right away.
+            Err(WriteFailure::MaybeAppended(error)) => return Err(error),
+        };
+        self.records
+            .complete_idempotency_key(&write.actor, &key, &stored)
+            .await?;
+        Ok(stored_to_response(&stored))
+    }
+
+    /// load → decide → append, retried against fresh state when another writer won.
+    async fn write(&self, write: &WriteRequest) -> Result<Written, WriteFailure> {
+        use WriteFailure::{MaybeAppended, NothingAppended};
+        let slot = self.streams.slot(write.post_id);
+        let mut cached = slot.lock().await;
+        let creating = matches!(write.command, PostCommand::CreatePost { .. });
+        for _attempt in 0..MAX_ATTEMPTS {
+            let mut post = match cached.take() {
+                Some(post) => post,
+                // A new post's id was generated for this request: nothing to load.
+                None if creating => Post::default(),
+                None => self
+                    .load_post(write.post_id)
+                    .await
+                    .map_err(NothingAppended)?,
+            };
+            if let Some(expected) = write.if_match
+                && post.exists()
+                && !post.is_deleted()
+                && post.version() != expected
+            {
+                let current = post.version();
+                *cached = Some(post);
+                return Err(NothingAppended(CommandError::PreconditionFailed {
+                    current,
+                }));
+            }
+            let context = CommandContext {
+                actor: write.actor.clone(),
+                now: clock::now(),
+                post_id: write.post_id,
+                new_comment_id: CommentId::from_uuid(Uuid::new_v4()),
+            };
+            let events = match decide(&post, &write.command, &context) {
+                Ok(events) => events,
+                Err(error) => {
+                    *cached = Some(post);
+                    return Err(NothingAppended(error.into()));
+                }
+            };
+            let comment_id = match &write.command {
+                PostCommand::AddComment { .. } => Some(context.new_comment_id),
+                PostCommand::EditComment { comment_id, .. }
+                | PostCommand::RemoveComment { comment_id } => Some(*comment_id),
+                _ => None,
+            };
+            let written = |version| Written {
+                status: if creating || matches!(write.command, PostCommand::AddComment { .. }) {
+                    StatusCode::CREATED
+                } else {
+                    StatusCode::OK
+                },
+                post_id: write.post_id,
+                comment_id,
+                version,
+            };
+            if events.is_empty() {
+                let version = post.version();
+                *cached = Some(post);
+                return Ok(written(version));
+            }
+            let metadata = EventMetadata {
+                user: write.actor.clone(),
+                request_id: write.request_id,
+                idempotency_key: write.idempotency_key.clone(),
+            };
+            let mut version = post.version();
+            let envelopes: Vec<EventEnvelope> = events
+                .iter()
+                .map(|event| {
+                    version = version.next();
+                    EventEnvelope::new(
+                        write.post_id,
+                        version,
+                        event,
+                        Uuid::new_v4(),
+                        context.now,
+                        metadata.clone(),
+                    )
+                })
+                .collect();
+            match self
+                .store
+                .append_to_stream(write.post_id, post.version(), &envelopes)
+                .await
+            {
+                Ok(()) => {
+                    for event in &events {
+                        apply(&mut post, event);
+                    }
+                    self.relay_wake.notify_one();
+                    self.metrics.inc(
+                        "sourcegram_events_appended_total",
+                        &[],
+                        envelopes.len() as u64,
+                    );
+                    self.record_head(&post, context.now).await;
+                    let version = post.version();
+                    *cached = Some(post);
+                    return Ok(written(version));
+                }
+                Err(StoreError::Conflict { .. }) => {
+                    self.metrics
+                        .inc("sourcegram_append_conflicts_total", &[], 1);
+                    if write.if_match.is_some() {
+                        let current = self
+                            .load_post(write.post_id)
+                            .await
+                            .map_err(NothingAppended)?
+                            .version();
+                        return Err(NothingAppended(CommandError::PreconditionFailed {
+                            current,
+                        }));
+                    }
+                }
+                Err(error) => return Err(MaybeAppended(error.into())),
+            }
+        }
+        Err(NothingAppended(CommandError::Conflict))
+    }
+
+    async fn load_post(&self, post_id: PostId) -> Result<Post, CommandError> {
+        let envelopes = self.store.load_stream(post_id, Version::new(1)).await?;
+        let mut post = Post::default();
+        for envelope in &envelopes {
+            let event = envelope.decode().map_err(|e| {
+                StoreError::Corrupt(format!("{post_id} v{}: {e}", envelope.version))
+            })?;
+            apply(&mut post, &event);
+        }
+        Ok(post)
+    }
+
+    /// Keeps the stream registry current. The event store is the truth and the
+    /// registry can be repaired from it, so a failure here does not fail the write.
+    async fn record_head(&self, post: &Post, now: domain::Timestamp) {
+        let (Some(post_id), Some(author)) = (post.id(), post.author()) else {
+            return;
+        };
+        let head = StreamHead {
+            post_id,
+            author: author.clone(),
+            version: post.version(),
+            deleted: post.is_deleted(),
+            updated_at: now,
+        };
+        if let Err(error) = self.records.record_stream_head(&head).await {
+            tracing::warn!(%error, %post_id, "stream registry not updated");
+            self.metrics
+                .inc("sourcegram_registry_failures_total", &[], 1);
+        }
+    }
+
+    async fn history(&self, post_id: PostId) -> Result<HttpResponse, CommandError> {
+        let events = self.store.load_stream(post_id, Version::new(1)).await?;
+        if events.is_empty() {
+            return Err(domain::DomainError::NotFound("post").into());
+        }
+        Ok(http::json(StatusCode::OK, &json!({ "events": events })))
+    }
+
+    async fn readyz(&self) -> HttpResponse {
+        let (store, records, broker) = tokio::join!(
+            self.store.ping(),
+            self.records.ping(),
+            self.publisher.ping()
+        );
+        let mut failures = Vec::new();
+        if let Err(e) = store {
+            failures.push(format!("event store: {e}"));
+        }
+        if let Err(e) = records {
+            failures.push(format!("command records: {e}"));
+        }
+        if let Err(e) = broker {
+            failures.push(format!("kafka: {e}"));
+        }
+        http::readyz(&failures)
+    }
+
+    async fn metrics(&self) -> HttpResponse {
+        // The backlog is read when scraped, so it is right even after a restart.
+        if let Ok(backlog) = self.store.unpublished_count().await {
+            self.metrics
+                .set_gauge("sourcegram_outbox_unpublished", &[], backlog as f64);
+        }
+        http::metrics_response(&self.metrics)
+    }
+}
+
+fn parse_message(body: &[u8]) -> Result<Message, CommandError> {
+    let body: MessageBody = http::parse_json(body)?;
+    Ok(Message::parse(&body.message).map_err(domain::DomainError::from)?)
+}
+
+fn parse_text(body: &[u8]) -> Result<CommentText, CommandError> {
+    let body: TextBody = http::parse_json(body)?;
+    Ok(CommentText::parse(&body.text).map_err(domain::DomainError::from)?)
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, CommandError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let bad = || {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
+            ),
+        )
+    };
+    let key = value.to_str().map_err(|_| bad())?.trim();
+    if key.is_empty()
+        || key.len() > MAX_IDEMPOTENCY_KEY_LEN
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(bad().into());
+    }
+    Ok(Some(key.to_owned()))
+}
+
+fn if_match(headers: &HeaderMap) -> Result<Option<Version>, CommandError> {
+    let Some(value) = headers.get(IF_MATCH) else {
+        return Ok(None);
+    };
+    let parsed = value.to_str().ok().and_then(|v| {
+        v.trim()
+            .strip_prefix('"')?
+            .strip_suffix('"')?
+            .parse::<u64>()
+            .ok()
+    });
+    match parsed {
+        Some(version) => Ok(Some(Version::new(version))),
+        None => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "If-Match must be a quoted version, e.g. \"3\"",
+        )
+        .into()),
+    }
+}
+
+fn fingerprint(method: &Method, path: &str, body: &[u8]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    hash.update(method.as_str().as_bytes());
+    hash.update(b" ");
+    hash.update(path.as_bytes());
+    hash.update(b"\n");
+    hash.update(body);
+    hash.finalize().into()
+}
+
+fn written_body(written: &Written) -> serde_json::Value {
+    let mut body = json!({ "id": written.post_id, "version": written.version });
+    if let Some(comment_id) = written.comment_id {
+        body["comment_id"] = json!(comment_id);
+    }
+    body
+}
+
+fn location(written: &Written) -> Option<String> {
+    (written.status == StatusCode::CREATED).then(|| match written.comment_id {
+        Some(comment_id) => format!("/posts/{}/comments/{comment_id}", written.post_id),
+        None => format!("/posts/{}", written.post_id),
+    })
+}
+
+fn written_response(written: &Written) -> HttpResponse {
+    stored_to_response(&stored_response(written))
+}
+
+fn stored_response(written: &Written) -> StoredResponse {
+    StoredResponse {
+        status: written.status.as_u16(),
+        location: location(written),
+        body: written_body(written).to_string(),
+    }
+}
+
+fn stored_to_response(stored: &StoredResponse) -> HttpResponse {
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = http::text(
+        status,
+        if status.is_success() {
+            "application/json"
+        } else {
+            "application/problem+json"
+        },
+        stored.body.clone(),
+    );
+    if let Some(location) = stored
+        .location
+        .as_deref()
+        .and_then(|l| HeaderValue::from_str(l).ok())
+    {
+        response.headers_mut().insert(LOCATION, location);
+    }
+    if status.is_success()
+        && let Some(version) = serde_json::from_str::<serde_json::Value>(&stored.body)
+            .ok()
+            .and_then(|body| body.get("version").and_then(serde_json::Value::as_u64))
+    {
+        let etag = HeaderValue::from_str(&format!("\"{version}\""))
+            .expect("a quoted number is a valid header");
+        response.headers_mut().insert(ETAG, etag);
+    }
+    response
+}
+
+fn replayed_response(stored: &StoredResponse) -> HttpResponse {
+    let mut response = stored_to_response(stored);
+    response
+        .headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
+}
