@@ -66,7 +66,7 @@ pub fn problem_for(error: &CommandError) -> Problem {
         CommandError::Store(StoreError::Conflict { .. }) => {
             Problem::new(StatusCode::CONFLICT, detail)
         }
-        CommandError::Store(StoreError::Corrupt(_))
+        CommandError::Store(StoreError::Corrupt(_) | StoreError::InvalidAppend(_))
         | CommandError::Records(RecordsError::Corrupt(_)) => Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "stored data could not be read",

@@ -1,6 +1,102 @@
+//! `command-host`: serves the write side, or mints a bearer token for local use.
 #![forbid(unsafe_code)]
 
-fn main() {
-    eprintln!("command-host: not built yet");
-    std::process::exit(1);
+use std::process::ExitCode;
+use std::time::Duration;
+
+use command_host::auth::TokenKey;
+use command_host::config::{self, Config};
+use command_host::event_store::AnyEventStore;
+use command_host::http::ServerConfig;
+use command_host::metrics::Metrics;
+use command_host::publisher::KafkaPublisher;
+use command_host::records::AnyCommandRecords;
+use command_host::relay::RelayConfig;
+use command_host::{CommandHostDeps, clock, shutdown_signal};
+use domain::{Timestamp, UserId};
+
+const USAGE: &str = "usage:
+  command-host                                  serve (configuration from the environment)
+  command-host mint-token <user> [--ttl-seconds N]
+                                                print a bearer token for <user>, signed with TOKEN_SECRET";
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        None | Some("serve") => serve().await,
+        Some("mint-token") => mint_token(&args[1..]),
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown subcommand {other:?}\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("command-host: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> Result<(), String> {
+    let config = Config::from_env().map_err(|e| e.to_string())?;
+    let store = AnyEventStore::connect(&config.event_store_url, config.pool_size)
+        .await
+        .map_err(|e| format!("connect event store: {e}"))?;
+    let records = AnyCommandRecords::connect(&config.records_url, config.pool_size)
+        .await
+        .map_err(|e| format!("connect command records: {e}"))?;
+    let publisher = KafkaPublisher::new(&config.kafka_brokers, &config.kafka_topic)
+        .map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(config.listen_addr)
+        .await
+        .map_err(|e| format!("bind {}: {e}", config.listen_addr))?;
+    tracing::info!(addr = %config.listen_addr, "command host listening");
+    let deps = CommandHostDeps {
+        store,
+        records,
+        publisher,
+        token_key: TokenKey::new(config.token_secret.as_bytes()),
+        server: ServerConfig {
+            max_body_bytes: config.max_body_bytes,
+            shutdown_grace: config.shutdown_grace,
+            ..ServerConfig::default()
+        },
+        relay: RelayConfig::default(),
+        metrics: Metrics::new(),
+    };
+    command_host::run(listener, deps, shutdown_signal())
+        .await
+        .map_err(|e| format!("serve: {e}"))
+}
+
+fn mint_token(args: &[String]) -> Result<(), String> {
+    let (user, rest) = args.split_first().ok_or_else(|| USAGE.to_owned())?;
+    let ttl_seconds: u64 = match rest {
+        [] => 24 * 3_600,
+        [flag, value] if flag == "--ttl-seconds" => value
+            .parse()
+            .map_err(|_| format!("bad --ttl-seconds {value:?}"))?,
+        _ => return Err(USAGE.to_owned()),
+    };
+    let user = UserId::parse(user).map_err(|e| e.to_string())?;
+    let secret =
+        config::required("TOKEN_SECRET", "it signs the token").map_err(|e| e.to_string())?;
+    let ttl = Duration::from_secs(ttl_seconds);
+    let expires_at = Timestamp::from_unix_millis(
+        clock::now().unix_millis() + i64::try_from(ttl.as_millis()).map_err(|_| "ttl too large")?,
+    );
+    println!(
+        "{}",
+        TokenKey::new(secret.as_bytes()).mint(&user, expires_at)
+    );
+    Ok(())
 }

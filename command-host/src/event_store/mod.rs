@@ -2,6 +2,8 @@
 //! by (stream_id, version), plus the outbox marks the relay uses to publish every
 //! appended event to Kafka without loss.
 
+pub mod postgres;
+
 use std::future::Future;
 
 use domain::{EventEnvelope, PostId, Version};
@@ -21,6 +23,29 @@ pub enum StoreError {
     /// The store could not be reached or failed the call.
     #[error("event store unavailable: {0}")]
     Unavailable(String),
+    /// The caller handed in envelopes that cannot follow `expected` (a bug, not a race).
+    #[error("invalid append: {0}")]
+    InvalidAppend(String),
+}
+
+/// What every adapter checks before appending: the envelopes belong to the stream
+/// and continue it without gaps from `expected`.
+pub(crate) fn check_append(
+    stream_id: PostId,
+    expected: Version,
+    events: &[EventEnvelope],
+) -> Result<(), StoreError> {
+    let mut next = expected.next();
+    for event in events {
+        if event.stream_id != stream_id || event.version != next {
+            return Err(StoreError::InvalidAppend(format!(
+                "event {} is {} v{}, expected {stream_id} v{next}",
+                event.event_id, event.stream_id, event.version
+            )));
+        }
+        next = next.next();
+    }
+    Ok(())
 }
 
 /// Where a full read stopped. Opaque to callers; pass it back to continue.
@@ -88,4 +113,90 @@ pub trait EventStore: Send + Sync {
 
     /// Cheap reachability check for `/readyz`.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// The event store chosen by configuration. A closed enum rather than a trait
+/// object: every adapter is known, and dispatch is a `match`.
+#[derive(Debug, Clone)]
+pub enum AnyEventStore {
+    Postgres(postgres::PostgresEventStore),
+}
+
+impl AnyEventStore {
+    /// Connects by URL scheme (`postgres://`) and creates tables and indexes.
+    pub async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = crate::pg::PgPool::from_url(url, pool_size)
+                .map_err(|e| StoreError::Unavailable(format!("bad PostgreSQL URL: {e}")))?;
+            let store = postgres::PostgresEventStore::new(pool);
+            store.migrate().await?;
+            return Ok(Self::Postgres(store));
+        }
+        Err(StoreError::Unavailable(
+            "EVENT_STORE_URL must start with postgres:// or postgresql://".to_owned(),
+        ))
+    }
+}
+
+impl EventStore for AnyEventStore {
+    async fn append_to_stream(
+        &self,
+        stream_id: PostId,
+        expected: Version,
+        events: &[EventEnvelope],
+    ) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(store) => store.append_to_stream(stream_id, expected, events).await,
+        }
+    }
+
+    async fn load_stream(
+        &self,
+        stream_id: PostId,
+        from: Version,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        match self {
+            Self::Postgres(store) => store.load_stream(stream_id, from).await,
+        }
+    }
+
+    async fn read_all(
+        &self,
+        cursor: &ReadAllCursor,
+        limit: usize,
+    ) -> Result<ReadAllPage, StoreError> {
+        match self {
+            Self::Postgres(store) => store.read_all(cursor, limit).await,
+        }
+    }
+
+    async fn stream_heads(&self) -> Result<Vec<(PostId, Version)>, StoreError> {
+        match self {
+            Self::Postgres(store) => store.stream_heads().await,
+        }
+    }
+
+    async fn unpublished(&self, limit: usize) -> Result<Vec<EventEnvelope>, StoreError> {
+        match self {
+            Self::Postgres(store) => store.unpublished(limit).await,
+        }
+    }
+
+    async fn mark_published(&self, events: &[(PostId, Version)]) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(store) => store.mark_published(events).await,
+        }
+    }
+
+    async fn unpublished_count(&self) -> Result<u64, StoreError> {
+        match self {
+            Self::Postgres(store) => store.unpublished_count().await,
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        match self {
+            Self::Postgres(store) => store.ping().await,
+        }
+    }
 }

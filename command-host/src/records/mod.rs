@@ -3,6 +3,8 @@
 //! across restarts) and the stream registry (each post's author, last version and
 //! whether it is deleted), which can be repaired from the event store.
 
+pub mod postgres;
+
 use std::future::Future;
 
 use domain::{PostId, Timestamp, UserId, Version};
@@ -89,4 +91,80 @@ pub trait CommandRecords: Send + Sync {
 
     /// Cheap reachability check for `/readyz`.
     fn ping(&self) -> impl Future<Output = Result<(), RecordsError>> + Send;
+}
+
+/// The command records chosen by configuration, dispatched by `match`.
+#[derive(Debug, Clone)]
+pub enum AnyCommandRecords {
+    Postgres(postgres::PostgresCommandRecords),
+}
+
+impl AnyCommandRecords {
+    /// Connects by URL scheme (`postgres://`) and creates the tables.
+    pub async fn connect(url: &str, pool_size: usize) -> Result<Self, RecordsError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = crate::pg::PgPool::from_url(url, pool_size)
+                .map_err(|e| RecordsError::Unavailable(format!("bad PostgreSQL URL: {e}")))?;
+            let records = postgres::PostgresCommandRecords::new(pool);
+            records.migrate().await?;
+            return Ok(Self::Postgres(records));
+        }
+        Err(RecordsError::Unavailable(
+            "RECORDS_URL must start with postgres:// or postgresql://".to_owned(),
+        ))
+    }
+}
+
+impl CommandRecords for AnyCommandRecords {
+    async fn claim_idempotency_key(
+        &self,
+        user: &UserId,
+        key: &str,
+        fingerprint: &[u8; 32],
+        now: Timestamp,
+        stale_after_ms: i64,
+    ) -> Result<IdempotencyClaim, RecordsError> {
+        match self {
+            Self::Postgres(records) => {
+                records
+                    .claim_idempotency_key(user, key, fingerprint, now, stale_after_ms)
+                    .await
+            }
+        }
+    }
+
+    async fn complete_idempotency_key(
+        &self,
+        user: &UserId,
+        key: &str,
+        response: &StoredResponse,
+    ) -> Result<(), RecordsError> {
+        match self {
+            Self::Postgres(records) => records.complete_idempotency_key(user, key, response).await,
+        }
+    }
+
+    async fn release_idempotency_key(&self, user: &UserId, key: &str) -> Result<(), RecordsError> {
+        match self {
+            Self::Postgres(records) => records.release_idempotency_key(user, key).await,
+        }
+    }
+
+    async fn record_stream_head(&self, head: &StreamHead) -> Result<(), RecordsError> {
+        match self {
+            Self::Postgres(records) => records.record_stream_head(head).await,
+        }
+    }
+
+    async fn stream_head(&self, post_id: PostId) -> Result<Option<StreamHead>, RecordsError> {
+        match self {
+            Self::Postgres(records) => records.stream_head(post_id).await,
+        }
+    }
+
+    async fn ping(&self) -> Result<(), RecordsError> {
+        match self {
+            Self::Postgres(records) => records.ping().await,
+        }
+    }
 }

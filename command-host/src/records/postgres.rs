@@ -1,0 +1,221 @@
+//! Command records on PostgreSQL: `idempotency_keys` and `stream_registry`.
+//! Table names are unqualified, so the pool's `search_path` chooses the schema.
+
+use std::time::SystemTime;
+
+use domain::{PostId, Timestamp, UserId, Version};
+
+use super::{CommandRecords, IdempotencyClaim, RecordsError, StoredResponse, StreamHead};
+use crate::pg::PgPool;
+
+const MIGRATE: &str = "
+SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.sourcegram_records'));
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    user_id           text        NOT NULL,
+    idem_key          text        NOT NULL,
+    fingerprint       bytea       NOT NULL,
+    completed         boolean     NOT NULL DEFAULT false,
+    response_status   integer,
+    response_location text,
+    response_body     text,
+    claimed_at        timestamptz NOT NULL,
+    PRIMARY KEY (user_id, idem_key)
+);
+CREATE TABLE IF NOT EXISTS stream_registry (
+    post_id    uuid        PRIMARY KEY,
+    author     text        NOT NULL,
+    version    bigint      NOT NULL,
+    deleted    boolean     NOT NULL,
+    updated_at timestamptz NOT NULL
+);
+";
+
+// Inserts a fresh claim, or takes over a stale unfinished claim of the same
+// request. The row lock makes concurrent claimers queue: exactly one gets a row
+// back; the others see the row as it is after the winner.
+const CLAIM: &str = "
+INSERT INTO idempotency_keys (user_id, idem_key, fingerprint, claimed_at) VALUES ($1, $2, $3, $4)
+ON CONFLICT (user_id, idem_key) DO UPDATE SET claimed_at = EXCLUDED.claimed_at
+WHERE NOT idempotency_keys.completed
+  AND idempotency_keys.fingerprint = EXCLUDED.fingerprint
+  AND idempotency_keys.claimed_at < $5
+RETURNING user_id";
+const EXISTING: &str =
+    "SELECT fingerprint, completed, response_status, response_location, response_body
+FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2";
+const COMPLETE: &str = "UPDATE idempotency_keys
+SET completed = true, response_status = $3, response_location = $4, response_body = $5
+WHERE user_id = $1 AND idem_key = $2";
+const RELEASE: &str =
+    "DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2 AND NOT completed";
+const RECORD_HEAD: &str = "
+INSERT INTO stream_registry (post_id, author, version, deleted, updated_at) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (post_id) DO UPDATE
+SET author = EXCLUDED.author, version = EXCLUDED.version, deleted = EXCLUDED.deleted, updated_at = EXCLUDED.updated_at
+WHERE stream_registry.version < EXCLUDED.version";
+const HEAD: &str =
+    "SELECT author, version, deleted, updated_at FROM stream_registry WHERE post_id = $1";
+
+#[derive(Debug, Clone)]
+pub struct PostgresCommandRecords {
+    pool: PgPool,
+}
+
+fn unavailable(error: tokio_postgres::Error) -> RecordsError {
+    RecordsError::Unavailable(error.to_string())
+}
+
+fn corrupt(error: impl std::fmt::Display) -> RecordsError {
+    RecordsError::Corrupt(error.to_string())
+}
+
+impl PostgresCommandRecords {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Creates the tables if they do not exist. Safe to run from several hosts.
+    pub async fn migrate(&self) -> Result<(), RecordsError> {
+        let mut conn = self.pool.get().await.map_err(unavailable)?;
+        let tx = conn.client().transaction().await.map_err(unavailable)?;
+        tx.batch_execute(MIGRATE).await.map_err(unavailable)?;
+        tx.commit().await.map_err(unavailable)
+    }
+}
+
+impl CommandRecords for PostgresCommandRecords {
+    async fn claim_idempotency_key(
+        &self,
+        user: &UserId,
+        key: &str,
+        fingerprint: &[u8; 32],
+        now: Timestamp,
+        stale_after_ms: i64,
+    ) -> Result<IdempotencyClaim, RecordsError> {
+        let stale_before = SystemTime::from(Timestamp::from_unix_millis(
+            now.unix_millis() - stale_after_ms,
+        ));
+        let mut conn = self.pool.get().await.map_err(unavailable)?;
+        let claim = conn.prepared(CLAIM).await.map_err(unavailable)?;
+        let fingerprint = fingerprint.as_slice();
+        let claimed = conn
+            .query_opt(
+                &claim,
+                &[
+                    &user.as_str(),
+                    &key,
+                    &fingerprint,
+                    &SystemTime::from(now),
+                    &stale_before,
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        if claimed.is_some() {
+            return Ok(IdempotencyClaim::Claimed);
+        }
+        let existing = conn.prepared(EXISTING).await.map_err(unavailable)?;
+        let Some(row) = conn
+            .query_opt(&existing, &[&user.as_str(), &key])
+            .await
+            .map_err(unavailable)?
+        else {
+            // Released between the two statements: the caller may simply retry.
+            return Ok(IdempotencyClaim::InProgress);
+        };
+        let stored_fingerprint: Vec<u8> = row.try_get(0).map_err(corrupt)?;
+        if stored_fingerprint != fingerprint {
+            return Ok(IdempotencyClaim::Mismatch);
+        }
+        if !row.try_get::<_, bool>(1).map_err(corrupt)? {
+            return Ok(IdempotencyClaim::InProgress);
+        }
+        let status: i32 = row.try_get(2).map_err(corrupt)?;
+        Ok(IdempotencyClaim::Completed(StoredResponse {
+            status: u16::try_from(status).map_err(corrupt)?,
+            location: row.try_get(3).map_err(corrupt)?,
+            body: row
+                .try_get::<_, Option<String>>(4)
+                .map_err(corrupt)?
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn complete_idempotency_key(
+        &self,
+        user: &UserId,
+        key: &str,
+        response: &StoredResponse,
+    ) -> Result<(), RecordsError> {
+        let mut conn = self.pool.get().await.map_err(unavailable)?;
+        let statement = conn.prepared(COMPLETE).await.map_err(unavailable)?;
+        conn.execute(
+            &statement,
+            &[
+                &user.as_str(),
+                &key,
+                &i32::from(response.status),
+                &response.location,
+                &response.body,
+            ],
+        )
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn release_idempotency_key(&self, user: &UserId, key: &str) -> Result<(), RecordsError> {
+        let mut conn = self.pool.get().await.map_err(unavailable)?;
+        let statement = conn.prepared(RELEASE).await.map_err(unavailable)?;
+        conn.execute(&statement, &[&user.as_str(), &key])
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn record_stream_head(&self, head: &StreamHead) -> Result<(), RecordsError> {
+        let mut conn = self.pool.get().await.map_err(unavailable)?;
+        let statement = conn.prepared(RECORD_HEAD).await.map_err(unavailable)?;
+        conn.execute(
+            &statement,
+            &[
+                &head.post_id.as_uuid(),
+                &head.author.as_str(),
+                &i64::try_from(head.version.get()).unwrap_or(i64::MAX),
+                &head.deleted,
+                &SystemTime::from(head.updated_at),
+            ],
+        )
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn stream_head(&self, post_id: PostId) -> Result<Option<StreamHead>, RecordsError> {
+        let mut conn = self.pool.get().await.map_err(unavailable)?;
+        let statement = conn.prepared(HEAD).await.map_err(unavailable)?;
+        let Some(row) = conn
+            .query_opt(&statement, &[&post_id.as_uuid()])
+            .await
+            .map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        let author: String = row.try_get(0).map_err(corrupt)?;
+        let version: i64 = row.try_get(1).map_err(corrupt)?;
+        let updated_at: SystemTime = row.try_get(3).map_err(corrupt)?;
+        Ok(Some(StreamHead {
+            post_id,
+            author: UserId::parse(&author).map_err(corrupt)?,
+            version: Version::new(u64::try_from(version).map_err(corrupt)?),
+            deleted: row.try_get(2).map_err(corrupt)?,
+            updated_at: updated_at.into(),
+        }))
+    }
+
+    async fn ping(&self) -> Result<(), RecordsError> {
+        let conn = self.pool.get().await.map_err(unavailable)?;
+        conn.simple_query("SELECT 1").await.map_err(unavailable)?;
+        Ok(())
+    }
+}

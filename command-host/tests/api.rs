@@ -1,0 +1,809 @@
+//! The command host over HTTP, against real PostgreSQL and a real broker: every
+//! command and status code of SPEC.md, identity, conditional and idempotent
+//! writes, and hostile input.
+
+mod support;
+
+use command_host::event_store::EventStore;
+use domain::{PostId, Version};
+use hyper::{Method, StatusCode};
+use serde_json::json;
+use support::{TestApp, spawn_app};
+
+async fn history(app: &TestApp, post: &str) -> Vec<serde_json::Value> {
+    let answer = app
+        .send(
+            Method::GET,
+            &format!("/posts/{post}/events"),
+            Some("auditor"),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    answer.json()["events"]
+        .as_array()
+        .expect("events array")
+        .clone()
+}
+
+fn assert_problem(answer: &support::Answer, status: StatusCode) {
+    assert_eq!(answer.status, status, "{}", answer.body);
+    assert_eq!(
+        answer.header("content-type"),
+        Some("application/problem+json")
+    );
+    let body = answer.json();
+    assert_eq!(body["status"], status.as_u16());
+    for field in ["type", "title", "detail"] {
+        assert!(body[field].is_string(), "problem lacks {field}: {body}");
+    }
+    assert!(answer.header("x-request-id").is_some());
+}
+
+#[tokio::test]
+async fn every_command_succeeds_with_the_documented_status_and_shape() {
+    let app = spawn_app().await;
+
+    let created = app
+        .post_json("/posts", "alice", json!({"message": "  hello world  "}))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let body = created.json();
+    let post = body["id"].as_str().expect("id").to_owned();
+    assert_eq!(body["version"], 1);
+    assert_eq!(
+        created.header("location"),
+        Some(format!("/posts/{post}").as_str())
+    );
+    assert!(created.header("x-request-id").is_some());
+
+    let edited = app
+        .put_json(
+            &format!("/posts/{post}/message"),
+            "alice",
+            json!({"message": "edited"}),
+        )
+        .await;
+    assert_eq!(
+        (edited.status, edited.json()["version"].clone()),
+        (StatusCode::OK, json!(2))
+    );
+
+    let liked = app
+        .send(
+            Method::POST,
+            &format!("/posts/{post}/likes"),
+            Some("bob"),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (liked.status, liked.json()["version"].clone()),
+        (StatusCode::OK, json!(3))
+    );
+    let liked_again = app
+        .send(
+            Method::POST,
+            &format!("/posts/{post}/likes"),
+            Some("bob"),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (liked_again.status, liked_again.json()["version"].clone()),
+        (StatusCode::OK, json!(3))
+    );
+    let unliked = app
+        .send(
+            Method::DELETE,
+            &format!("/posts/{post}/likes"),
+            Some("bob"),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (unliked.status, unliked.json()["version"].clone()),
+        (StatusCode::OK, json!(4))
+    );
+    let not_liked = app
+        .send(
+            Method::DELETE,
+            &format!("/posts/{post}/likes"),
+            Some("carol"),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (not_liked.status, not_liked.json()["version"].clone()),
+        (StatusCode::OK, json!(4))
+    );
+
+    let commented = app
+        .post_json(
+            &format!("/posts/{post}/comments"),
+            "carol",
+            json!({"text": "nice"}),
+        )
+        .await;
+    assert_eq!(commented.status, StatusCode::CREATED);
+    let comment = commented.json();
+    assert_eq!(comment["id"], post.as_str());
+    assert_eq!(comment["version"], 5);
+    let cid = comment["comment_id"]
+        .as_str()
+        .expect("comment_id")
+        .to_owned();
+
+    let comment_edited = app
+        .put_json(
+            &format!("/posts/{post}/comments/{cid}"),
+            "carol",
+            json!({"text": "very nice"}),
+        )
+        .await;
+    assert_eq!(comment_edited.status, StatusCode::OK);
+    let removed = app
+        .send(
+            Method::DELETE,
+            &format!("/posts/{post}/comments/{cid}"),
+            Some("alice"),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(
+        removed.status,
+        StatusCode::OK,
+        "the post's author may remove a comment"
+    );
+    let deleted = app
+        .send(
+            Method::DELETE,
+            &format!("/posts/{post}"),
+            Some("alice"),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(
+        (deleted.status, deleted.json()["version"].clone()),
+        (StatusCode::OK, json!(8))
+    );
+
+    let events = history(&app, &post).await;
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["type"].as_str().expect("type"))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "PostCreated",
+            "MessageEdited",
+            "PostLiked",
+            "PostUnliked",
+            "CommentAdded",
+            "CommentEdited",
+            "CommentRemoved",
+            "PostDeleted"
+        ]
+    );
+    for (i, event) in events.iter().enumerate() {
+        assert_eq!(event["version"], i as u64 + 1);
+        assert_eq!(event["stream_id"], post.as_str());
+        assert_eq!(event["stream_type"], "post");
+        assert_eq!(event["schema"], 1);
+    }
+    assert_eq!(
+        events[0]["data"]["message"], "hello world",
+        "messages are stored trimmed"
+    );
+    assert_eq!(events[0]["metadata"]["user"], "alice");
+    assert_eq!(events[2]["data"]["user"], "bob");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn refusals_carry_their_status_and_change_nothing() {
+    let app = spawn_app().await;
+    let post = app.create_post("alice", "mine").await;
+    let unknown = PostId::from_uuid(uuid::Uuid::new_v4());
+
+    let cases: Vec<(support::Answer, StatusCode)> = vec![
+        (
+            app.post_json("/posts", "alice", json!({"message": "   "}))
+                .await,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            app.post_json("/posts", "alice", json!({"message": "x".repeat(2_001)}))
+                .await,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            app.post_json("/posts", "alice", json!({"message": "bell\u{7}"}))
+                .await,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            app.put_json(
+                &format!("/posts/{post}/message"),
+                "mallory",
+                json!({"message": "pwned"}),
+            )
+            .await,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            app.send(
+                Method::DELETE,
+                &format!("/posts/{post}"),
+                Some("mallory"),
+                &[],
+                None,
+            )
+            .await,
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            app.put_json(
+                &format!("/posts/{unknown}/message"),
+                "alice",
+                json!({"message": "x"}),
+            )
+            .await,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            app.send(
+                Method::POST,
+                &format!("/posts/{unknown}/likes"),
+                Some("bob"),
+                &[],
+                None,
+            )
+            .await,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            app.put_json(
+                &format!("/posts/{post}/comments/{}", uuid::Uuid::new_v4()),
+                "bob",
+                json!({"text": "x"}),
+            )
+            .await,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            app.send(
+                Method::GET,
+                &format!("/posts/{unknown}/events"),
+                Some("bob"),
+                &[],
+                None,
+            )
+            .await,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            app.send(
+                Method::GET,
+                "/posts/not-a-uuid/events",
+                Some("bob"),
+                &[],
+                None,
+            )
+            .await,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            app.send(Method::GET, "/nowhere", Some("bob"), &[], None)
+                .await,
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            app.send(Method::PATCH, "/posts", Some("bob"), &[], None)
+                .await,
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+    ];
+    for (answer, status) in &cases {
+        assert_problem(answer, *status);
+    }
+    assert_eq!(
+        history(&app, &post).await.len(),
+        1,
+        "refused commands appended nothing"
+    );
+
+    let commented = app
+        .post_json(
+            &format!("/posts/{post}/comments"),
+            "bob",
+            json!({"text": "hi"}),
+        )
+        .await;
+    let cid = commented.json()["comment_id"]
+        .as_str()
+        .expect("comment id")
+        .to_owned();
+    let edit_other = app
+        .put_json(
+            &format!("/posts/{post}/comments/{cid}"),
+            "alice",
+            json!({"text": "edited by post author"}),
+        )
+        .await;
+    assert_problem(&edit_other, StatusCode::FORBIDDEN);
+    let remove_third = app
+        .send(
+            Method::DELETE,
+            &format!("/posts/{post}/comments/{cid}"),
+            Some("carol"),
+            &[],
+            None,
+        )
+        .await;
+    assert_problem(&remove_third, StatusCode::FORBIDDEN);
+
+    let deleted = app
+        .send(
+            Method::DELETE,
+            &format!("/posts/{post}"),
+            Some("alice"),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    for answer in [
+        app.send(
+            Method::POST,
+            &format!("/posts/{post}/likes"),
+            Some("bob"),
+            &[],
+            None,
+        )
+        .await,
+        app.put_json(
+            &format!("/posts/{post}/message"),
+            "alice",
+            json!({"message": "back"}),
+        )
+        .await,
+        app.post_json(
+            &format!("/posts/{post}/comments"),
+            "bob",
+            json!({"text": "hello?"}),
+        )
+        .await,
+        app.send(
+            Method::DELETE,
+            &format!("/posts/{post}"),
+            Some("alice"),
+            &[],
+            None,
+        )
+        .await,
+    ] {
+        assert_problem(&answer, StatusCode::GONE);
+    }
+    assert_eq!(history(&app, &post).await.len(), 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn identity_comes_only_from_a_valid_token() {
+    let app = spawn_app().await;
+    let post = app.create_post("alice", "hello").await;
+    let path = format!("/posts/{post}/likes");
+
+    let missing = app.send(Method::POST, &path, None, &[], None).await;
+    assert_problem(&missing, StatusCode::UNAUTHORIZED);
+    let expired = format!("Bearer {}", app.expired_token("bob"));
+    let answer = app
+        .send(
+            Method::POST,
+            &path,
+            None,
+            &[("authorization", &expired)],
+            None,
+        )
+        .await;
+    assert_problem(&answer, StatusCode::UNAUTHORIZED);
+    let forged_key = command_host::auth::TokenKey::new(b"not the secret");
+    let forged = forged_key.mint(
+        &domain::UserId::parse("bob").expect("valid"),
+        domain::Timestamp::from_unix_millis(i64::MAX / 2),
+    );
+    let answer = app
+        .send(
+            Method::POST,
+            &path,
+            None,
+            &[("authorization", &format!("Bearer {forged}"))],
+            None,
+        )
+        .await;
+    assert_problem(&answer, StatusCode::UNAUTHORIZED);
+    let tampered = app.token("bob").replacen("bob", "alice", 1);
+    let answer = app
+        .send(
+            Method::POST,
+            &path,
+            None,
+            &[("authorization", &format!("Bearer {tampered}"))],
+            None,
+        )
+        .await;
+    assert_problem(&answer, StatusCode::UNAUTHORIZED);
+    let answer = app
+        .send(
+            Method::POST,
+            &path,
+            None,
+            &[("authorization", "Basic Ym9iOmJvYg==")],
+            None,
+        )
+        .await;
+    assert_problem(&answer, StatusCode::UNAUTHORIZED);
+
+    // A body cannot name the actor: the unknown field is refused outright.
+    let answer = app
+        .send(
+            Method::PUT,
+            &format!("/posts/{post}/message"),
+            Some("mallory"),
+            &[],
+            Some(br#"{"message":"x","author":"alice"}"#.to_vec()),
+        )
+        .await;
+    assert_problem(&answer, StatusCode::BAD_REQUEST);
+    assert_eq!(history(&app, &post).await.len(), 1);
+
+    for open in ["/healthz", "/metrics"] {
+        assert_eq!(
+            app.send(Method::GET, open, None, &[], None).await.status,
+            StatusCode::OK,
+            "{open}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn one_hundred_concurrent_likes_give_exactly_one_hundred_events() {
+    let app = std::sync::Arc::new(spawn_app().await);
+    let post = app.create_post("alice", "like me").await;
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let app = std::sync::Arc::clone(&app);
+        let path = format!("/posts/{post}/likes");
+        tasks.push(tokio::spawn(async move {
+            app.send(Method::POST, &path, Some(&format!("user{i}")), &[], None)
+                .await
+                .status
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.expect("task"), StatusCode::OK);
+    }
+    let events = history(&app, &post).await;
+    assert_eq!(events.len(), 101);
+    let versions: Vec<u64> = events[1..]
+        .iter()
+        .map(|e| e["version"].as_u64().expect("version"))
+        .collect();
+    assert_eq!(versions, (2..=101).collect::<Vec<_>>());
+    assert!(events[1..].iter().all(|e| e["type"] == "PostLiked"));
+    let mut users: Vec<&str> = events[1..]
+        .iter()
+        .map(|e| e["data"]["user"].as_str().expect("user"))
+        .collect();
+    users.sort_unstable();
+    users.dedup();
+    assert_eq!(users.len(), 100);
+}
+
+#[tokio::test]
+async fn if_match_makes_a_write_conditional() {
+    let app = spawn_app().await;
+    let post = app.create_post("alice", "v1").await;
+    let path = format!("/posts/{post}/message");
+    let body = json!({"message": "v2"}).to_string().into_bytes();
+
+    let stale = app
+        .send(
+            Method::PUT,
+            &path,
+            Some("alice"),
+            &[("if-match", "\"7\"")],
+            Some(body.clone()),
+        )
+        .await;
+    assert_problem(&stale, StatusCode::PRECONDITION_FAILED);
+    let fresh = app
+        .send(
+            Method::PUT,
+            &path,
+            Some("alice"),
+            &[("if-match", "\"1\"")],
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(fresh.status, StatusCode::OK, "{}", fresh.body);
+    assert_eq!(fresh.header("etag"), Some("\"2\""));
+    let replay = app
+        .send(
+            Method::PUT,
+            &path,
+            Some("alice"),
+            &[("if-match", "\"1\"")],
+            Some(body.clone()),
+        )
+        .await;
+    assert_problem(&replay, StatusCode::PRECONDITION_FAILED);
+    let garbage = app
+        .send(
+            Method::PUT,
+            &path,
+            Some("alice"),
+            &[("if-match", "seven")],
+            Some(body),
+        )
+        .await;
+    assert_problem(&garbage, StatusCode::BAD_REQUEST);
+    assert_eq!(history(&app, &post).await.len(), 2);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn idempotency_keys_replay_the_first_answer_even_after_a_restart() {
+    let app = spawn_app().await;
+    let key = [("idempotency-key", "create-1")];
+    let body = json!({"message": "once"}).to_string().into_bytes();
+    let first = app
+        .send(
+            Method::POST,
+            "/posts",
+            Some("alice"),
+            &key,
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    let second = app
+        .send(
+            Method::POST,
+            "/posts",
+            Some("alice"),
+            &key,
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(second.status, StatusCode::CREATED);
+    assert_eq!(second.body, first.body);
+    assert_eq!(second.header("location"), first.header("location"));
+    assert_eq!(second.header("idempotent-replayed"), Some("true"));
+
+    let other_body = json!({"message": "twice"}).to_string().into_bytes();
+    let mismatch = app
+        .send(
+            Method::POST,
+            "/posts",
+            Some("alice"),
+            &key,
+            Some(other_body),
+        )
+        .await;
+    assert_problem(&mismatch, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // The same key from another user is another key.
+    let bobs = app
+        .send(
+            Method::POST,
+            "/posts",
+            Some("bob"),
+            &key,
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(bobs.status, StatusCode::CREATED);
+    assert_ne!(bobs.json()["id"], first.json()["id"]);
+
+    // A refused request is answered the same on retry.
+    let post = first.json()["id"].as_str().expect("id").to_owned();
+    let forbidden_key = [("idempotency-key", "steal-1")];
+    let steal = app
+        .send(
+            Method::DELETE,
+            &format!("/posts/{post}"),
+            Some("mallory"),
+            &forbidden_key,
+            None,
+        )
+        .await;
+    assert_problem(&steal, StatusCode::FORBIDDEN);
+    let steal_again = app
+        .send(
+            Method::DELETE,
+            &format!("/posts/{post}"),
+            Some("mallory"),
+            &forbidden_key,
+            None,
+        )
+        .await;
+    assert_eq!(
+        (steal_again.status, steal_again.body.clone()),
+        (steal.status, steal.body.clone())
+    );
+
+    let like_key = [("idempotency-key", "like-1")];
+    let like = app
+        .send(
+            Method::POST,
+            &format!("/posts/{post}/likes"),
+            Some("bob"),
+            &like_key,
+            None,
+        )
+        .await;
+    assert_eq!(like.status, StatusCode::OK);
+
+    let (pool, schema, topic, brokers) = (
+        app.pool.clone(),
+        app.schema.clone(),
+        app.topic.clone(),
+        app.brokers.clone(),
+    );
+    app.stop().await;
+    let restarted = support::spawn_app_on(pool, schema, topic, brokers).await;
+    let after_restart = restarted
+        .send(Method::POST, "/posts", Some("alice"), &key, Some(body))
+        .await;
+    assert_eq!(
+        (after_restart.status, after_restart.body.clone()),
+        (StatusCode::CREATED, first.body.clone())
+    );
+    let like_after = restarted
+        .send(
+            Method::POST,
+            &format!("/posts/{post}/likes"),
+            Some("bob"),
+            &like_key,
+            None,
+        )
+        .await;
+    assert_eq!(like_after.body, like.body);
+    assert_eq!(
+        history(&restarted, &post).await.len(),
+        2,
+        "created and liked once each"
+    );
+    let bad_key = restarted
+        .send(
+            Method::POST,
+            &format!("/posts/{post}/likes"),
+            Some("bob"),
+            &[("idempotency-key", "")],
+            None,
+        )
+        .await;
+    assert_problem(&bad_key, StatusCode::BAD_REQUEST);
+    restarted.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_bodies_get_4xx_and_the_host_keeps_serving() {
+    let app = spawn_app().await;
+    let post = app.create_post("alice", "target").await;
+    let path = format!("/posts/{post}/comments");
+    let nested = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let mut big = b"{\"text\":\"".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 10 * 1024 * 1024));
+    big.extend(b"\"}");
+    let cases: Vec<(Vec<u8>, Option<&str>, StatusCode)> = vec![
+        (b"{\"text\":".to_vec(), None, StatusCode::BAD_REQUEST),
+        (b"not json".to_vec(), None, StatusCode::BAD_REQUEST),
+        (br#"{"text": 42}"#.to_vec(), None, StatusCode::BAD_REQUEST),
+        (
+            br#"{"text": ["a"]}"#.to_vec(),
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (br#"{}"#.to_vec(), None, StatusCode::BAD_REQUEST),
+        (
+            br#"{"text":"ok","extra":1}"#.to_vec(),
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            b"{\"text\":\"\xff\xfe\"}".to_vec(),
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (nested.into_bytes(), None, StatusCode::BAD_REQUEST),
+        (big, None, StatusCode::PAYLOAD_TOO_LARGE),
+        (
+            br#"{"text":"ok"}"#.to_vec(),
+            Some("text/plain"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            br#"{"text":"ok"}"#.to_vec(),
+            Some("application/xml"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+    ];
+    for (body, content_type, status) in cases {
+        let headers: Vec<(&str, &str)> = content_type
+            .map(|c| ("content-type", c))
+            .into_iter()
+            .collect();
+        let answer = app
+            .send(Method::POST, &path, Some("bob"), &headers, Some(body))
+            .await;
+        assert_problem(&answer, status);
+    }
+    let no_type = app
+        .send(
+            Method::POST,
+            "/posts",
+            Some("bob"),
+            &[("content-type", "")],
+            Some(b"{}".to_vec()),
+        )
+        .await;
+    assert_eq!(no_type.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    let sql = "'); DROP TABLE events; -- \u{1F600} مرحبا";
+    let stored = app.post_json(&path, "bob", json!({"text": sql})).await;
+    assert_eq!(stored.status, StatusCode::CREATED, "{}", stored.body);
+    let events = history(&app, &post).await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1]["data"]["text"], sql, "stored verbatim");
+    assert_eq!(
+        app.send(Method::GET, "/healthz", None, &[], None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn readyz_and_metrics_report_the_dependencies_and_the_work() {
+    let app = spawn_app().await;
+    let ready = app.send(Method::GET, "/readyz", None, &[], None).await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
+    app.create_post("alice", "counted").await;
+    let post = PostId::parse(&app.create_post("alice", "counted too").await).expect("uuid");
+    assert_eq!(
+        app.store
+            .load_stream(post, Version::new(1))
+            .await
+            .expect("load")
+            .len(),
+        1
+    );
+    let metrics = app.send(Method::GET, "/metrics", None, &[], None).await;
+    assert_eq!(metrics.status, StatusCode::OK);
+    for line in [
+        "sourcegram_events_appended_total 2",
+        "http_requests_total{route=\"POST /posts\",status=\"201\"} 2",
+        "# TYPE http_request_duration_seconds histogram",
+        "sourcegram_outbox_unpublished",
+    ] {
+        assert!(
+            metrics.body.contains(line),
+            "metrics lack {line:?}:\n{}",
+            metrics.body
+        );
+    }
+    app.stop().await;
+}

@@ -1,0 +1,313 @@
+//! Publishing without loss: every appended event reaches Kafka exactly once, in
+//! version order per key, also when the broker is down while writes go on. The
+//! outage test runs a private broker of its own, so stopping it disturbs no
+//! other test.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use command_host::event_store::{EventStore, ReadAllCursor};
+use command_host::testkit;
+use domain::EventEnvelope;
+use hyper::{Method, StatusCode};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use serde_json::json;
+use support::{TestApp, spawn_app, spawn_app_on};
+
+/// A broker process of this test's own, on a free loopback port, with its data
+/// in a directory that survives its restart.
+struct PrivateBroker {
+    dir: PathBuf,
+    port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+fn tansu_binary() -> PathBuf {
+    match std::env::var("SOURCEGRAM_TANSU_BIN") {
+        Ok(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(std::env::var("HOME").expect("HOME is set"))
+            .join(".cache/sourcegram/tansu/bin/tansu"),
+    }
+}
+
+impl PrivateBroker {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir = std::env::temp_dir().join(testkit::unique_name("sourcegram_broker"));
+        std::fs::create_dir_all(&dir).expect("broker directory");
+        let mut broker = Self {
+            dir,
+            port,
+            child: None,
+        };
+        broker.restart().await;
+        broker
+    }
+
+    fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    async fn restart(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let binary = tansu_binary();
+        let child = tokio::process::Command::new(&binary)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the broker binary {} is required (scripts/services.sh installs it): {e}",
+                    binary.display()
+                )
+            });
+        self.child = Some(child);
+        let port = self.port;
+        testkit::eventually(Duration::from_secs(20), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(|_| ())
+        })
+        .await
+        .expect("private broker listens");
+    }
+
+    async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("stop the broker");
+        }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Every message on `topic`, read from the start until `expected` arrived and
+/// nothing more came for a second. Returns (key, envelope, type header) in
+/// arrival order per partition.
+async fn consume_all(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+) -> Vec<(String, EventEnvelope, String)> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", testkit::unique_name("verify"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "20")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let quiet = if seen.len() >= expected {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(5)
+        };
+        match tokio::time::timeout(quiet, consumer.recv()).await {
+            Ok(Ok(message)) => {
+                let key =
+                    String::from_utf8(message.key().expect("key").to_vec()).expect("utf-8 key");
+                let envelope: EventEnvelope =
+                    serde_json::from_slice(message.payload().expect("payload"))
+                        .expect("envelope JSON");
+                let headers = message.headers().expect("headers");
+                let type_header = headers
+                    .iter()
+                    .find(|h| h.key == "type")
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .expect("type header");
+                assert!(
+                    headers
+                        .iter()
+                        .any(|h| h.key == "schema" && h.value == Some(b"1"))
+                );
+                seen.push((key, envelope, type_header));
+            }
+            Ok(Err(error)) => panic!("consume failed: {error}"),
+            Err(_) if seen.len() >= expected => break,
+            Err(_) => {}
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {expected} messages arrived",
+            seen.len()
+        );
+    }
+    seen
+}
+
+async fn all_stored(app: &TestApp) -> Vec<EventEnvelope> {
+    let mut cursor = ReadAllCursor::default();
+    let mut all = Vec::new();
+    loop {
+        let page = app.store.read_all(&cursor, 1_000).await.expect("read all");
+        all.extend(page.events);
+        match page.next {
+            Some(next) => cursor = next,
+            None => return all,
+        }
+    }
+}
+
+/// Each stored event arrived exactly once, keyed by its stream, and each key's
+/// versions arrived in ascending order.
+fn assert_published_exactly_once_in_order(
+    stored: &[EventEnvelope],
+    seen: &[(String, EventEnvelope, String)],
+) {
+    let mut counts: HashMap<(String, u64), usize> = HashMap::new();
+    let mut last_version: HashMap<&str, u64> = HashMap::new();
+    for (key, envelope, type_header) in seen {
+        assert_eq!(key, &envelope.stream_id.to_string(), "key = stream id");
+        assert_eq!(type_header, &envelope.event_type);
+        *counts
+            .entry((key.clone(), envelope.version.get()))
+            .or_default() += 1;
+        let last = last_version.entry(key.as_str()).or_default();
+        assert!(
+            envelope.version.get() > *last,
+            "{key}: v{} after v{last}",
+            envelope.version
+        );
+        *last = envelope.version.get();
+    }
+    for envelope in stored {
+        let count = counts.get(&(envelope.stream_id.to_string(), envelope.version.get()));
+        assert_eq!(
+            count,
+            Some(&1),
+            "{} v{} published {count:?} times",
+            envelope.stream_id,
+            envelope.version
+        );
+    }
+    assert_eq!(
+        seen.len(),
+        stored.len(),
+        "nothing was published that is not stored"
+    );
+    let first = &seen
+        .iter()
+        .find(|(_, e, _)| e.version.get() == 1)
+        .expect("a first event")
+        .1;
+    let stored_first = stored
+        .iter()
+        .find(|e| e.event_id == first.event_id)
+        .expect("stored");
+    assert_eq!(
+        first, stored_first,
+        "the published value is the stored envelope"
+    );
+}
+
+async fn outbox_drained(app: &TestApp, within: Duration) {
+    let store = &app.store;
+    testkit::eventually(within, || async move {
+        matches!(store.unpublished_count().await, Ok(0)).then_some(())
+    })
+    .await
+    .expect("the outbox drains");
+}
+
+async fn write_some(app: &TestApp, posts: usize, likes_each: usize) -> usize {
+    let mut acknowledged = 0;
+    for p in 0..posts {
+        let post = app.create_post(&format!("author{p}"), "hello").await;
+        acknowledged += 1;
+        for l in 0..likes_each {
+            let answer = app
+                .send(
+                    Method::POST,
+                    &format!("/posts/{post}/likes"),
+                    Some(&format!("fan{l}")),
+                    &[],
+                    None,
+                )
+                .await;
+            assert_eq!(answer.status, StatusCode::OK);
+            acknowledged += 1;
+        }
+    }
+    acknowledged
+}
+
+#[tokio::test]
+async fn every_appended_event_is_published_once_in_order_per_key() {
+    let app = spawn_app().await;
+    let acknowledged = write_some(&app, 10, 5).await;
+    let edited = app.create_post("editor", "v1").await;
+    app.put_json(
+        &format!("/posts/{edited}/message"),
+        "editor",
+        json!({"message": "v2"}),
+    )
+    .await;
+    outbox_drained(&app, Duration::from_secs(30)).await;
+    let stored = all_stored(&app).await;
+    assert_eq!(stored.len(), acknowledged + 2);
+    let seen = consume_all(&app.brokers, &app.topic, stored.len()).await;
+    assert_published_exactly_once_in_order(&stored, &seen);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn writes_during_a_broker_outage_are_published_when_it_returns() {
+    let mut broker = PrivateBroker::start().await;
+    let topic = testkit::unique_name("outage").replace('_', "-");
+    testkit::create_topic(&broker.brokers(), &topic, 3)
+        .await
+        .expect("create topic");
+    let (pool, schema) = testkit::fresh_pg_schema("cmd_outage").await;
+    let app = spawn_app_on(pool, schema, topic.clone(), broker.brokers()).await;
+
+    let before = write_some(&app, 3, 2).await;
+    outbox_drained(&app, Duration::from_secs(30)).await;
+
+    broker.stop().await;
+    let during = write_some(&app, 4, 3).await;
+    assert!(
+        app.store.unpublished_count().await.expect("count") > 0,
+        "with the broker down, new events wait in the outbox"
+    );
+    broker.restart().await;
+    outbox_drained(&app, Duration::from_secs(90)).await;
+
+    let stored = all_stored(&app).await;
+    assert_eq!(
+        stored.len(),
+        before + during,
+        "every acknowledged write is stored"
+    );
+    let seen = consume_all(&broker.brokers(), &topic, stored.len()).await;
+    assert_published_exactly_once_in_order(&stored, &seen);
+    app.stop().await;
+    broker.stop().await;
+}

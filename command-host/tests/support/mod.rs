@@ -1,0 +1,210 @@
+//! The command host under test: the real server on port 0, a fresh PostgreSQL
+//! schema for its event store and records, and a fresh Kafka topic.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use command_host::auth::TokenKey;
+use command_host::event_store::postgres::PostgresEventStore;
+use command_host::http::ServerConfig;
+use command_host::metrics::Metrics;
+use command_host::pg::PgPool;
+use command_host::publisher::KafkaPublisher;
+use command_host::records::postgres::PostgresCommandRecords;
+use command_host::relay::RelayConfig;
+use command_host::{CommandHostDeps, testkit};
+use domain::{Timestamp, UserId};
+use http_body_util::{BodyExt, Full};
+use hyper::{HeaderMap, Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const SECRET: &[u8] = b"test-secret";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub pool: PgPool,
+    pub schema: String,
+    pub topic: String,
+    pub brokers: String,
+    pub store: PostgresEventStore,
+    key: TokenKey,
+    client: Client<HttpConnector, Full<Bytes>>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Starts the host on a fresh schema and topic.
+pub async fn spawn_app() -> TestApp {
+    let (pool, schema) = testkit::fresh_pg_schema("cmd").await;
+    let topic = testkit::fresh_topic("cmd", 3).await;
+    spawn_app_on(pool, schema, topic, testkit::kafka_brokers()).await
+}
+
+/// Starts the host on existing storage (e.g. to restart it) and a given broker.
+pub async fn spawn_app_on(pool: PgPool, schema: String, topic: String, brokers: String) -> TestApp {
+    let store = PostgresEventStore::new(pool.clone());
+    store.migrate().await.expect("migrate event store");
+    let records = PostgresCommandRecords::new(pool.clone());
+    records.migrate().await.expect("migrate command records");
+    let publisher = KafkaPublisher::new(&brokers, &topic).expect("producer");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind port 0");
+    let addr = listener.local_addr().expect("bound address");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let deps = CommandHostDeps {
+        store: PostgresEventStore::new(pool.clone()),
+        records,
+        publisher,
+        token_key: TokenKey::new(SECRET),
+        server: ServerConfig {
+            header_read_timeout: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(5),
+            ..ServerConfig::default()
+        },
+        relay: RelayConfig {
+            poll_interval: Duration::from_millis(100),
+            ..RelayConfig::default()
+        },
+        metrics: Metrics::new(),
+    };
+    let task = tokio::spawn(command_host::run(listener, deps, async {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        addr,
+        pool,
+        schema,
+        topic,
+        brokers,
+        store,
+        key: TokenKey::new(SECRET),
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+impl TestApp {
+    pub fn token(&self, user: &str) -> String {
+        let user = UserId::parse(user).expect("valid test user");
+        let in_an_hour =
+            Timestamp::from_unix_millis(command_host::clock::now().unix_millis() + 3_600_000);
+        self.key.mint(&user, in_an_hour)
+    }
+
+    pub fn expired_token(&self, user: &str) -> String {
+        let user = UserId::parse(user).expect("valid test user");
+        self.key.mint(&user, Timestamp::from_unix_millis(1_000))
+    }
+
+    /// Sends one request. `body` is sent as JSON unless a content type is given in `headers`.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        user: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Answer {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr));
+        if let Some(user) = user {
+            builder = builder.header("authorization", format!("Bearer {}", self.token(user)));
+        }
+        let has_content_type = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+        if body.is_some() && !has_content_type {
+            builder = builder.header("content-type", "application/json");
+        }
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .expect("valid request");
+        let response = self
+            .client
+            .request(request)
+            .await
+            .expect("the host answers");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("read body")
+            .to_bytes();
+        Answer {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    pub async fn post_json(&self, path: &str, user: &str, body: serde_json::Value) -> Answer {
+        self.send(
+            Method::POST,
+            path,
+            Some(user),
+            &[],
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    pub async fn put_json(&self, path: &str, user: &str, body: serde_json::Value) -> Answer {
+        self.send(
+            Method::PUT,
+            path,
+            Some(user),
+            &[],
+            Some(body.to_string().into_bytes()),
+        )
+        .await
+    }
+
+    pub async fn create_post(&self, user: &str, message: &str) -> String {
+        let answer = self
+            .post_json("/posts", user, serde_json::json!({ "message": message }))
+            .await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+        answer.json()["id"].as_str().expect("id").to_owned()
+    }
+
+    /// Stops the server (graceful drain) and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server result");
+        }
+    }
+}
