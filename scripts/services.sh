@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# Starts (installing first, if missing) the real services Sourcegram's hosts and
+# tests use, on loopback only: PostgreSQL from Debian's packages and tansu, a
+# Kafka-protocol broker built from crates.io. Running it twice is harmless.
+#
+#   scripts/services.sh [start]        install if missing, start, create what the hosts need
+#   scripts/services.sh stop           stop only what this script started
+#   scripts/services.sh restart-broker stop and start the broker (its data survives)
+#   scripts/services.sh status         what is up
+set -euo pipefail
+
+CACHE_DIR="${SOURCEGRAM_CACHE_DIR:-$HOME/.cache/sourcegram}"
+STATE_DIR="${SOURCEGRAM_STATE_DIR:-$CACHE_DIR/state}"
+TANSU_ROOT="$CACHE_DIR/tansu"
+TANSU_BIN="${SOURCEGRAM_TANSU_BIN:-$TANSU_ROOT/bin/tansu}"
+TANSU_VERSION="0.6.0"
+KAFKA_PORT="${SOURCEGRAM_KAFKA_PORT:-9092}"
+PG_PORT="${SOURCEGRAM_PG_PORT:-5432}"
+PG_VERSION=15
+TOPIC="${KAFKA_TOPIC:-post-events}"
+PARTITIONS="${SOURCEGRAM_PARTITIONS:-6}"
+POSTGRES_URL="postgres://sourcegram:sourcegram@127.0.0.1:$PG_PORT/sourcegram"
+KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
+
+say() { printf 'services: %s\n' "$*" >&2; }
+
+wait_for_port() { # port seconds
+  local deadline=$((SECONDS + $2))
+  until (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; do
+    if ((SECONDS >= deadline)); then return 1; fi
+    sleep 0.2
+  done
+}
+
+apt_install() { # packages...
+  if ! command -v apt-get >/dev/null; then
+    say "cannot install $* here: no apt-get; install them and run again"; exit 1
+  fi
+  say "installing $* from Debian's packages"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+install_build_tools() {
+  # rdkafka builds its bundled librdkafka with these.
+  local missing=()
+  command -v cc >/dev/null || missing+=(build-essential)
+  command -v make >/dev/null || missing+=(make)
+  dpkg -s zlib1g-dev >/dev/null 2>&1 || missing+=(zlib1g-dev)
+  command -v curl >/dev/null || missing+=(curl)
+  if ((${#missing[@]})); then apt_install "${missing[@]}"; fi
+}
+
+pg_cluster_bin() { echo "/usr/lib/postgresql/$PG_VERSION/bin"; }
+
+start_postgres() {
+  if [[ ! -x "$(pg_cluster_bin)/postgres" ]] || ! command -v pg_ctlcluster >/dev/null; then
+    apt_install postgresql
+  fi
+  if ! pg_lsclusters -h 2>/dev/null | awk '{print $1" "$2}' | grep -qx "$PG_VERSION main"; then
+    say "creating PostgreSQL cluster $PG_VERSION/main"
+    pg_createcluster "$PG_VERSION" main >/dev/null
+  fi
+  if ! pg_lsclusters -h | awk -v v="$PG_VERSION" '$1==v && $2=="main" {print $4}' | grep -q online; then
+    say "starting PostgreSQL $PG_VERSION"
+    pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" main start
+    touch "$STATE_DIR/postgres.started-by-script"
+  fi
+  wait_for_port "$PG_PORT" 30 || { say "PostgreSQL did not answer on port $PG_PORT"; exit 1; }
+  # Role and database of our own, with a password, reachable over TCP on loopback.
+  su postgres -c "psql -qAt -p $PG_PORT" >/dev/null <<'SQL'
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'sourcegram') THEN
+    CREATE ROLE sourcegram LOGIN PASSWORD 'sourcegram' CREATEDB;
+  END IF;
+END $$;
+SQL
+  if ! su postgres -c "psql -qAt -p $PG_PORT -c \"SELECT 1 FROM pg_database WHERE datname = 'sourcegram'\"" | grep -q 1; then
+    su postgres -c "createdb -p $PG_PORT -O sourcegram sourcegram"
+  fi
+  su postgres -c "psql -qAt -p $PG_PORT -d sourcegram -c 'SET client_min_messages = warning; CREATE EXTENSION IF NOT EXISTS pgcrypto'" >/dev/null
+}
+
+install_tansu() {
+  if [[ -x "$TANSU_BIN" ]]; then return; fi
+  install_build_tools
+  say "building tansu $TANSU_VERSION into $TANSU_ROOT (once; takes 10-20 minutes on 2 cores)"
+  mkdir -p "$CACHE_DIR/logs"
+  cargo install "tansu@$TANSU_VERSION" --locked --features libsql --root "$TANSU_ROOT" \
+    >"$CACHE_DIR/logs/tansu-build.log" 2>&1 || { tail -30 "$CACHE_DIR/logs/tansu-build.log" >&2; exit 1; }
+}
+
+broker_pid() {
+  local pidfile="$STATE_DIR/tansu/tansu.pid"
+  [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null && cat "$pidfile"
+}
+
+start_broker() {
+  install_tansu
+  mkdir -p "$STATE_DIR/tansu"
+  if broker_pid >/dev/null; then
+    :
+  elif wait_for_port "$KAFKA_PORT" 0; then
+    say "something else already listens on $KAFKA_PORT; using it as the broker"
+  else
+    say "starting tansu on 127.0.0.1:$KAFKA_PORT"
+    (
+      cd "$STATE_DIR/tansu"
+      nohup "$TANSU_BIN" broker \
+        --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+        --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+        --storage-engine sqlite://tansu.db >>tansu.log 2>&1 &
+      echo $! >tansu.pid
+    )
+  fi
+  wait_for_port "$KAFKA_PORT" 30 || { say "the broker did not answer on port $KAFKA_PORT"; tail -20 "$STATE_DIR/tansu/tansu.log" >&2; exit 1; }
+  if ! "$TANSU_BIN" topic list --broker "tcp://127.0.0.1:$KAFKA_PORT" 2>/dev/null | grep -q "\"name\":\"$TOPIC\""; then
+    "$TANSU_BIN" topic create "$TOPIC" --partitions "$PARTITIONS" --broker "tcp://127.0.0.1:$KAFKA_PORT" >/dev/null 2>&1 ||
+      say "topic $TOPIC: create answered an error (it may exist already)"
+  fi
+}
+
+stop_broker() {
+  local pid
+  if pid=$(broker_pid); then
+    say "stopping tansu (pid $pid)"
+    kill -TERM "$pid"
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+    rm -f "$STATE_DIR/tansu/tansu.pid"
+  fi
+}
+
+print_urls() {
+  cat <<EOF2
+POSTGRES_URL=$POSTGRES_URL
+KAFKA_BROKERS=$KAFKA_BROKERS
+KAFKA_TOPIC=$TOPIC
+EOF2
+}
+
+mkdir -p "$STATE_DIR"
+case "${1:-start}" in
+  start)
+    start_postgres
+    start_broker
+    print_urls
+    ;;
+  stop)
+    stop_broker
+    if [[ -f "$STATE_DIR/postgres.started-by-script" ]]; then
+      say "stopping PostgreSQL $PG_VERSION"
+      pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" main stop
+      rm -f "$STATE_DIR/postgres.started-by-script"
+    fi
+    ;;
+  restart-broker)
+    stop_broker
+    start_broker
+    ;;
+  status)
+    if wait_for_port "$PG_PORT" 0; then echo "postgres: up on 127.0.0.1:$PG_PORT"; else echo "postgres: down"; fi
+    if wait_for_port "$KAFKA_PORT" 0; then echo "broker: up on 127.0.0.1:$KAFKA_PORT${pid:+}"; else echo "broker: down"; fi
+    ;;
+  *)
+    sed -n '2,12p' "$0" >&2
+    exit 2
+    ;;
+esac
