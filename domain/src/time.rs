@@ -136,6 +136,27 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (year, month, day)
 }
 
+impl From<Timestamp> for std::time::SystemTime {
+    fn from(t: Timestamp) -> Self {
+        let offset = std::time::Duration::from_millis(t.0.unsigned_abs());
+        if t.0 >= 0 {
+            std::time::UNIX_EPOCH + offset
+        } else {
+            std::time::UNIX_EPOCH - offset
+        }
+    }
+}
+
+impl From<std::time::SystemTime> for Timestamp {
+    /// Converting an instant is not reading a clock: the caller brings the value.
+    fn from(t: std::time::SystemTime) -> Self {
+        match t.duration_since(std::time::UNIX_EPOCH) {
+            Ok(after) => Self(i64::try_from(after.as_millis()).unwrap_or(i64::MAX)),
+            Err(before) => Self(-i64::try_from(before.duration().as_millis()).unwrap_or(i64::MAX)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,27 +210,6 @@ mod tests {
                 Timestamp::parse_rfc3339(raw).is_err(),
                 "{raw:?} should be refused"
             );
-        }
-    }
-}
-
-impl From<Timestamp> for std::time::SystemTime {
-    fn from(t: Timestamp) -> Self {
-        let offset = std::time::Duration::from_millis(t.0.unsigned_abs());
-        if t.0 >= 0 {
-            std::time::UNIX_EPOCH + offset
-        } else {
-            std::time::UNIX_EPOCH - offset
-        }
-    }
-}
-
-impl From<std::time::SystemTime> for Timestamp {
-    /// Converting an instant is not reading a clock: the caller brings the value.
-    fn from(t: std::time::SystemTime) -> Self {
-        match t.duration_since(std::time::UNIX_EPOCH) {
-            Ok(after) => Self(i64::try_from(after.as_millis()).unwrap_or(i64::MAX)),
-            Err(before) => Self(-i64::try_from(before.duration().as_millis()).unwrap_or(i64::MAX)),
         }
     }
 }
