@@ -1,6 +1,287 @@
-//! Sourcegram's projection host: builds the PostgreSQL read model from Kafka.
+//! Sourcegram's projection host: builds the PostgreSQL read model and the
+//! notifications from Kafka, and rebuilds the read model from the event store.
 //!
-//! - [`schema`]: the read-model and notification tables.
+//! - [`projector`]: applies a batch to the read model, exactly once in effect.
+//! - [`notifications`]: the second projection, with its own consumer group.
+//! - [`consumer`]: Kafka micro-batches, offsets committed after the transaction.
+//! - [`replay`]: full rebuild from the event store into a fresh schema, then swap.
+//! - [`rows`]: a post's rows folded in memory (replay, and checks in tests).
+//! - [`schema`]: the tables.
+//! - [`config`]: configuration from the environment.
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod consumer;
+pub mod notifications;
+pub mod projector;
+pub mod replay;
+pub mod rows;
 pub mod schema;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use command_host::event_store::EventStore;
+use command_host::http::{self, HttpResponse, Problem, RequestContext, ServerConfig};
+use command_host::metrics::Metrics;
+use command_host::pg::PgPool;
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+use tokio::net::TcpListener;
+use tokio::sync::{RwLock, watch};
+
+use crate::consumer::{ConsumerConfig, Projection, run_consumer};
+use crate::notifications::Notifications;
+use crate::projector::ReadModel;
+use crate::replay::{ReplayError, Replayer};
+
+/// What the projection host runs on.
+#[derive(Debug)]
+pub struct ProjectionHostDeps<S> {
+    pub store: S,
+    pub pool: PgPool,
+    pub read_model_schema: String,
+    pub notifications_schema: String,
+    /// Consumer settings of the read model; the notifications use the same with
+    /// `notifications_group`.
+    pub consumer: ConsumerConfig,
+    pub notifications_group: String,
+    /// `None`: the admin surface answers 503 saying the token is not configured.
+    pub admin_token: Option<String>,
+    pub server: ServerConfig,
+    pub metrics: Metrics,
+}
+
+/// Runs both projections and the HTTP surface until `shutdown` completes.
+pub async fn run<S: EventStore + 'static>(
+    listener: TcpListener,
+    deps: ProjectionHostDeps<S>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let to_io = |e: projector::ProjectionError| std::io::Error::other(e.to_string());
+    let store = Arc::new(deps.store);
+    let read_model = ReadModel::open(deps.pool.clone(), &deps.read_model_schema)
+        .await
+        .map_err(to_io)?;
+    let notifications = Notifications::open(deps.pool.clone(), &deps.notifications_schema)
+        .await
+        .map_err(to_io)?;
+    let gate = Arc::new(RwLock::new(()));
+    let (stop, stopped) = watch::channel(false);
+    let mut consumers = Vec::new();
+    for (projection, group) in [
+        (
+            Projection::ReadModel(read_model),
+            deps.consumer.group.clone(),
+        ),
+        (
+            Projection::Notifications(notifications),
+            deps.notifications_group.clone(),
+        ),
+    ] {
+        let config = ConsumerConfig {
+            group,
+            ..deps.consumer.clone()
+        };
+        consumers.push(tokio::spawn(run_consumer(
+            config,
+            Arc::new(projection),
+            Arc::clone(&store),
+            deps.metrics.clone(),
+            Arc::clone(&gate),
+            stopped.clone(),
+        )));
+    }
+    let app = Arc::new(App {
+        replayer: Arc::new(Replayer::new(
+            Arc::clone(&store),
+            deps.pool.clone(),
+            &deps.read_model_schema,
+            gate,
+        )),
+        store,
+        pool: deps.pool,
+        admin_token: deps.admin_token,
+        metrics: deps.metrics.clone(),
+    });
+    let served = http::serve(
+        listener,
+        deps.server,
+        deps.metrics,
+        move |request, context| {
+            let app = Arc::clone(&app);
+            async move { app.handle(request, context).await }
+        },
+        shutdown,
+    )
+    .await;
+    let _ = stop.send(true);
+    for consumer in consumers {
+        match consumer.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "consumer could not start"),
+            Err(error) => tracing::error!(%error, "consumer task failed"),
+        }
+    }
+    served
+}
+
+/// Every request the projection host answers.
+#[derive(Debug, Clone, Copy)]
+enum AdminRequest {
+    Healthz,
+    Readyz,
+    Metrics,
+    StartReplay,
+    ReplayProgress,
+}
+
+impl AdminRequest {
+    fn label(self) -> &'static str {
+        match self {
+            AdminRequest::Healthz => "GET /healthz",
+            AdminRequest::Readyz => "GET /readyz",
+            AdminRequest::Metrics => "GET /metrics",
+            AdminRequest::StartReplay => "POST /admin/replay",
+            AdminRequest::ReplayProgress => "GET /admin/replay",
+        }
+    }
+}
+
+fn route(method: &Method, path: &str) -> Result<AdminRequest, Problem> {
+    match (http::path_segments(path).as_slice(), method) {
+        (["healthz"], &Method::GET) => Ok(AdminRequest::Healthz),
+        (["readyz"], &Method::GET) => Ok(AdminRequest::Readyz),
+        (["metrics"], &Method::GET) => Ok(AdminRequest::Metrics),
+        (["admin", "replay"], &Method::POST) => Ok(AdminRequest::StartReplay),
+        (["admin", "replay"], &Method::GET) => Ok(AdminRequest::ReplayProgress),
+        (["healthz" | "readyz" | "metrics"] | ["admin", "replay"], _) => Err(Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not allowed on {path}"),
+        )),
+        _ => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            format!("no such resource: {path}"),
+        )),
+    }
+}
+
+struct App<S> {
+    store: Arc<S>,
+    pool: PgPool,
+    replayer: Arc<Replayer<S>>,
+    admin_token: Option<String>,
+    metrics: Metrics,
+}
+
+impl<S: EventStore + 'static> App<S> {
+    async fn handle(&self, request: Request<Incoming>, _context: RequestContext) -> HttpResponse {
+        let endpoint = match route(request.method(), request.uri().path()) {
+            Ok(endpoint) => endpoint,
+            Err(problem) => return http::with_route(problem.into_response(), "unmatched"),
+        };
+        let response = self
+            .dispatch(endpoint, &request)
+            .await
+            .unwrap_or_else(Problem::into_response);
+        http::with_route(response, endpoint.label())
+    }
+
+    /// The mediator: one handler per request.
+    async fn dispatch(
+        &self,
+        endpoint: AdminRequest,
+        request: &Request<Incoming>,
+    ) -> Result<HttpResponse, Problem> {
+        match endpoint {
+            AdminRequest::Healthz => Ok(http::healthz()),
+            AdminRequest::Readyz => Ok(self.readyz().await),
+            AdminRequest::Metrics => Ok(self.metrics()),
+            AdminRequest::StartReplay => {
+                self.authorize(request)?;
+                self.start_replay()
+            }
+            AdminRequest::ReplayProgress => {
+                self.authorize(request)?;
+                Ok(http::json(StatusCode::OK, &self.replayer.progress()))
+            }
+        }
+    }
+
+    fn authorize(&self, request: &Request<Incoming>) -> Result<(), Problem> {
+        let Some(expected) = &self.admin_token else {
+            return Err(Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the admin surface is disabled: ADMIN_TOKEN is not configured",
+            ));
+        };
+        let given = command_host::auth::bearer(request.headers())
+            .map_err(|e| Problem::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
+        if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            return Err(Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "the admin token is wrong",
+            ));
+        }
+        Ok(())
+    }
+
+    fn start_replay(&self) -> Result<HttpResponse, Problem> {
+        self.replayer.begin().map_err(|e| match e {
+            ReplayError::AlreadyRunning => Problem::new(StatusCode::CONFLICT, e.to_string()),
+            other => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+        })?;
+        let replayer = Arc::clone(&self.replayer);
+        let metrics = self.metrics.clone();
+        tokio::spawn(async move {
+            let outcome = match replayer.run().await {
+                Ok(()) => "succeeded",
+                Err(error) => {
+                    tracing::error!(%error, "replay failed; the live read model is untouched");
+                    "failed"
+                }
+            };
+            metrics.inc(
+                "sourcegram_replays_total",
+                &[("outcome", outcome.to_owned())],
+                1,
+            );
+        });
+        Ok(http::json(StatusCode::ACCEPTED, &self.replayer.progress()))
+    }
+
+    async fn readyz(&self) -> HttpResponse {
+        let mut failures = Vec::new();
+        match self.pool.get().await {
+            Ok(conn) => {
+                if let Err(e) = conn.simple_query("SELECT 1").await {
+                    failures.push(format!("read model: {e}"));
+                }
+            }
+            Err(e) => failures.push(format!("read model: {e}")),
+        }
+        if let Err(e) = self.store.ping().await {
+            failures.push(format!("event store: {e}"));
+        }
+        http::readyz(&failures)
+    }
+
+    fn metrics(&self) -> HttpResponse {
+        let progress = self.replayer.progress();
+        self.metrics.set_gauge(
+            "sourcegram_replay_events_done",
+            &[],
+            progress.events_done as f64,
+        );
+        self.metrics.set_gauge(
+            "sourcegram_replay_events_total",
+            &[],
+            progress.events_total as f64,
+        );
+        http::metrics_response(&self.metrics)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,6 +1,66 @@
+//! `projection-host`: consumes `post-events` into the read model and the
+//! notifications, and serves health, metrics and the replay admin surface.
 #![forbid(unsafe_code)]
 
-fn main() {
-    eprintln!("projection-host: not built yet");
-    std::process::exit(1);
+use std::process::ExitCode;
+
+use command_host::event_store::AnyEventStore;
+use command_host::http::ServerConfig;
+use command_host::metrics::Metrics;
+use command_host::pg::PgPool;
+use command_host::shutdown_signal;
+use projection_host::config::Config;
+use projection_host::consumer::ConsumerConfig;
+use projection_host::{ProjectionHostDeps, run};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match serve().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("projection-host: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> Result<(), String> {
+    let config = Config::from_env().map_err(|e| e.to_string())?;
+    let store = AnyEventStore::connect(&config.event_store_url, config.pool_size)
+        .await
+        .map_err(|e| format!("connect event store: {e}"))?;
+    let pool = PgPool::from_url(&config.read_model_url, config.pool_size)
+        .map_err(|e| format!("READ_MODEL_URL: {e}"))?;
+    if config.admin_token.is_none() {
+        tracing::warn!("ADMIN_TOKEN is not set: the replay admin surface is disabled");
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen_addr)
+        .await
+        .map_err(|e| format!("bind {}: {e}", config.listen_addr))?;
+    tracing::info!(addr = %config.listen_addr, "projection host listening");
+    let deps = ProjectionHostDeps {
+        store,
+        pool,
+        read_model_schema: config.read_model_schema,
+        notifications_schema: config.notifications_schema,
+        consumer: ConsumerConfig {
+            brokers: config.kafka_brokers,
+            topic: config.kafka_topic,
+            group: config.read_model_group,
+            max_batch: config.max_batch,
+            max_wait: config.max_wait,
+        },
+        notifications_group: config.notifications_group,
+        admin_token: config.admin_token,
+        server: ServerConfig::default(),
+        metrics: Metrics::new(),
+    };
+    run(listener, deps, shutdown_signal())
+        .await
+        .map_err(|e| format!("serve: {e}"))
 }

@@ -91,6 +91,10 @@ CREATE TABLE IF NOT EXISTS {schema}.progress (
     stream_id uuid PRIMARY KEY,
     version   bigint NOT NULL
 );
+CREATE TABLE IF NOT EXISTS {schema}.post_authors (
+    post_id uuid PRIMARY KEY,
+    author  text NOT NULL
+);
 "#
     )
 }

@@ -1,0 +1,54 @@
+//! The projection host's configuration, from the environment.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use command_host::config::{ConfigError, DEFAULT_POSTGRES_URL, parsed_or, var_or};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen_addr: SocketAddr,
+    pub read_model_url: String,
+    pub read_model_schema: String,
+    pub notifications_schema: String,
+    pub event_store_url: String,
+    pub kafka_brokers: String,
+    pub kafka_topic: String,
+    pub read_model_group: String,
+    pub notifications_group: String,
+    pub admin_token: Option<String>,
+    pub pool_size: usize,
+    pub max_batch: usize,
+    pub max_wait: Duration,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let schema = |name, default: &str| -> Result<String, ConfigError> {
+            let value = var_or(name, default);
+            if crate::schema::is_plain_identifier(&value) {
+                Ok(value)
+            } else {
+                Err(ConfigError {
+                    name,
+                    reason: format!("{value:?} must be a lowercase identifier"),
+                })
+            }
+        };
+        Ok(Self {
+            listen_addr: parsed_or("LISTEN_ADDR", SocketAddr::from(([127, 0, 0, 1], 8083)))?,
+            read_model_url: var_or("READ_MODEL_URL", DEFAULT_POSTGRES_URL),
+            read_model_schema: schema("READ_MODEL_SCHEMA", "read_model")?,
+            notifications_schema: schema("NOTIFICATIONS_SCHEMA", "notifications")?,
+            event_store_url: var_or("EVENT_STORE_URL", DEFAULT_POSTGRES_URL),
+            kafka_brokers: var_or("KAFKA_BROKERS", "127.0.0.1:9092"),
+            kafka_topic: var_or("KAFKA_TOPIC", "post-events"),
+            read_model_group: var_or("READ_MODEL_GROUP", "post-read-model"),
+            notifications_group: var_or("NOTIFICATIONS_GROUP", "post-notifications"),
+            admin_token: std::env::var("ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
+            pool_size: parsed_or("PG_POOL_SIZE", 8)?,
+            max_batch: parsed_or("PROJECTION_MAX_BATCH", 500)?,
+            max_wait: Duration::from_millis(parsed_or("PROJECTION_MAX_WAIT_MS", 5)?),
+        })
+    }
+}

@@ -1,0 +1,233 @@
+//! The Kafka side of a projection: read `post-events` in micro-batches, apply
+//! each batch in one transaction, and commit offsets only after that
+//! transaction committed. A crash in between redelivers the batch, and the
+//! version check makes that redelivery change nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use command_host::event_store::EventStore;
+use command_host::metrics::Metrics;
+use domain::EventEnvelope;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::{RwLock, watch};
+
+use crate::notifications::Notifications;
+use crate::projector::{BatchOutcome, ProjectionError, ReadModel};
+
+/// The projections this host runs: a closed set, dispatched by `match`.
+#[derive(Debug)]
+pub enum Projection {
+    ReadModel(ReadModel),
+    Notifications(Notifications),
+}
+
+impl Projection {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Projection::ReadModel(_) => "read_model",
+            Projection::Notifications(_) => "notifications",
+        }
+    }
+
+    pub async fn apply_batch<S: EventStore>(
+        &self,
+        store: &S,
+        batch: &[EventEnvelope],
+    ) -> Result<BatchOutcome, ProjectionError> {
+        match self {
+            Projection::ReadModel(model) => model.apply_batch(store, batch).await,
+            Projection::Notifications(notifications) => {
+                notifications.apply_batch(store, batch).await
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    pub brokers: String,
+    pub topic: String,
+    pub group: String,
+    /// Most events applied in one transaction.
+    pub max_batch: usize,
+    /// How long a batch waits to fill once its first event arrived.
+    pub max_wait: Duration,
+}
+
+/// Consumes until `shutdown` turns true. The batch in progress is finished and
+/// committed first. `gate` is held for reading while a batch is applied, so a
+/// replay can pause the projector by taking it for writing.
+pub async fn run_consumer<S: EventStore>(
+    config: ConsumerConfig,
+    projection: Arc<Projection>,
+    store: Arc<S>,
+    metrics: Metrics,
+    gate: Arc<RwLock<()>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), KafkaError> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", &config.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        // The broker answers a fetch after about half of this; keep lag low.
+        .set("fetch.wait.max.ms", "20")
+        .set("session.timeout.ms", "10000")
+        .create()?;
+    consumer.subscribe(&[&config.topic])?;
+    let name = projection.name();
+    let mut failing = false;
+    loop {
+        if *shutdown.borrow() {
+            return Ok(());
+        }
+        let first = tokio::select! {
+            message = consumer.recv() => message,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        let mut batch = Batch::default();
+        match first {
+            Ok(message) => batch.add(&message, &metrics, name),
+            Err(error) => {
+                tracing::warn!(%error, projection = name, "kafka receive failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + config.max_wait;
+        while batch.len() < config.max_batch {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Ok(Ok(message)) => batch.add(&message, &metrics, name),
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let applied = {
+                let _paused_by_replay = gate.read().await;
+                projection.apply_batch(&*store, &batch.envelopes).await
+            };
+            match applied {
+                Ok(outcome) => {
+                    if failing {
+                        tracing::info!(projection = name, "projection recovered");
+                        failing = false;
+                    }
+                    record(&metrics, name, outcome, &batch);
+                    break;
+                }
+                Err(error) => {
+                    if !failing {
+                        tracing::warn!(%error, projection = name, "batch not applied; retrying");
+                        failing = true;
+                    }
+                    metrics.inc(
+                        "sourcegram_projection_failures_total",
+                        &[("projection", name.to_owned())],
+                        1,
+                    );
+                    // Never skip: the batch is retried until it applies. On
+                    // shutdown it is left uncommitted and redelivered later.
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => return Ok(()),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        let mut offsets = TopicPartitionList::new();
+        for (partition, offset) in &batch.next_offsets {
+            offsets.add_partition_offset(&config.topic, *partition, Offset::Offset(*offset))?;
+        }
+        // An offset commit that is lost only means redelivery, which is harmless.
+        if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
+            tracing::debug!(%error, projection = name, "offset commit failed");
+        }
+    }
+}
+
+#[derive(Default)]
+struct Batch {
+    envelopes: Vec<EventEnvelope>,
+    next_offsets: BTreeMap<i32, i64>,
+    newest_per_partition: BTreeMap<i32, domain::Timestamp>,
+    received: usize,
+}
+
+impl Batch {
+    fn len(&self) -> usize {
+        self.received
+    }
+
+    fn add(&mut self, message: &impl Message, metrics: &Metrics, name: &'static str) {
+        self.received += 1;
+        let next = self.next_offsets.entry(message.partition()).or_default();
+        *next = (*next).max(message.offset() + 1);
+        match message
+            .payload()
+            .map(serde_json::from_slice::<EventEnvelope>)
+        {
+            Some(Ok(envelope)) => {
+                let newest = self
+                    .newest_per_partition
+                    .entry(message.partition())
+                    .or_insert(envelope.occurred_at);
+                *newest = (*newest).max(envelope.occurred_at);
+                self.envelopes.push(envelope);
+            }
+            // Not an envelope at all: it cannot be projected, and holding the
+            // partition for it would stop every post behind it. The event store
+            // stays the truth, and a replay rebuilds from it.
+            _ => {
+                tracing::error!(
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    "skipping a message that is not an event envelope"
+                );
+                metrics.inc(
+                    "sourcegram_projection_undecodable_total",
+                    &[("projection", name.to_owned())],
+                    1,
+                );
+            }
+        }
+    }
+}
+
+fn record(metrics: &Metrics, name: &'static str, outcome: BatchOutcome, batch: &Batch) {
+    let label = [("projection", name.to_owned())];
+    metrics.inc(
+        "sourcegram_events_projected_total",
+        &label,
+        outcome.applied as u64,
+    );
+    metrics.inc(
+        "sourcegram_events_skipped_total",
+        &label,
+        outcome.skipped as u64,
+    );
+    metrics.inc(
+        "sourcegram_events_healed_total",
+        &label,
+        outcome.healed as u64,
+    );
+    metrics.inc("sourcegram_projection_batches_total", &label, 1);
+    let now = command_host::clock::now().unix_millis();
+    for (partition, newest) in &batch.newest_per_partition {
+        metrics.set_gauge(
+            "sourcegram_projection_lag_ms",
+            &[
+                ("projection", name.to_owned()),
+                ("partition", partition.to_string()),
+            ],
+            (now - newest.unix_millis()).max(0) as f64,
+        );
+    }
+}

@@ -1,0 +1,177 @@
+//! The notifications projection, a second consumer of the same events with its
+//! own consumer group: "bob liked your post", "carol commented on your post".
+//! Like the read model it tracks each stream's version in the same transaction
+//! as its effects, and notifications are keyed by the causing event's id.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use command_host::event_store::EventStore;
+use command_host::pg::PgPool;
+use domain::{EventEnvelope, PostEvent, PostId, Version};
+use uuid::Uuid;
+
+use crate::projector::{BatchOutcome, ProjectionError};
+
+#[derive(Debug)]
+struct Sql {
+    lock_progress: String,
+    set_progress: String,
+    post_created: String,
+    notify: String,
+}
+
+/// The notifications in one PostgreSQL schema.
+#[derive(Debug)]
+pub struct Notifications {
+    pool: PgPool,
+    sql: Sql,
+}
+
+impl Notifications {
+    pub async fn open(pool: PgPool, schema: &str) -> Result<Self, ProjectionError> {
+        let conn = pool.get().await?;
+        crate::schema::create_notifications(&conn, schema).await?;
+        drop(conn);
+        let s = schema;
+        Ok(Self {
+            pool,
+            sql: Sql {
+                lock_progress: format!(
+                    "SELECT stream_id, version FROM {s}.progress WHERE stream_id = ANY($1) ORDER BY stream_id FOR UPDATE"
+                ),
+                set_progress: format!(
+                    "INSERT INTO {s}.progress (stream_id, version) VALUES ($1, $2)
+                     ON CONFLICT (stream_id) DO UPDATE SET version = EXCLUDED.version"
+                ),
+                post_created: format!(
+                    "INSERT INTO {s}.post_authors (post_id, author) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+                ),
+                // Nobody is told about their own likes and comments.
+                notify: format!(
+                    "INSERT INTO {s}.notifications (event_id, recipient, kind, actor, post_id, comment_id, created_at)
+                     SELECT $1, a.author, $2, $3, a.post_id, $4, $5 FROM {s}.post_authors a
+                     WHERE a.post_id = $6 AND a.author <> $3
+                     ON CONFLICT (event_id) DO NOTHING"
+                ),
+            },
+        })
+    }
+
+    /// Applies `batch` in one transaction, skipping what was applied before and
+    /// healing gaps from the event store.
+    pub async fn apply_batch<S: EventStore>(
+        &self,
+        store: &S,
+        batch: &[EventEnvelope],
+    ) -> Result<BatchOutcome, ProjectionError> {
+        let mut by_stream: BTreeMap<PostId, BTreeMap<Version, &EventEnvelope>> = BTreeMap::new();
+        for envelope in batch {
+            by_stream
+                .entry(envelope.stream_id)
+                .or_default()
+                .insert(envelope.version, envelope);
+        }
+        let mut outcome = BatchOutcome {
+            skipped: batch.len() - by_stream.values().map(BTreeMap::len).sum::<usize>(),
+            ..BatchOutcome::default()
+        };
+        let mut conn = self.pool.get().await?;
+        let lock = conn.prepared(&self.sql.lock_progress).await?;
+        let set_progress = conn.prepared(&self.sql.set_progress).await?;
+        let post_created = conn.prepared(&self.sql.post_created).await?;
+        let notify = conn.prepared(&self.sql.notify).await?;
+        let tx = conn.client().transaction().await?;
+        let ids: Vec<Uuid> = by_stream.keys().map(PostId::as_uuid).collect();
+        let mut progress: BTreeMap<Uuid, u64> = BTreeMap::new();
+        for row in tx.query(&lock, &[&ids]).await? {
+            let version: i64 = row.get(1);
+            progress.insert(row.get(0), version.max(0).unsigned_abs());
+        }
+        for (stream, events) in &by_stream {
+            let mut next = progress.get(&stream.as_uuid()).copied().unwrap_or(0) + 1;
+            let start = next;
+            for (version, envelope) in events {
+                let version = version.get();
+                if version < next {
+                    outcome.skipped += 1;
+                    continue;
+                }
+                let mut pending = Vec::new();
+                if version > next {
+                    let missing = store.load_stream(*stream, Version::new(next)).await?;
+                    let healed: Vec<EventEnvelope> = missing
+                        .into_iter()
+                        .filter(|e| e.version.get() < version)
+                        .collect();
+                    if healed.len() as u64 != version - next {
+                        return Err(ProjectionError::Unhealable {
+                            stream: *stream,
+                            missing: next,
+                        });
+                    }
+                    outcome.healed += healed.len();
+                    pending.extend(healed);
+                }
+                pending.push((*envelope).clone());
+                for envelope in &pending {
+                    let event = envelope
+                        .decode()
+                        .map_err(|e| ProjectionError::Undecodable {
+                            stream: envelope.stream_id,
+                            version: envelope.version,
+                            reason: e.to_string(),
+                        })?;
+                    let at = SystemTime::from(envelope.occurred_at);
+                    let post = stream.as_uuid();
+                    match &event {
+                        PostEvent::PostCreated(e) => {
+                            tx.execute(&post_created, &[&post, &e.author.as_str()])
+                                .await?;
+                        }
+                        PostEvent::PostLiked(e) => {
+                            let none: Option<Uuid> = None;
+                            tx.execute(
+                                &notify,
+                                &[
+                                    &envelope.event_id,
+                                    &"liked",
+                                    &e.user.as_str(),
+                                    &none,
+                                    &at,
+                                    &post,
+                                ],
+                            )
+                            .await?;
+                        }
+                        PostEvent::CommentAdded(e) => {
+                            let comment = Some(e.comment_id.as_uuid());
+                            tx.execute(
+                                &notify,
+                                &[
+                                    &envelope.event_id,
+                                    &"commented",
+                                    &e.author.as_str(),
+                                    &comment,
+                                    &at,
+                                    &post,
+                                ],
+                            )
+                            .await?;
+                        }
+                        _ => {}
+                    }
+                    outcome.applied += 1;
+                }
+                next = version + 1;
+            }
+            if next > start {
+                let version = i64::try_from(next - 1).unwrap_or(i64::MAX);
+                tx.execute(&set_progress, &[&stream.as_uuid(), &version])
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+}

@@ -1,0 +1,307 @@
+//! The live read-model projector: applies a batch of envelopes in ONE PostgreSQL
+//! transaction that also checks and advances each stream's projected version
+//! (`posts.version`). Events at or below it are skipped, so redelivery changes
+//! nothing; a gap is healed by loading the missing events from the event store.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use command_host::event_store::{EventStore, StoreError};
+use command_host::pg::{PgConn, PgPool};
+use domain::{EventEnvelope, PostEvent, PostId, Version};
+use tokio_postgres::Statement;
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+/// Why a batch could not be applied. Nothing of the batch was committed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("read model database: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    #[error("event store: {0}")]
+    Store(#[from] StoreError),
+    #[error("{stream} v{version} cannot be decoded: {reason}")]
+    Undecodable {
+        stream: PostId,
+        version: Version,
+        reason: String,
+    },
+    #[error("{stream}: version {missing} is in neither the batch nor the event store")]
+    Unhealable { stream: PostId, missing: u64 },
+}
+
+/// What one batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BatchOutcome {
+    pub applied: usize,
+    pub skipped: usize,
+    /// Events loaded from the event store to fill gaps.
+    pub healed: usize,
+}
+
+/// The SQL of one read-model schema, formatted once.
+#[derive(Debug)]
+struct Sql {
+    lock_versions: String,
+    post_created: String,
+    message_edited: String,
+    post_liked: String,
+    post_unliked: String,
+    comment_added: String,
+    comment_edited: String,
+    comment_removed: String,
+    post_deleted: String,
+    notify: &'static str,
+}
+
+impl Sql {
+    fn new(s: &str) -> Self {
+        Self {
+            lock_versions: format!("SELECT id, version FROM {s}.posts WHERE id = ANY($1) ORDER BY id FOR UPDATE"),
+            post_created: format!(
+                "INSERT INTO {s}.posts (id, author, message, created_at, version) VALUES ($1, $2, $3, $4, $5)"
+            ),
+            message_edited: format!("UPDATE {s}.posts SET message = $2, edited_at = $3, version = $4 WHERE id = $1"),
+            post_liked: format!(
+                "WITH changed AS (INSERT INTO {s}.likes (post_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1)
+                 UPDATE {s}.posts SET likes = likes + (SELECT count(*) FROM changed), version = $3 WHERE id = $1"
+            ),
+            post_unliked: format!(
+                "WITH changed AS (DELETE FROM {s}.likes WHERE post_id = $1 AND user_id = $2 RETURNING 1)
+                 UPDATE {s}.posts SET likes = likes - (SELECT count(*) FROM changed), version = $3 WHERE id = $1"
+            ),
+            comment_added: format!(
+                "WITH changed AS (INSERT INTO {s}.comments (post_id, id, author, text, created_at) VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT DO NOTHING RETURNING 1)
+                 UPDATE {s}.posts SET comment_count = comment_count + (SELECT count(*) FROM changed), version = $6 WHERE id = $1"
+            ),
+            comment_edited: format!(
+                "WITH changed AS (UPDATE {s}.comments SET text = $3, edited_at = $4 WHERE post_id = $1 AND id = $2 RETURNING 1)
+                 UPDATE {s}.posts SET version = $5 WHERE id = $1"
+            ),
+            comment_removed: format!(
+                "WITH changed AS (UPDATE {s}.comments SET removed = true WHERE post_id = $1 AND id = $2 AND NOT removed RETURNING 1)
+                 UPDATE {s}.posts SET comment_count = comment_count - (SELECT count(*) FROM changed), version = $3 WHERE id = $1"
+            ),
+            post_deleted: format!("UPDATE {s}.posts SET deleted_at = $2, version = $3 WHERE id = $1"),
+            notify: "SELECT pg_notify('read_model_changed', change) FROM unnest($1::text[]) AS change",
+        }
+    }
+}
+
+/// The read model in one PostgreSQL schema.
+#[derive(Debug)]
+pub struct ReadModel {
+    pool: PgPool,
+    schema: String,
+    sql: Sql,
+}
+
+impl ReadModel {
+    /// The read model in `schema`, creating its tables if missing.
+    pub async fn open(pool: PgPool, schema: &str) -> Result<Self, ProjectionError> {
+        let conn = pool.get().await?;
+        crate::schema::create_read_model(&conn, schema).await?;
+        drop(conn);
+        Ok(Self {
+            pool,
+            schema: schema.to_owned(),
+            sql: Sql::new(schema),
+        })
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies `batch` (any order, duplicates allowed) in one transaction.
+    pub async fn apply_batch<S: EventStore>(
+        &self,
+        store: &S,
+        batch: &[EventEnvelope],
+    ) -> Result<BatchOutcome, ProjectionError> {
+        let mut by_stream: BTreeMap<PostId, BTreeMap<Version, &EventEnvelope>> = BTreeMap::new();
+        for envelope in batch {
+            by_stream
+                .entry(envelope.stream_id)
+                .or_default()
+                .insert(envelope.version, envelope);
+        }
+        let mut outcome = BatchOutcome {
+            skipped: batch.len() - by_stream.values().map(BTreeMap::len).sum::<usize>(),
+            ..BatchOutcome::default()
+        };
+        let mut conn = self.pool.get().await?;
+        let statements = Statements::prepare(&mut conn, &self.sql).await?;
+        let tx = conn.client().transaction().await?;
+        // Lock the rows of every stream in the batch, in id order so that two
+        // projector instances cannot deadlock; the second waits, then skips.
+        let ids: Vec<Uuid> = by_stream.keys().map(PostId::as_uuid).collect();
+        let mut projected: BTreeMap<Uuid, u64> = BTreeMap::new();
+        for row in tx.query(&statements.lock_versions, &[&ids]).await? {
+            let version: i64 = row.get(1);
+            projected.insert(row.get(0), version.max(0).unsigned_abs());
+        }
+        let mut to_apply: Vec<(EventEnvelope, PostEvent)> = Vec::new();
+        let mut changes = Vec::new();
+        for (stream, events) in &by_stream {
+            let mut next = projected.get(&stream.as_uuid()).copied().unwrap_or(0) + 1;
+            let mut pending: Vec<EventEnvelope> = Vec::new();
+            for (version, envelope) in events {
+                let version = version.get();
+                if version < next {
+                    outcome.skipped += 1;
+                    continue;
+                }
+                if version > next {
+                    // A gap: fetch what is missing from the source of truth.
+                    let missing = store.load_stream(*stream, Version::new(next)).await?;
+                    let healed: Vec<EventEnvelope> = missing
+                        .into_iter()
+                        .filter(|e| e.version.get() < version)
+                        .collect();
+                    if healed.len() as u64 != version - next {
+                        return Err(ProjectionError::Unhealable {
+                            stream: *stream,
+                            missing: next,
+                        });
+                    }
+                    outcome.healed += healed.len();
+                    next = version;
+                    pending.extend(healed);
+                }
+                pending.push((*envelope).clone());
+                next += 1;
+            }
+            if pending.is_empty() {
+                continue;
+            }
+            changes.push(format!("{stream}:{}", next - 1));
+            for envelope in pending {
+                let event = envelope
+                    .decode()
+                    .map_err(|e| ProjectionError::Undecodable {
+                        stream: envelope.stream_id,
+                        version: envelope.version,
+                        reason: e.to_string(),
+                    })?;
+                to_apply.push((envelope, event));
+            }
+        }
+        outcome.applied = to_apply.len();
+        for (envelope, event) in &to_apply {
+            write_effect(&tx, &statements, envelope, event).await?;
+        }
+        if !changes.is_empty() {
+            tx.execute(&statements.notify, &[&changes]).await?;
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+}
+
+async fn write_effect(
+    tx: &tokio_postgres::Transaction<'_>,
+    statements: &Statements,
+    envelope: &EventEnvelope,
+    event: &PostEvent,
+) -> Result<u64, tokio_postgres::Error> {
+    let id = envelope.stream_id.as_uuid();
+    let version = i64::try_from(envelope.version.get()).unwrap_or(i64::MAX);
+    let at = |t: domain::Timestamp| SystemTime::from(t);
+    let sql = statements;
+    match event {
+        PostEvent::PostCreated(e) => {
+            let params: [&(dyn ToSql + Sync); 5] = [
+                &id,
+                &e.author.as_str(),
+                &e.message.as_str(),
+                &at(e.created_at),
+                &version,
+            ];
+            tx.execute(&sql.post_created, &params).await
+        }
+        PostEvent::MessageEdited(e) => {
+            tx.execute(
+                &sql.message_edited,
+                &[&id, &e.message.as_str(), &at(e.edited_at), &version],
+            )
+            .await
+        }
+        PostEvent::PostLiked(e) => {
+            tx.execute(&sql.post_liked, &[&id, &e.user.as_str(), &version])
+                .await
+        }
+        PostEvent::PostUnliked(e) => {
+            tx.execute(&sql.post_unliked, &[&id, &e.user.as_str(), &version])
+                .await
+        }
+        PostEvent::CommentAdded(e) => {
+            let params: [&(dyn ToSql + Sync); 6] = [
+                &id,
+                &e.comment_id.as_uuid(),
+                &e.author.as_str(),
+                &e.text.as_str(),
+                &at(e.created_at),
+                &version,
+            ];
+            tx.execute(&sql.comment_added, &params).await
+        }
+        PostEvent::CommentEdited(e) => {
+            let params: [&(dyn ToSql + Sync); 5] = [
+                &id,
+                &e.comment_id.as_uuid(),
+                &e.text.as_str(),
+                &at(e.edited_at),
+                &version,
+            ];
+            tx.execute(&sql.comment_edited, &params).await
+        }
+        PostEvent::CommentRemoved(e) => {
+            tx.execute(
+                &sql.comment_removed,
+                &[&id, &e.comment_id.as_uuid(), &version],
+            )
+            .await
+        }
+        PostEvent::PostDeleted(e) => {
+            tx.execute(&sql.post_deleted, &[&id, &at(e.deleted_at), &version])
+                .await
+        }
+    }
+}
+
+/// The schema's statements, prepared on the connection that runs the batch.
+struct Statements {
+    lock_versions: Statement,
+    post_created: Statement,
+    message_edited: Statement,
+    post_liked: Statement,
+    post_unliked: Statement,
+    comment_added: Statement,
+    comment_edited: Statement,
+    comment_removed: Statement,
+    post_deleted: Statement,
+    notify: Statement,
+}
+
+impl Statements {
+    async fn prepare(conn: &mut PgConn, sql: &Sql) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            lock_versions: conn.prepared(&sql.lock_versions).await?,
+            post_created: conn.prepared(&sql.post_created).await?,
+            message_edited: conn.prepared(&sql.message_edited).await?,
+            post_liked: conn.prepared(&sql.post_liked).await?,
+            post_unliked: conn.prepared(&sql.post_unliked).await?,
+            comment_added: conn.prepared(&sql.comment_added).await?,
+            comment_edited: conn.prepared(&sql.comment_edited).await?,
+            comment_removed: conn.prepared(&sql.comment_removed).await?,
+            post_deleted: conn.prepared(&sql.post_deleted).await?,
+            notify: conn.prepared(sql.notify).await?,
+        })
+    }
+}
