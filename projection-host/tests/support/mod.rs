@@ -1,0 +1,314 @@
+//! Test support: a real PostgreSQL event store and read model in fresh schemas, a
+//! fresh topic, a deterministic workload made by the domain itself, and the
+//! expected rows folded from the event store.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use command_host::event_store::postgres::PostgresEventStore;
+use command_host::event_store::{EventStore, ReadAllCursor};
+use command_host::pg::PgPool;
+use command_host::publisher::KafkaPublisher;
+use command_host::testkit;
+use domain::{
+    CommandContext, CommentId, CommentText, EventEnvelope, EventMetadata, Message, Post, PostCommand, PostId,
+    Timestamp, UserId, Version, apply, decide,
+};
+use projection_host::consumer::{ConsumerConfig, Projection, run_consumer};
+use projection_host::rows::{CommentRow, PostRow, StreamRows};
+use tokio::sync::{RwLock, watch};
+use uuid::Uuid;
+
+pub struct World {
+    pub store: Arc<PostgresEventStore>,
+    pub pool: PgPool,
+    pub read_model: String,
+    pub notifications: String,
+    pub topic: String,
+    pub publisher: KafkaPublisher,
+    rng: u64,
+    clock: i64,
+}
+
+pub async fn world() -> World {
+    let (pool, _schema) = testkit::fresh_pg_schema("proj").await;
+    let store = PostgresEventStore::new(pool.clone());
+    store.migrate().await.expect("migrate event store");
+    let topic = testkit::fresh_topic("proj", 3).await;
+    let publisher = KafkaPublisher::new(&testkit::kafka_brokers(), &topic).expect("producer");
+    World {
+        store: Arc::new(store),
+        pool,
+        read_model: testkit::unique_name("rm"),
+        notifications: testkit::unique_name("nt"),
+        topic,
+        publisher,
+        rng: 0x5eed,
+        clock: 1_795_428_000_000,
+    }
+}
+
+const USERS: [&str; 12] = [
+    "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "oscar",
+];
+
+impl World {
+    fn next(&mut self, below: u64) -> u64 {
+        // A small deterministic generator (LCG): the same workload every run.
+        self.rng = self.rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (self.rng >> 33) % below
+    }
+
+    fn user(&mut self) -> UserId {
+        let i = self.next(USERS.len() as u64) as usize;
+        UserId::parse(USERS[i]).expect("valid user")
+    }
+
+    /// Creates `posts` posts and then `extra_events` more accepted commands spread
+    /// over them, each appended to the store. Returns every appended envelope in
+    /// append order.
+    pub async fn write(&mut self, posts: usize, extra_events: usize) -> Vec<EventEnvelope> {
+        let mut states: Vec<(PostId, Post)> = Vec::new();
+        let mut appended = Vec::new();
+        for _ in 0..posts {
+            let id = PostId::from_uuid(Uuid::new_v4());
+            let author = self.user();
+            let command = PostCommand::CreatePost {
+                message: Message::parse("hello").expect("valid"),
+            };
+            let mut post = Post::default();
+            appended.extend(self.run(id, &mut post, &command, author).await);
+            states.push((id, post));
+        }
+        let mut done = 0;
+        while done < extra_events && !states.is_empty() {
+            let which = self.next(states.len() as u64) as usize;
+            let (id, mut post) = states[which].clone();
+            let comments: Vec<CommentId> = post.live_comments().map(|(id, _)| *id).collect();
+            let text = CommentText::parse("a comment").expect("valid");
+            let command = match self.next(20) {
+                0..=7 => PostCommand::LikePost,
+                8..=9 => PostCommand::UnlikePost,
+                10..=13 => PostCommand::AddComment { text },
+                14 if !comments.is_empty() => PostCommand::EditComment {
+                    comment_id: comments[0],
+                    text,
+                },
+                15 if !comments.is_empty() => PostCommand::RemoveComment {
+                    comment_id: comments[comments.len() - 1],
+                },
+                16 => PostCommand::EditMessage {
+                    message: Message::parse("edited").expect("valid"),
+                },
+                _ => PostCommand::LikePost,
+            };
+            let actor = match command {
+                PostCommand::EditMessage { .. } => post.author().cloned().expect("exists"),
+                PostCommand::EditComment { comment_id, .. } | PostCommand::RemoveComment { comment_id } => {
+                    post.comments()[&comment_id].author.clone()
+                }
+                _ => self.user(),
+            };
+            let events = self.run(id, &mut post, &command, actor).await;
+            done += events.len();
+            appended.extend(events);
+            states[which].1 = post;
+        }
+        appended
+    }
+
+    /// Deletes `post` (by its author) and returns the appended envelope.
+    pub async fn delete(&mut self, id: PostId) -> Vec<EventEnvelope> {
+        let mut post = self.load(id).await;
+        let author = post.author().cloned().expect("exists");
+        self.run(id, &mut post, &PostCommand::DeletePost, author).await
+    }
+
+    pub async fn command(&mut self, id: PostId, command: PostCommand, actor: &str) -> Vec<EventEnvelope> {
+        let mut post = self.load(id).await;
+        self.run(id, &mut post, &command, UserId::parse(actor).expect("valid")).await
+    }
+
+    pub async fn create(&mut self, author: &str) -> (PostId, Vec<EventEnvelope>) {
+        let id = PostId::from_uuid(Uuid::new_v4());
+        let command = PostCommand::CreatePost {
+            message: Message::parse("hi").expect("valid"),
+        };
+        let events = self
+            .run(id, &mut Post::default(), &command, UserId::parse(author).expect("valid"))
+            .await;
+        (id, events)
+    }
+
+    async fn load(&self, id: PostId) -> Post {
+        let envelopes = self.store.load_stream(id, Version::new(1)).await.expect("load");
+        let events: Vec<_> = envelopes.iter().map(|e| e.decode().expect("decodes")).collect();
+        Post::from_events(&events)
+    }
+
+    async fn run(&mut self, id: PostId, post: &mut Post, command: &PostCommand, actor: UserId) -> Vec<EventEnvelope> {
+        self.clock += 1_000;
+        let context = CommandContext {
+            actor: actor.clone(),
+            now: Timestamp::from_unix_millis(self.clock),
+            post_id: id,
+            new_comment_id: CommentId::from_uuid(Uuid::new_v4()),
+        };
+        let Ok(events) = decide(post, command, &context) else {
+            return Vec::new();
+        };
+        let expected = post.version();
+        let mut version = expected;
+        let envelopes: Vec<EventEnvelope> = events
+            .iter()
+            .map(|event| {
+                version = version.next();
+                EventEnvelope::new(
+                    id,
+                    version,
+                    event,
+                    Uuid::new_v4(),
+                    context.now,
+                    EventMetadata {
+                        user: actor.clone(),
+                        request_id: Uuid::new_v4(),
+                        idempotency_key: None,
+                    },
+                )
+            })
+            .collect();
+        if !envelopes.is_empty() {
+            self.store
+                .append_to_stream(id, expected, &envelopes)
+                .await
+                .expect("append");
+        }
+        for event in &events {
+            apply(post, event);
+        }
+        envelopes
+    }
+
+    pub async fn publish(&self, envelopes: &[EventEnvelope]) {
+        self.publisher.publish(envelopes).await.expect("publish");
+    }
+
+    pub fn consumer_config(&self, group: &str) -> ConsumerConfig {
+        ConsumerConfig {
+            brokers: testkit::kafka_brokers(),
+            topic: self.topic.clone(),
+            group: group.to_owned(),
+            max_batch: 200,
+            max_wait: Duration::from_millis(5),
+        }
+    }
+
+    /// Starts a consumer of `projection`; stop it by sending `true`.
+    pub fn spawn_consumer(
+        &self,
+        projection: Projection,
+        group: &str,
+        gate: Arc<RwLock<()>>,
+    ) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(run_consumer(
+            self.consumer_config(group),
+            Arc::new(projection),
+            Arc::clone(&self.store),
+            command_host::metrics::Metrics::new(),
+            gate,
+            stopped,
+        ));
+        (stop, tokio::spawn(async move { task.await.expect("consumer task").expect("consumer") }))
+    }
+
+    /// The rows every post should have: a fold of the whole event store.
+    pub async fn expected(&self) -> BTreeMap<Uuid, StreamRows> {
+        let mut all: BTreeMap<Uuid, StreamRows> = BTreeMap::new();
+        let mut cursor = ReadAllCursor::default();
+        loop {
+            let page = self.store.read_all(&cursor, 1_000).await.expect("read all");
+            for envelope in &page.events {
+                let event = envelope.decode().expect("decodes");
+                all.entry(envelope.stream_id.as_uuid()).or_default().apply(envelope, &event);
+            }
+            match page.next {
+                Some(next) => cursor = next,
+                None => return all,
+            }
+        }
+    }
+
+    /// Waits until the read model in `schema` equals the fold of the store.
+    pub async fn converges(&self, schema: &str, within: Duration) -> bool {
+        let expected = self.expected().await;
+        let pool = self.pool.clone();
+        let matched = testkit::eventually(within, || {
+            let pool = pool.clone();
+            let expected = &expected;
+            async move { (actual(&pool, schema).await == *expected).then_some(()) }
+        })
+        .await;
+        if matched.is_none() {
+            let got = actual(&self.pool, schema).await;
+            let wrong = expected.iter().filter(|(id, rows)| got.get(*id) != Some(*rows)).count();
+            eprintln!("read model differs from the store in {wrong} of {} posts; rows: {}", expected.len(), got.len());
+        }
+        matched.is_some()
+    }
+}
+
+/// The rows of the read model in `schema`, per post.
+pub async fn actual(pool: &PgPool, schema: &str) -> BTreeMap<Uuid, StreamRows> {
+    let conn = pool.get().await.expect("connection");
+    let mut all: BTreeMap<Uuid, StreamRows> = BTreeMap::new();
+    let ts = |t: std::time::SystemTime| Timestamp::from(t);
+    for row in conn
+        .query(
+            &format!("SELECT id, author, message, likes, comment_count, created_at, edited_at, deleted_at, version FROM {schema}.posts"),
+            &[],
+        )
+        .await
+        .expect("posts")
+    {
+        let id: Uuid = row.get(0);
+        all.entry(id).or_default().post = Some(PostRow {
+            id,
+            author: row.get(1),
+            message: row.get(2),
+            likes: row.get(3),
+            comment_count: row.get(4),
+            created_at: ts(row.get(5)),
+            edited_at: row.get::<_, Option<std::time::SystemTime>>(6).map(ts),
+            deleted_at: row.get::<_, Option<std::time::SystemTime>>(7).map(ts),
+            version: row.get(8),
+        });
+    }
+    for row in conn
+        .query(&format!("SELECT post_id, id, author, text, created_at, edited_at, removed FROM {schema}.comments"), &[])
+        .await
+        .expect("comments")
+    {
+        let comment = CommentRow {
+            post_id: row.get(0),
+            id: row.get(1),
+            author: row.get(2),
+            text: row.get(3),
+            created_at: ts(row.get(4)),
+            edited_at: row.get::<_, Option<std::time::SystemTime>>(5).map(ts),
+            removed: row.get(6),
+        };
+        all.entry(comment.post_id).or_default().comments.insert(comment.id, comment);
+    }
+    for row in conn
+        .query(&format!("SELECT post_id, user_id FROM {schema}.likes"), &[])
+        .await
+        .expect("likes")
+    {
+        all.entry(row.get(0)).or_default().likes.insert(row.get(1));
+    }
+    all
+}
