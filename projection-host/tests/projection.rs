@@ -30,8 +30,14 @@ async fn redelivered_and_reordered_events_apply_once() {
     w.publish(&events).await;
     events.reverse();
     w.publish(&events).await;
-    let model = ReadModel::open(w.pool.clone(), &w.read_model).await.expect("open");
-    let (stop, task) = w.spawn_consumer(Projection::ReadModel(model), &testkit::unique_name("g"), Default::default());
+    let model = ReadModel::open(w.pool.clone(), &w.read_model)
+        .await
+        .expect("open");
+    let (stop, task) = w.spawn_consumer(
+        Projection::ReadModel(model),
+        &testkit::unique_name("g"),
+        Default::default(),
+    );
     assert!(w.converges(&w.read_model, CONVERGE).await);
     stop.send(true).expect("stop");
     task.await.expect("consumer");
@@ -43,16 +49,28 @@ async fn a_crash_between_applying_and_committing_double_applies_nothing() {
     let events = w.write(20, 200).await;
     w.publish(&events).await;
     // The state a crash leaves: the batch applied, its offsets never committed.
-    let model = ReadModel::open(w.pool.clone(), &w.read_model).await.expect("open");
+    let model = ReadModel::open(w.pool.clone(), &w.read_model)
+        .await
+        .expect("open");
     let outcome = model.apply_batch(&*w.store, &events).await.expect("apply");
     assert_eq!(outcome.applied, events.len());
     let before = actual(&w.pool, &w.read_model).await;
     // The restarted consumer gets everything again from the first offset.
-    let (stop, task) = w.spawn_consumer(Projection::ReadModel(model), &testkit::unique_name("g"), Default::default());
+    let (stop, task) = w.spawn_consumer(
+        Projection::ReadModel(model),
+        &testkit::unique_name("g"),
+        Default::default(),
+    );
     assert!(w.converges(&w.read_model, CONVERGE).await);
-    assert_eq!(actual(&w.pool, &w.read_model).await, before, "redelivery changed nothing");
+    assert_eq!(
+        actual(&w.pool, &w.read_model).await,
+        before,
+        "redelivery changed nothing"
+    );
     // And a batch applied twice directly also changes nothing.
-    let again = ReadModel::open(w.pool.clone(), &w.read_model).await.expect("open");
+    let again = ReadModel::open(w.pool.clone(), &w.read_model)
+        .await
+        .expect("open");
     let outcome = again.apply_batch(&*w.store, &events).await.expect("apply");
     assert_eq!((outcome.applied, outcome.skipped), (0, events.len()));
     stop.send(true).expect("stop");
@@ -67,16 +85,34 @@ async fn a_missing_event_is_healed_from_the_event_store() {
     for user in ["bob", "carol", "dave", "erin"] {
         events.extend(w.command(post, PostCommand::LikePost, user).await);
     }
-    events.extend(w.command(post, PostCommand::AddComment { text: CommentText::parse("hi").expect("valid") }, "bob").await);
+    events.extend(
+        w.command(
+            post,
+            PostCommand::AddComment {
+                text: CommentText::parse("hi").expect("valid"),
+            },
+            "bob",
+        )
+        .await,
+    );
     let dropped = events.remove(2);
     w.publish(&events).await;
-    let model = ReadModel::open(w.pool.clone(), &w.read_model).await.expect("open");
-    let (stop, task) = w.spawn_consumer(Projection::ReadModel(model), &testkit::unique_name("g"), Default::default());
+    let model = ReadModel::open(w.pool.clone(), &w.read_model)
+        .await
+        .expect("open");
+    let (stop, task) = w.spawn_consumer(
+        Projection::ReadModel(model),
+        &testkit::unique_name("g"),
+        Default::default(),
+    );
     assert!(w.converges(&w.read_model, CONVERGE).await);
     let rows = actual(&w.pool, &w.read_model).await;
     let post_rows = &rows[&post.as_uuid()];
     assert_eq!(post_rows.post.as_ref().expect("post").likes, 4);
-    assert!(post_rows.likes.contains(dropped.metadata.user.as_str()), "the dropped like is there");
+    assert!(
+        post_rows.likes.contains(dropped.metadata.user.as_str()),
+        "the dropped like is there"
+    );
     stop.send(true).expect("stop");
     task.await.expect("consumer");
 }
@@ -87,10 +123,16 @@ async fn two_instances_in_one_group_build_the_same_model_as_one() {
     let events = w.write(60, 600).await;
     w.publish(&events).await;
     let group = testkit::unique_name("g");
-    let one = ReadModel::open(w.pool.clone(), &w.read_model).await.expect("open");
-    let two = ReadModel::open(w.pool.clone(), &w.read_model).await.expect("open");
-    let (stop_one, task_one) = w.spawn_consumer(Projection::ReadModel(one), &group, Default::default());
-    let (stop_two, task_two) = w.spawn_consumer(Projection::ReadModel(two), &group, Default::default());
+    let one = ReadModel::open(w.pool.clone(), &w.read_model)
+        .await
+        .expect("open");
+    let two = ReadModel::open(w.pool.clone(), &w.read_model)
+        .await
+        .expect("open");
+    let (stop_one, task_one) =
+        w.spawn_consumer(Projection::ReadModel(one), &group, Default::default());
+    let (stop_two, task_two) =
+        w.spawn_consumer(Projection::ReadModel(two), &group, Default::default());
     // More events while both run and rebalance.
     let more = w.write(10, 200).await;
     w.publish(&more).await;
@@ -108,13 +150,24 @@ async fn authors_are_notified_of_others_likes_and_comments_once() {
     events.extend(w.command(post, PostCommand::LikePost, "bob").await);
     events.extend(w.command(post, PostCommand::LikePost, "alice").await);
     let text = || CommentText::parse("nice").expect("valid");
-    events.extend(w.command(post, PostCommand::AddComment { text: text() }, "carol").await);
-    events.extend(w.command(post, PostCommand::AddComment { text: text() }, "alice").await);
+    events.extend(
+        w.command(post, PostCommand::AddComment { text: text() }, "carol")
+            .await,
+    );
+    events.extend(
+        w.command(post, PostCommand::AddComment { text: text() }, "alice")
+            .await,
+    );
     w.publish(&events).await;
     w.publish(&events).await;
-    let notifications = Notifications::open(w.pool.clone(), &w.notifications).await.expect("open");
-    let (stop, task) =
-        w.spawn_consumer(Projection::Notifications(notifications), &testkit::unique_name("n"), Default::default());
+    let notifications = Notifications::open(w.pool.clone(), &w.notifications)
+        .await
+        .expect("open");
+    let (stop, task) = w.spawn_consumer(
+        Projection::Notifications(notifications),
+        &testkit::unique_name("n"),
+        Default::default(),
+    );
     let pool = w.pool.clone();
     let schema = w.notifications.clone();
     let found = testkit::eventually(CONVERGE, || {
@@ -123,7 +176,10 @@ async fn authors_are_notified_of_others_likes_and_comments_once() {
         async move {
             let conn = pool.get().await.ok()?;
             let progress: i64 = conn
-                .query_opt(&format!("SELECT version FROM {schema}.progress WHERE stream_id = $1"), &[&post.as_uuid()])
+                .query_opt(
+                    &format!("SELECT version FROM {schema}.progress WHERE stream_id = $1"),
+                    &[&post.as_uuid()],
+                )
                 .await
                 .ok()??
                 .get(0);
@@ -131,10 +187,25 @@ async fn authors_are_notified_of_others_likes_and_comments_once() {
                 return None;
             }
             let rows = conn
-                .query(&format!("SELECT recipient, kind, actor FROM {schema}.notifications ORDER BY kind"), &[])
+                .query(
+                    &format!(
+                        "SELECT recipient, kind, actor FROM {schema}.notifications ORDER BY kind"
+                    ),
+                    &[],
+                )
                 .await
                 .ok()?;
-            Some(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, String>(2))).collect::<Vec<_>>())
+            Some(
+                rows.iter()
+                    .map(|r| {
+                        (
+                            r.get::<_, String>(0),
+                            r.get::<_, String>(1),
+                            r.get::<_, String>(2),
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            )
         }
     })
     .await
@@ -142,7 +213,11 @@ async fn authors_are_notified_of_others_likes_and_comments_once() {
     assert_eq!(
         found,
         vec![
-            ("alice".to_owned(), "commented".to_owned(), "carol".to_owned()),
+            (
+                "alice".to_owned(),
+                "commented".to_owned(),
+                "carol".to_owned()
+            ),
             ("alice".to_owned(), "liked".to_owned(), "bob".to_owned()),
         ]
     );
@@ -154,14 +229,32 @@ async fn authors_are_notified_of_others_likes_and_comments_once() {
 async fn a_replay_during_writes_swaps_in_a_model_equal_to_the_store() {
     let mut w = world().await;
     let events = w.write(1_000, 9_500).await;
-    assert!(events.len() >= 10_000, "workload has {} events", events.len());
+    assert!(
+        events.len() >= 10_000,
+        "workload has {} events",
+        events.len()
+    );
     w.publish(&events).await;
     let gate: Arc<RwLock<()>> = Default::default();
-    let model = ReadModel::open(w.pool.clone(), &w.read_model).await.expect("open");
-    let (stop, task) = w.spawn_consumer(Projection::ReadModel(model), &testkit::unique_name("g"), Arc::clone(&gate));
-    assert!(w.converges(&w.read_model, CONVERGE).await, "live model built");
+    let model = ReadModel::open(w.pool.clone(), &w.read_model)
+        .await
+        .expect("open");
+    let (stop, task) = w.spawn_consumer(
+        Projection::ReadModel(model),
+        &testkit::unique_name("g"),
+        Arc::clone(&gate),
+    );
+    assert!(
+        w.converges(&w.read_model, CONVERGE).await,
+        "live model built"
+    );
 
-    let replayer = Arc::new(Replayer::new(Arc::clone(&w.store), w.pool.clone(), &w.read_model, Arc::clone(&gate)));
+    let replayer = Arc::new(Replayer::new(
+        Arc::clone(&w.store),
+        w.pool.clone(),
+        &w.read_model,
+        Arc::clone(&gate),
+    ));
     let replay = {
         let replayer = Arc::clone(&replayer);
         tokio::spawn(async move { replayer.replay().await })
@@ -179,12 +272,18 @@ async fn a_replay_during_writes_swaps_in_a_model_equal_to_the_store() {
     assert!(progress.events_done >= events.len() as u64);
     assert!(written_during > 0);
     // The swapped-in model, kept current by the live projector, equals a fresh fold.
-    assert!(w.converges(&w.read_model, CONVERGE).await, "rebuilt model equals the store");
+    assert!(
+        w.converges(&w.read_model, CONVERGE).await,
+        "rebuilt model equals the store"
+    );
     let conn = w.pool.get().await.expect("conn");
     let leftovers = conn
         .query(
             "SELECT nspname FROM pg_namespace WHERE nspname IN ($1, $2)",
-            &[&format!("{}_next", w.read_model), &format!("{}_retired", w.read_model)],
+            &[
+                &format!("{}_next", w.read_model),
+                &format!("{}_retired", w.read_model),
+            ],
         )
         .await
         .expect("schemas");
@@ -197,11 +296,15 @@ async fn a_replay_during_writes_swaps_in_a_model_equal_to_the_store() {
 async fn a_failed_replay_leaves_the_live_model_untouched() {
     let mut w = world().await;
     let events = w.write(30, 300).await;
-    let model = ReadModel::open(w.pool.clone(), &w.read_model).await.expect("open");
+    let model = ReadModel::open(w.pool.clone(), &w.read_model)
+        .await
+        .expect("open");
     model.apply_batch(&*w.store, &events).await.expect("apply");
     let before = actual(&w.pool, &w.read_model).await;
     // An event store that cannot be reached: the replay fails while reading.
-    let unreachable = PgPool::from_url("postgres://sourcegram:sourcegram@127.0.0.1:1/sourcegram", 1).expect("url");
+    let unreachable =
+        PgPool::from_url("postgres://sourcegram:sourcegram@127.0.0.1:1/sourcegram", 1)
+            .expect("url");
     let broken = Arc::new(PostgresEventStore::new(unreachable));
     let replayer = Replayer::new(broken, w.pool.clone(), &w.read_model, Default::default());
     assert!(replayer.replay().await.is_err());
@@ -209,7 +312,12 @@ async fn a_failed_replay_leaves_the_live_model_untouched() {
     assert!(replayer.progress().error.is_some());
     assert_eq!(actual(&w.pool, &w.read_model).await, before);
     // A later replay with a working store succeeds and changes nothing of substance.
-    let replayer = Replayer::new(Arc::clone(&w.store), w.pool.clone(), &w.read_model, Default::default());
+    let replayer = Replayer::new(
+        Arc::clone(&w.store),
+        w.pool.clone(),
+        &w.read_model,
+        Default::default(),
+    );
     replayer.replay().await.expect("replay");
     assert_eq!(actual(&w.pool, &w.read_model).await, before);
     let posts: BTreeSet<_> = before.keys().collect();

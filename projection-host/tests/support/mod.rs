@@ -14,8 +14,8 @@ use command_host::pg::PgPool;
 use command_host::publisher::KafkaPublisher;
 use command_host::testkit;
 use domain::{
-    CommandContext, CommentId, CommentText, EventEnvelope, EventMetadata, Message, Post, PostCommand, PostId,
-    Timestamp, UserId, Version, apply, decide,
+    CommandContext, CommentId, CommentText, EventEnvelope, EventMetadata, Message, Post,
+    PostCommand, PostId, Timestamp, UserId, Version, apply, decide,
 };
 use projection_host::consumer::{ConsumerConfig, Projection, run_consumer};
 use projection_host::rows::{CommentRow, PostRow, StreamRows};
@@ -52,13 +52,17 @@ pub async fn world() -> World {
 }
 
 const USERS: [&str; 12] = [
-    "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "oscar",
+    "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory",
+    "oscar",
 ];
 
 impl World {
     fn next(&mut self, below: u64) -> u64 {
         // A small deterministic generator (LCG): the same workload every run.
-        self.rng = self.rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        self.rng = self
+            .rng
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         (self.rng >> 33) % below
     }
 
@@ -107,7 +111,8 @@ impl World {
             };
             let actor = match command {
                 PostCommand::EditMessage { .. } => post.author().cloned().expect("exists"),
-                PostCommand::EditComment { comment_id, .. } | PostCommand::RemoveComment { comment_id } => {
+                PostCommand::EditComment { comment_id, .. }
+                | PostCommand::RemoveComment { comment_id } => {
                     post.comments()[&comment_id].author.clone()
                 }
                 _ => self.user(),
@@ -124,12 +129,24 @@ impl World {
     pub async fn delete(&mut self, id: PostId) -> Vec<EventEnvelope> {
         let mut post = self.load(id).await;
         let author = post.author().cloned().expect("exists");
-        self.run(id, &mut post, &PostCommand::DeletePost, author).await
+        self.run(id, &mut post, &PostCommand::DeletePost, author)
+            .await
     }
 
-    pub async fn command(&mut self, id: PostId, command: PostCommand, actor: &str) -> Vec<EventEnvelope> {
+    pub async fn command(
+        &mut self,
+        id: PostId,
+        command: PostCommand,
+        actor: &str,
+    ) -> Vec<EventEnvelope> {
         let mut post = self.load(id).await;
-        self.run(id, &mut post, &command, UserId::parse(actor).expect("valid")).await
+        self.run(
+            id,
+            &mut post,
+            &command,
+            UserId::parse(actor).expect("valid"),
+        )
+        .await
     }
 
     pub async fn create(&mut self, author: &str) -> (PostId, Vec<EventEnvelope>) {
@@ -138,18 +155,36 @@ impl World {
             message: Message::parse("hi").expect("valid"),
         };
         let events = self
-            .run(id, &mut Post::default(), &command, UserId::parse(author).expect("valid"))
+            .run(
+                id,
+                &mut Post::default(),
+                &command,
+                UserId::parse(author).expect("valid"),
+            )
             .await;
         (id, events)
     }
 
     async fn load(&self, id: PostId) -> Post {
-        let envelopes = self.store.load_stream(id, Version::new(1)).await.expect("load");
-        let events: Vec<_> = envelopes.iter().map(|e| e.decode().expect("decodes")).collect();
+        let envelopes = self
+            .store
+            .load_stream(id, Version::new(1))
+            .await
+            .expect("load");
+        let events: Vec<_> = envelopes
+            .iter()
+            .map(|e| e.decode().expect("decodes"))
+            .collect();
         Post::from_events(&events)
     }
 
-    async fn run(&mut self, id: PostId, post: &mut Post, command: &PostCommand, actor: UserId) -> Vec<EventEnvelope> {
+    async fn run(
+        &mut self,
+        id: PostId,
+        post: &mut Post,
+        command: &PostCommand,
+        actor: UserId,
+    ) -> Vec<EventEnvelope> {
         self.clock += 1_000;
         let context = CommandContext {
             actor: actor.clone(),
@@ -222,7 +257,10 @@ impl World {
             gate,
             stopped,
         ));
-        (stop, tokio::spawn(async move { task.await.expect("consumer task").expect("consumer") }))
+        (
+            stop,
+            tokio::spawn(async move { task.await.expect("consumer task").expect("consumer") }),
+        )
     }
 
     /// The rows every post should have: a fold of the whole event store.
@@ -233,7 +271,9 @@ impl World {
             let page = self.store.read_all(&cursor, 1_000).await.expect("read all");
             for envelope in &page.events {
                 let event = envelope.decode().expect("decodes");
-                all.entry(envelope.stream_id.as_uuid()).or_default().apply(envelope, &event);
+                all.entry(envelope.stream_id.as_uuid())
+                    .or_default()
+                    .apply(envelope, &event);
             }
             match page.next {
                 Some(next) => cursor = next,
@@ -254,8 +294,15 @@ impl World {
         .await;
         if matched.is_none() {
             let got = actual(&self.pool, schema).await;
-            let wrong = expected.iter().filter(|(id, rows)| got.get(*id) != Some(*rows)).count();
-            eprintln!("read model differs from the store in {wrong} of {} posts; rows: {}", expected.len(), got.len());
+            let wrong = expected
+                .iter()
+                .filter(|(id, rows)| got.get(*id) != Some(*rows))
+                .count();
+            eprintln!(
+                "read model differs from the store in {wrong} of {} posts; rows: {}",
+                expected.len(),
+                got.len()
+            );
         }
         matched.is_some()
     }

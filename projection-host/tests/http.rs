@@ -1,0 +1,119 @@
+//! The projection host over HTTP: health, metrics and the admin replay surface.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use command_host::http::ServerConfig;
+use command_host::metrics::Metrics;
+use command_host::testkit;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use projection_host::{ProjectionHostDeps, run};
+
+async fn call(
+    addr: std::net::SocketAddr,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+) -> (StatusCode, String) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = client
+        .request(request.body(Full::new(Bytes::new())).expect("request"))
+        .await
+        .expect("answer");
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn admin_replay_needs_the_token_and_reports_progress() {
+    let mut w = support::world().await;
+    let events = w.write(10, 50).await;
+    w.publish(&events).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let deps = ProjectionHostDeps {
+        store: command_host::event_store::postgres::PostgresEventStore::new(w.pool.clone()),
+        pool: w.pool.clone(),
+        read_model_schema: w.read_model.clone(),
+        notifications_schema: w.notifications.clone(),
+        consumer: w.consumer_config(&testkit::unique_name("g")),
+        notifications_group: testkit::unique_name("n"),
+        admin_token: Some("admin-secret".to_owned()),
+        server: ServerConfig::default(),
+        metrics: Metrics::new(),
+    };
+    let server = tokio::spawn(run(listener, deps, async {
+        let _ = stopped.await;
+    }));
+    // The listener is bound already, so this waits until the host serves, which
+    // it does only after its tables exist.
+    assert_eq!(
+        call(addr, Method::GET, "/healthz", None).await.0,
+        StatusCode::OK
+    );
+    assert!(
+        w.converges(&w.read_model, Duration::from_secs(60)).await,
+        "live projection runs"
+    );
+    assert_eq!(
+        call(addr, Method::GET, "/readyz", None).await.0,
+        StatusCode::OK
+    );
+    for token in [None, Some("wrong")] {
+        let (status, body) = call(addr, Method::POST, "/admin/replay", token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        assert_eq!(
+            call(addr, Method::GET, "/admin/replay", token).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let (status, body) = call(addr, Method::POST, "/admin/replay", Some("admin-secret")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let done = testkit::eventually(Duration::from_secs(60), || async move {
+        let (_, body) = call(addr, Method::GET, "/admin/replay", Some("admin-secret")).await;
+        let progress: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (progress["state"] != "running").then_some(progress)
+    })
+    .await
+    .expect("replay finishes");
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["events_done"], events.len());
+    assert!(w.converges(&w.read_model, Duration::from_secs(10)).await);
+
+    let (status, metrics) = call(addr, Method::GET, "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    for line in [
+        "sourcegram_events_projected_total{projection=\"read_model\"}",
+        "sourcegram_projection_lag_ms{projection=\"read_model\"",
+        "sourcegram_replays_total{outcome=\"succeeded\"} 1",
+        "sourcegram_replay_events_done",
+    ] {
+        assert!(metrics.contains(line), "metrics lack {line:?}:\n{metrics}");
+    }
+    assert_eq!(
+        call(addr, Method::GET, "/nowhere", None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    stop.send(()).expect("stop");
+    server.await.expect("server task").expect("server");
+}
