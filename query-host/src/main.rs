@@ -1,6 +1,67 @@
+//! `query-host`: serves the read model over HTTP.
 #![forbid(unsafe_code)]
 
-fn main() {
-    eprintln!("query-host: not built yet");
-    std::process::exit(1);
+use std::process::ExitCode;
+
+use command_host::auth::TokenKey;
+use command_host::http::ServerConfig;
+use command_host::metrics::Metrics;
+use command_host::pg::PgPool;
+use command_host::shutdown_signal;
+use query_host::config::Config;
+use query_host::{QueryHostDeps, run};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match serve().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("query-host: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> Result<(), String> {
+    let config = Config::from_env().map_err(|e| e.to_string())?;
+    let pool = PgPool::from_url(&config.read_model_url, config.pool_size)
+        .map_err(|e| format!("READ_MODEL_URL: {e}"))?;
+    // Create the tables if the projection host has not yet, so reads answer
+    // empty lists instead of errors on a fresh database.
+    {
+        let conn = pool
+            .get()
+            .await
+            .map_err(|e| format!("connect read model: {e}"))?;
+        projection_host::schema::create_read_model(&conn, &config.read_model_schema)
+            .await
+            .map_err(|e| format!("read model tables: {e}"))?;
+        projection_host::schema::create_notifications(&conn, &config.notifications_schema)
+            .await
+            .map_err(|e| format!("notification tables: {e}"))?;
+    }
+    if config.token_secret.is_none() {
+        tracing::warn!("TOKEN_SECRET is not set: /me/notifications answers 503");
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen_addr)
+        .await
+        .map_err(|e| format!("bind {}: {e}", config.listen_addr))?;
+    tracing::info!(addr = %config.listen_addr, "query host listening");
+    let deps = QueryHostDeps {
+        pool,
+        read_model_schema: config.read_model_schema,
+        notifications_schema: config.notifications_schema,
+        token_key: config.token_secret.map(|s| TokenKey::new(s.as_bytes())),
+        min_version_wait: config.min_version_wait,
+        server: ServerConfig::default(),
+        metrics: Metrics::new(),
+    };
+    run(listener, deps, shutdown_signal())
+        .await
+        .map_err(|e| format!("serve: {e}"))
 }

@@ -1,0 +1,239 @@
+//! The SQL the query host runs: keyset-paginated selects over the read model,
+//! formatted once per schema and prepared once per connection.
+
+use std::time::SystemTime;
+
+use command_host::pg::PgPool;
+use domain::{PostId, Timestamp};
+use serde::Serialize;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::cursor::Cursor;
+use crate::queries::PostFilter;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PostView {
+    pub id: Uuid,
+    pub author: String,
+    pub message: String,
+    pub likes: i32,
+    pub comment_count: i32,
+    pub created_at: Timestamp,
+    pub edited_at: Option<Timestamp>,
+    pub version: i64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CommentView {
+    pub id: Uuid,
+    pub author: String,
+    pub text: String,
+    pub created_at: Timestamp,
+    pub edited_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NotificationView {
+    pub id: Uuid,
+    pub kind: String,
+    pub actor: String,
+    pub post_id: Uuid,
+    pub comment_id: Option<Uuid>,
+    pub created_at: Timestamp,
+}
+
+/// A post as stored, including whether it was deleted.
+#[derive(Debug, Clone)]
+pub enum PostLookup {
+    Missing,
+    Deleted,
+    Live(PostView),
+}
+
+#[derive(Debug)]
+struct Sql {
+    list_posts: String,
+    get_post: String,
+    post_comments: String,
+    list_comments: String,
+    notifications: String,
+}
+
+/// Read access to the read model and the notifications.
+#[derive(Debug)]
+pub struct Reads {
+    pool: PgPool,
+    sql: Sql,
+}
+
+const POST_COLUMNS: &str =
+    "id, author, message, likes, comment_count, created_at, edited_at, version";
+
+fn ts(t: SystemTime) -> Timestamp {
+    t.into()
+}
+
+fn post_view(row: &Row) -> PostView {
+    PostView {
+        id: row.get(0),
+        author: row.get(1),
+        message: row.get(2),
+        likes: row.get(3),
+        comment_count: row.get(4),
+        created_at: ts(row.get(5)),
+        edited_at: row.get::<_, Option<SystemTime>>(6).map(ts),
+        version: row.get(7),
+    }
+}
+
+fn comment_view(row: &Row) -> CommentView {
+    CommentView {
+        id: row.get(0),
+        author: row.get(1),
+        text: row.get(2),
+        created_at: ts(row.get(3)),
+        edited_at: row.get::<_, Option<SystemTime>>(4).map(ts),
+    }
+}
+
+fn cursor_params(cursor: Option<Cursor>) -> (Option<SystemTime>, Option<Uuid>) {
+    (cursor.map(|c| SystemTime::from(c.at)), cursor.map(|c| c.id))
+}
+
+impl Reads {
+    pub fn new(pool: PgPool, read_model: &str, notifications: &str) -> Self {
+        let (r, n) = (read_model, notifications);
+        Self {
+            pool,
+            sql: Sql {
+                // One statement for every filter combination: a NULL parameter
+                // switches its filter off. Newest first, keyset on (created_at, id).
+                list_posts: format!(
+                    "SELECT {POST_COLUMNS} FROM {r}.posts
+                     WHERE deleted_at IS NULL
+                       AND ($1::text IS NULL OR author = $1)
+                       AND ($2::int IS NULL OR likes >= $2)
+                       AND ($3::bool IS NULL OR (comment_count > 0) = $3)
+                       AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5::uuid))
+                     ORDER BY created_at DESC, id DESC LIMIT $6"
+                ),
+                get_post: format!("SELECT {POST_COLUMNS}, deleted_at FROM {r}.posts WHERE id = $1"),
+                post_comments: format!(
+                    "SELECT id, author, text, created_at, edited_at FROM {r}.comments
+                     WHERE post_id = $1 AND NOT removed ORDER BY created_at, id"
+                ),
+                list_comments: format!(
+                    "SELECT id, author, text, created_at, edited_at FROM {r}.comments
+                     WHERE post_id = $1 AND NOT removed
+                       AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3::uuid))
+                     ORDER BY created_at, id LIMIT $4"
+                ),
+                notifications: format!(
+                    "SELECT event_id, kind, actor, post_id, comment_id, created_at FROM {n}.notifications
+                     WHERE recipient = $1
+                       AND ($2::timestamptz IS NULL OR (created_at, event_id) < ($2, $3::uuid))
+                     ORDER BY created_at DESC, event_id DESC LIMIT $4"
+                ),
+            },
+        }
+    }
+
+    pub async fn ping(&self) -> Result<(), tokio_postgres::Error> {
+        let conn = self.pool.get().await?;
+        conn.simple_query("SELECT 1").await.map(|_| ())
+    }
+
+    /// Up to `limit + 1` posts, so the caller can tell whether a next page exists.
+    pub async fn list_posts(
+        &self,
+        filter: &PostFilter,
+        limit: i64,
+        cursor: Option<Cursor>,
+    ) -> Result<Vec<PostView>, tokio_postgres::Error> {
+        let mut conn = self.pool.get().await?;
+        let statement = conn.prepared(&self.sql.list_posts).await?;
+        let (at, id) = cursor_params(cursor);
+        let author = filter.author.as_ref().map(|a| a.as_str());
+        let rows = conn
+            .query(
+                &statement,
+                &[
+                    &author,
+                    &filter.min_likes,
+                    &filter.has_comments,
+                    &at,
+                    &id,
+                    &(limit + 1),
+                ],
+            )
+            .await?;
+        Ok(rows.iter().map(post_view).collect())
+    }
+
+    pub async fn get_post(&self, id: PostId) -> Result<PostLookup, tokio_postgres::Error> {
+        let mut conn = self.pool.get().await?;
+        let statement = conn.prepared(&self.sql.get_post).await?;
+        Ok(match conn.query_opt(&statement, &[&id.as_uuid()]).await? {
+            None => PostLookup::Missing,
+            Some(row) if row.get::<_, Option<SystemTime>>(8).is_some() => PostLookup::Deleted,
+            Some(row) => PostLookup::Live(post_view(&row)),
+        })
+    }
+
+    pub async fn post_comments(
+        &self,
+        id: PostId,
+    ) -> Result<Vec<CommentView>, tokio_postgres::Error> {
+        let mut conn = self.pool.get().await?;
+        let statement = conn.prepared(&self.sql.post_comments).await?;
+        Ok(conn
+            .query(&statement, &[&id.as_uuid()])
+            .await?
+            .iter()
+            .map(comment_view)
+            .collect())
+    }
+
+    /// Up to `limit + 1` comments, oldest first.
+    pub async fn list_comments(
+        &self,
+        id: PostId,
+        limit: i64,
+        cursor: Option<Cursor>,
+    ) -> Result<Vec<CommentView>, tokio_postgres::Error> {
+        let mut conn = self.pool.get().await?;
+        let statement = conn.prepared(&self.sql.list_comments).await?;
+        let (at, after) = cursor_params(cursor);
+        let rows = conn
+            .query(&statement, &[&id.as_uuid(), &at, &after, &(limit + 1)])
+            .await?;
+        Ok(rows.iter().map(comment_view).collect())
+    }
+
+    /// Up to `limit + 1` notifications, newest first.
+    pub async fn notifications(
+        &self,
+        recipient: &str,
+        limit: i64,
+        cursor: Option<Cursor>,
+    ) -> Result<Vec<NotificationView>, tokio_postgres::Error> {
+        let mut conn = self.pool.get().await?;
+        let statement = conn.prepared(&self.sql.notifications).await?;
+        let (at, id) = cursor_params(cursor);
+        let rows = conn
+            .query(&statement, &[&recipient, &at, &id, &(limit + 1)])
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|row| NotificationView {
+                id: row.get(0),
+                kind: row.get(1),
+                actor: row.get(2),
+                post_id: row.get(3),
+                comment_id: row.get(4),
+                created_at: ts(row.get(5)),
+            })
+            .collect())
+    }
+}

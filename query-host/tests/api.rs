@@ -1,0 +1,481 @@
+//! The query host over HTTP against a seeded read model in real PostgreSQL:
+//! every query and filter, pagination under concurrent inserts, ETag/304,
+//! read-your-writes and bad input.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use command_host::auth::TokenKey;
+use command_host::http::ServerConfig;
+use command_host::metrics::Metrics;
+use command_host::pg::PgPool;
+use command_host::testkit;
+use domain::{Timestamp, UserId};
+use http_body_util::{BodyExt, Full};
+use hyper::{HeaderMap, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use query_host::{QueryHostDeps, run};
+use serde_json::Value;
+use uuid::Uuid;
+
+const SECRET: &[u8] = b"query-test-secret";
+const BASE: i64 = 1_795_428_000_000;
+
+struct App {
+    addr: SocketAddr,
+    pool: PgPool,
+    rm: String,
+    nt: String,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+async fn spawn_app(min_version_wait: Duration) -> App {
+    let (pool, _) = testkit::fresh_pg_schema("qh").await;
+    let rm = testkit::unique_name("rm");
+    let nt = testkit::unique_name("nt");
+    {
+        let conn = pool.get().await.expect("conn");
+        projection_host::schema::create_read_model(&conn, &rm)
+            .await
+            .expect("tables");
+        projection_host::schema::create_notifications(&conn, &nt)
+            .await
+            .expect("tables");
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let deps = QueryHostDeps {
+        pool: pool.clone(),
+        read_model_schema: rm.clone(),
+        notifications_schema: nt.clone(),
+        token_key: Some(TokenKey::new(SECRET)),
+        min_version_wait,
+        server: ServerConfig::default(),
+        metrics: Metrics::new(),
+    };
+    tokio::spawn(run(listener, deps, std::future::pending()));
+    App {
+        addr,
+        pool,
+        rm,
+        nt,
+        client: Client::builder(TokioExecutor::new()).build_http(),
+    }
+}
+
+impl App {
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
+        let mut request = Request::builder().uri(format!("http://{}{path}", self.addr));
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = self
+            .client
+            .request(request.body(Full::new(Bytes::new())).expect("request"))
+            .await
+            .expect("answer");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        Answer {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    async fn post(&self, author: &str, at: i64, likes: i32, comments: i32, version: i64) -> Uuid {
+        let id = Uuid::new_v4();
+        let conn = self.pool.get().await.expect("conn");
+        let sql = format!(
+            "INSERT INTO {}.posts (id, author, message, likes, comment_count, created_at, version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            self.rm
+        );
+        let created_at = SystemTime::from(Timestamp::from_unix_millis(at));
+        let message = format!("post by {author}");
+        conn.execute(
+            &sql,
+            &[
+                &id,
+                &author,
+                &message,
+                &likes,
+                &comments,
+                &created_at,
+                &version,
+            ],
+        )
+        .await
+        .expect("seed post");
+        id
+    }
+
+    async fn comment(&self, post: Uuid, author: &str, at: i64, removed: bool) -> Uuid {
+        let id = Uuid::new_v4();
+        let conn = self.pool.get().await.expect("conn");
+        let sql = format!(
+            "INSERT INTO {}.comments (post_id, id, author, text, created_at, removed) VALUES ($1, $2, $3, 'c', $4, $5)",
+            self.rm
+        );
+        let created_at = SystemTime::from(Timestamp::from_unix_millis(at));
+        conn.execute(&sql, &[&post, &id, &author, &created_at, &removed])
+            .await
+            .expect("seed comment");
+        id
+    }
+
+    async fn sql(&self, statement: &str, post: Uuid) {
+        let conn = self.pool.get().await.expect("conn");
+        conn.execute(&statement.replace("{rm}", &self.rm), &[&post])
+            .await
+            .expect("sql");
+    }
+
+    fn token(&self, user: &str) -> String {
+        let in_a_minute =
+            Timestamp::from_unix_millis(command_host::clock::now().unix_millis() + 60_000);
+        TokenKey::new(SECRET).mint(&UserId::parse(user).expect("valid"), in_a_minute)
+    }
+}
+
+fn ids(answer: &Answer, list: &str) -> Vec<String> {
+    answer.json()[list]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|p| p["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+fn strings(ids: &[Uuid]) -> Vec<String> {
+    ids.iter().map(Uuid::to_string).collect()
+}
+
+fn assert_problem(answer: &Answer, status: StatusCode) {
+    assert_eq!(answer.status, status, "{}", answer.body);
+    assert_eq!(
+        answer.header("content-type"),
+        Some("application/problem+json")
+    );
+    assert!(answer.json()["detail"].is_string());
+}
+
+#[tokio::test]
+async fn lists_newest_first_and_filters_combine() {
+    let app = spawn_app(Duration::from_secs(1)).await;
+    let a1 = app.post("alice", BASE + 1_000, 12, 0, 1).await;
+    let b1 = app.post("bob", BASE + 2_000, 3, 2, 1).await;
+    let a2 = app.post("alice", BASE + 3_000, 0, 1, 1).await;
+    let a3 = app.post("alice", BASE + 4_000, 20, 5, 1).await;
+    let deleted = app.post("alice", BASE + 5_000, 50, 5, 2).await;
+    app.sql(
+        "UPDATE {rm}.posts SET deleted_at = now() WHERE id = $1",
+        deleted,
+    )
+    .await;
+
+    let all = app.get("/posts", &[]).await;
+    assert_eq!(all.status, StatusCode::OK);
+    assert_eq!(all.header("cache-control"), Some("no-store"));
+    assert_eq!(ids(&all, "posts"), strings(&[a3, a2, b1, a1]));
+    assert!(all.json()["next_cursor"].is_null());
+    let first = &all.json()["posts"][0];
+    for field in [
+        "id",
+        "author",
+        "message",
+        "likes",
+        "comment_count",
+        "created_at",
+        "edited_at",
+        "version",
+    ] {
+        assert!(first.get(field).is_some(), "post lacks {field}: {first}");
+    }
+    assert_eq!(first["created_at"], "2026-11-23T10:00:04.000Z");
+
+    for (query, expected) in [
+        ("author=alice", vec![a3, a2, a1]),
+        ("min_likes=10", vec![a3, a1]),
+        ("has_comments=true", vec![a3, a2, b1]),
+        ("has_comments=false", vec![a1]),
+        ("author=alice&min_likes=10&has_comments=true", vec![a3]),
+        ("author=nobody", vec![]),
+    ] {
+        let answer = app.get(&format!("/posts?{query}"), &[]).await;
+        assert_eq!(ids(&answer, "posts"), strings(&expected), "{query}");
+    }
+}
+
+#[tokio::test]
+async fn pagination_has_no_duplicates_or_gaps_while_posts_arrive() {
+    let app = spawn_app(Duration::from_secs(1)).await;
+    let mut expected: Vec<(i64, Uuid)> = Vec::new();
+    for i in 0..25 {
+        // Two posts share each timestamp, so the id breaks ties.
+        let at = (i / 2) * 1_000;
+        expected.push((at, app.post("alice", BASE + at, 0, 0, 1).await));
+    }
+    expected.sort_by(|a, b| b.cmp(a));
+    let mut seen = Vec::new();
+    let mut path = "/posts?limit=10".to_owned();
+    let mut pages = 0;
+    loop {
+        let answer = app.get(&path, &[]).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        seen.extend(ids(&answer, "posts"));
+        pages += 1;
+        // Newer posts arrive between pages; they belong before the first page.
+        app.post("bob", BASE + 100_000 + pages, 0, 0, 1).await;
+        match answer.json()["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/posts?limit=10&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let expected: Vec<Uuid> = expected.iter().map(|(_, id)| *id).collect();
+    assert_eq!(seen, strings(&expected));
+}
+
+#[tokio::test]
+async fn one_post_with_live_comments_etag_and_304() {
+    let app = spawn_app(Duration::from_secs(1)).await;
+    let post = app.post("alice", BASE, 2, 2, 7).await;
+    let c1 = app.comment(post, "bob", BASE + 10, false).await;
+    app.comment(post, "carol", BASE + 20, true).await;
+    let c3 = app.comment(post, "dave", BASE + 30, false).await;
+
+    let answer = app.get(&format!("/posts/{post}"), &[]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.header("etag"), Some("\"7\""));
+    assert_eq!(answer.header("cache-control"), Some("no-cache"));
+    let body = answer.json();
+    assert_eq!(
+        (body["likes"].clone(), body["version"].clone()),
+        (Value::from(2), Value::from(7))
+    );
+    assert_eq!(ids(&answer, "comments"), strings(&[c1, c3]));
+    for field in ["id", "author", "text", "created_at", "edited_at"] {
+        assert!(
+            body["comments"][0].get(field).is_some(),
+            "comment lacks {field}"
+        );
+    }
+
+    let unchanged = app
+        .get(&format!("/posts/{post}"), &[("if-none-match", "\"7\"")])
+        .await;
+    assert_eq!(unchanged.status, StatusCode::NOT_MODIFIED);
+    assert!(unchanged.body.is_empty());
+    assert_eq!(unchanged.header("etag"), Some("\"7\""));
+    let changed = app
+        .get(&format!("/posts/{post}"), &[("if-none-match", "\"6\"")])
+        .await;
+    assert_eq!(changed.status, StatusCode::OK);
+
+    let comments = app
+        .get(&format!("/posts/{post}/comments?limit=1"), &[])
+        .await;
+    assert_eq!(ids(&comments, "comments"), strings(&[c1]));
+    let cursor = comments.json()["next_cursor"]
+        .as_str()
+        .expect("more")
+        .to_owned();
+    let rest = app
+        .get(
+            &format!("/posts/{post}/comments?limit=1&cursor={cursor}"),
+            &[],
+        )
+        .await;
+    assert_eq!(ids(&rest, "comments"), strings(&[c3]));
+    assert!(rest.json()["next_cursor"].is_null());
+    let cross = app.get(&format!("/posts?cursor={cursor}"), &[]).await;
+    assert_problem(&cross, StatusCode::BAD_REQUEST);
+
+    app.sql(
+        "UPDATE {rm}.posts SET deleted_at = now() WHERE id = $1",
+        post,
+    )
+    .await;
+    assert_problem(
+        &app.get(&format!("/posts/{post}"), &[]).await,
+        StatusCode::GONE,
+    );
+    assert_problem(
+        &app.get(&format!("/posts/{post}/comments"), &[]).await,
+        StatusCode::GONE,
+    );
+    let unknown = Uuid::new_v4();
+    assert_problem(
+        &app.get(&format!("/posts/{unknown}"), &[]).await,
+        StatusCode::NOT_FOUND,
+    );
+    assert_problem(
+        &app.get(&format!("/posts/{unknown}/comments"), &[]).await,
+        StatusCode::NOT_FOUND,
+    );
+}
+
+#[tokio::test]
+async fn min_version_waits_for_the_projection_then_says_whether_it_is_fresh() {
+    let app = spawn_app(Duration::from_millis(1_500)).await;
+    let post = app.post("alice", BASE, 0, 0, 1).await;
+
+    let pool = app.pool.clone();
+    let rm = app.rm.clone();
+    let projector = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let conn = pool.get().await.expect("conn");
+        conn.execute(
+            &format!("UPDATE {rm}.posts SET version = 2, likes = 1 WHERE id = $1"),
+            &[&post],
+        )
+        .await
+        .expect("update");
+        conn.execute(
+            "SELECT pg_notify('read_model_changed', $1)",
+            &[&format!("{post}:2")],
+        )
+        .await
+        .expect("notify");
+    });
+    let started = Instant::now();
+    let caught_up = app.get(&format!("/posts/{post}?min_version=2"), &[]).await;
+    assert_eq!(caught_up.status, StatusCode::OK);
+    assert_eq!(caught_up.header("x-read-model-fresh"), Some("true"));
+    assert_eq!(caught_up.json()["version"], 2);
+    assert!(
+        started.elapsed() < Duration::from_millis(1_400),
+        "answered when the change arrived"
+    );
+    projector.await.expect("projector");
+
+    let started = Instant::now();
+    let behind = app.get(&format!("/posts/{post}?min_version=9"), &[]).await;
+    assert_eq!(behind.status, StatusCode::OK);
+    assert_eq!(behind.header("x-read-model-fresh"), Some("false"));
+    assert_eq!(behind.json()["version"], 2);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_400),
+        "waited for the bound"
+    );
+
+    let already = app.get(&format!("/posts/{post}?min_version=1"), &[]).await;
+    assert_eq!(already.header("x-read-model-fresh"), Some("true"));
+}
+
+#[tokio::test]
+async fn notifications_are_private_to_the_signed_in_user() {
+    let app = spawn_app(Duration::from_secs(1)).await;
+    let post = Uuid::new_v4();
+    let conn = app.pool.get().await.expect("conn");
+    let sql = format!(
+        "INSERT INTO {}.notifications (event_id, recipient, kind, actor, post_id, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        app.nt
+    );
+    let seeds = [
+        ("alice", "liked", "bob"),
+        ("alice", "commented", "carol"),
+        ("bob", "liked", "alice"),
+    ];
+    for (i, (recipient, kind, actor)) in seeds.iter().enumerate() {
+        let at = SystemTime::from(Timestamp::from_unix_millis(BASE + i as i64));
+        conn.execute(&sql, &[&Uuid::new_v4(), recipient, kind, actor, &post, &at])
+            .await
+            .expect("seed");
+    }
+    let token = format!("Bearer {}", app.token("alice"));
+    let mine = app
+        .get("/me/notifications?limit=1", &[("authorization", &token)])
+        .await;
+    assert_eq!(mine.status, StatusCode::OK, "{}", mine.body);
+    assert_eq!(mine.header("cache-control"), Some("private, no-store"));
+    let body = mine.json();
+    assert_eq!(body["notifications"][0]["kind"], "commented");
+    assert_eq!(body["notifications"][0]["actor"], "carol");
+    let cursor = body["next_cursor"].as_str().expect("more");
+    let rest = app
+        .get(
+            &format!("/me/notifications?cursor={cursor}"),
+            &[("authorization", &token)],
+        )
+        .await;
+    let rest = rest.json();
+    assert_eq!(rest["notifications"].as_array().expect("list").len(), 1);
+    assert_eq!(rest["notifications"][0]["actor"], "bob");
+
+    assert_problem(
+        &app.get("/me/notifications", &[]).await,
+        StatusCode::UNAUTHORIZED,
+    );
+    let forged = TokenKey::new(b"other").mint(
+        &UserId::parse("alice").expect("valid"),
+        Timestamp::from_unix_millis(i64::MAX / 4),
+    );
+    let forged = format!("Bearer {forged}");
+    assert_problem(
+        &app.get("/me/notifications", &[("authorization", &forged)])
+            .await,
+        StatusCode::UNAUTHORIZED,
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_400_and_the_host_keeps_serving() {
+    let app = spawn_app(Duration::from_secs(1)).await;
+    for path in [
+        "/posts?sort=likes",
+        "/posts?limit=-1",
+        "/posts?limit=0",
+        "/posts?limit=101",
+        "/posts?limit=lots",
+        "/posts?min_likes=-5",
+        "/posts?has_comments=maybe",
+        "/posts?author=%00",
+        "/posts?cursor=not-a-cursor",
+        "/posts?cursor=70317c317c32",
+        "/posts/not-a-uuid",
+        "/posts/not-a-uuid/comments",
+        "/posts?limit=%zz",
+    ] {
+        assert_problem(&app.get(path, &[]).await, StatusCode::BAD_REQUEST);
+    }
+    assert_problem(&app.get("/nowhere", &[]).await, StatusCode::NOT_FOUND);
+    assert_eq!(app.get("/healthz", &[]).await.status, StatusCode::OK);
+    assert_eq!(app.get("/readyz", &[]).await.status, StatusCode::OK);
+    let metrics = app.get("/metrics", &[]).await;
+    assert!(
+        metrics
+            .body
+            .contains("http_requests_total{route=\"unmatched\",status=\"400\"}"),
+        "{}",
+        metrics.body
+    );
+}
