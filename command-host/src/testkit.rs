@@ -44,7 +44,11 @@ fn optional_service(var: &str, name: &str, suite: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
-            eprintln!(
+            // Written to the process's stderr directly: the test harness captures
+            // `eprintln!`, and a skip must never be silent.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
                 "SKIPPED: {suite}: {var} is not set, so the {name} adapter was NOT tested here"
             );
             None

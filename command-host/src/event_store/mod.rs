@@ -2,6 +2,7 @@
 //! by (stream_id, version), plus the outbox marks the relay uses to publish every
 //! appended event to Kafka without loss.
 
+pub mod mongo;
 pub mod postgres;
 
 use std::future::Future;
@@ -95,8 +96,9 @@ pub trait EventStore: Send + Sync {
         &self,
     ) -> impl Future<Output = Result<Vec<(PostId, Version)>, StoreError>> + Send;
 
-    /// Up to `limit` events not yet marked published, in append order (so
-    /// ascending version within each stream).
+    /// Up to `limit` events not yet marked published, oldest first where the
+    /// store can tell (PostgreSQL: append order; MongoDB: by stream), and always
+    /// in ascending version within each stream.
     fn unpublished(
         &self,
         limit: usize,
@@ -120,10 +122,12 @@ pub trait EventStore: Send + Sync {
 #[derive(Debug, Clone)]
 pub enum AnyEventStore {
     Postgres(postgres::PostgresEventStore),
+    Mongo(mongo::MongoEventStore),
 }
 
 impl AnyEventStore {
-    /// Connects by URL scheme (`postgres://`) and creates tables and indexes.
+    /// Connects by URL scheme (`postgres://` or `mongodb://`) and creates tables
+    /// or indexes.
     pub async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = crate::pg::PgPool::from_url(url, pool_size)
@@ -132,8 +136,13 @@ impl AnyEventStore {
             store.migrate().await?;
             return Ok(Self::Postgres(store));
         }
+        if url.starts_with("mongodb://") || url.starts_with("mongodb+srv://") {
+            let store = mongo::MongoEventStore::connect(url).await?;
+            store.migrate().await?;
+            return Ok(Self::Mongo(store));
+        }
         Err(StoreError::Unavailable(
-            "EVENT_STORE_URL must start with postgres:// or postgresql://".to_owned(),
+            "EVENT_STORE_URL must start with postgres://, postgresql://, mongodb:// or mongodb+srv://".to_owned(),
         ))
     }
 }
@@ -147,6 +156,7 @@ impl EventStore for AnyEventStore {
     ) -> Result<(), StoreError> {
         match self {
             Self::Postgres(store) => store.append_to_stream(stream_id, expected, events).await,
+            Self::Mongo(store) => store.append_to_stream(stream_id, expected, events).await,
         }
     }
 
@@ -157,6 +167,7 @@ impl EventStore for AnyEventStore {
     ) -> Result<Vec<EventEnvelope>, StoreError> {
         match self {
             Self::Postgres(store) => store.load_stream(stream_id, from).await,
+            Self::Mongo(store) => store.load_stream(stream_id, from).await,
         }
     }
 
@@ -167,36 +178,42 @@ impl EventStore for AnyEventStore {
     ) -> Result<ReadAllPage, StoreError> {
         match self {
             Self::Postgres(store) => store.read_all(cursor, limit).await,
+            Self::Mongo(store) => store.read_all(cursor, limit).await,
         }
     }
 
     async fn stream_heads(&self) -> Result<Vec<(PostId, Version)>, StoreError> {
         match self {
             Self::Postgres(store) => store.stream_heads().await,
+            Self::Mongo(store) => store.stream_heads().await,
         }
     }
 
     async fn unpublished(&self, limit: usize) -> Result<Vec<EventEnvelope>, StoreError> {
         match self {
             Self::Postgres(store) => store.unpublished(limit).await,
+            Self::Mongo(store) => store.unpublished(limit).await,
         }
     }
 
     async fn mark_published(&self, events: &[(PostId, Version)]) -> Result<(), StoreError> {
         match self {
             Self::Postgres(store) => store.mark_published(events).await,
+            Self::Mongo(store) => store.mark_published(events).await,
         }
     }
 
     async fn unpublished_count(&self) -> Result<u64, StoreError> {
         match self {
             Self::Postgres(store) => store.unpublished_count().await,
+            Self::Mongo(store) => store.unpublished_count().await,
         }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
         match self {
             Self::Postgres(store) => store.ping().await,
+            Self::Mongo(store) => store.ping().await,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! across restarts) and the stream registry (each post's author, last version and
 //! whether it is deleted), which can be repaired from the event store.
 
+pub mod mssql;
 pub mod postgres;
 
 use std::future::Future;
@@ -97,10 +98,12 @@ pub trait CommandRecords: Send + Sync {
 #[derive(Debug, Clone)]
 pub enum AnyCommandRecords {
     Postgres(postgres::PostgresCommandRecords),
+    Mssql(mssql::MssqlCommandRecords),
 }
 
 impl AnyCommandRecords {
-    /// Connects by URL scheme (`postgres://`) and creates the tables.
+    /// Connects by URL scheme (`postgres://`, `mssql://`, or an ADO.NET string
+    /// with `server=`) and creates the tables.
     pub async fn connect(url: &str, pool_size: usize) -> Result<Self, RecordsError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = crate::pg::PgPool::from_url(url, pool_size)
@@ -109,8 +112,14 @@ impl AnyCommandRecords {
             records.migrate().await?;
             return Ok(Self::Postgres(records));
         }
+        if url.starts_with("mssql://") || url.to_ascii_lowercase().contains("server=") {
+            let records = mssql::MssqlCommandRecords::new(mssql::parse_config(url)?, pool_size);
+            records.migrate().await?;
+            return Ok(Self::Mssql(records));
+        }
         Err(RecordsError::Unavailable(
-            "RECORDS_URL must start with postgres:// or postgresql://".to_owned(),
+            "RECORDS_URL must be postgres://..., mssql://... or an ADO.NET string with server=..."
+                .to_owned(),
         ))
     }
 }
@@ -130,6 +139,11 @@ impl CommandRecords for AnyCommandRecords {
                     .claim_idempotency_key(user, key, fingerprint, now, stale_after_ms)
                     .await
             }
+            Self::Mssql(records) => {
+                records
+                    .claim_idempotency_key(user, key, fingerprint, now, stale_after_ms)
+                    .await
+            }
         }
     }
 
@@ -141,30 +155,35 @@ impl CommandRecords for AnyCommandRecords {
     ) -> Result<(), RecordsError> {
         match self {
             Self::Postgres(records) => records.complete_idempotency_key(user, key, response).await,
+            Self::Mssql(records) => records.complete_idempotency_key(user, key, response).await,
         }
     }
 
     async fn release_idempotency_key(&self, user: &UserId, key: &str) -> Result<(), RecordsError> {
         match self {
             Self::Postgres(records) => records.release_idempotency_key(user, key).await,
+            Self::Mssql(records) => records.release_idempotency_key(user, key).await,
         }
     }
 
     async fn record_stream_head(&self, head: &StreamHead) -> Result<(), RecordsError> {
         match self {
             Self::Postgres(records) => records.record_stream_head(head).await,
+            Self::Mssql(records) => records.record_stream_head(head).await,
         }
     }
 
     async fn stream_head(&self, post_id: PostId) -> Result<Option<StreamHead>, RecordsError> {
         match self {
             Self::Postgres(records) => records.stream_head(post_id).await,
+            Self::Mssql(records) => records.stream_head(post_id).await,
         }
     }
 
     async fn ping(&self) -> Result<(), RecordsError> {
         match self {
             Self::Postgres(records) => records.ping().await,
+            Self::Mssql(records) => records.ping().await,
         }
     }
 }

@@ -1,0 +1,335 @@
+//! The `EventStore` contract, written once and run against every adapter:
+//! PostgreSQL always, MongoDB when `MONGODB_URL` is set (else a SKIPPED line).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use command_host::event_store::postgres::PostgresEventStore;
+use command_host::event_store::{AnyEventStore, EventStore, ReadAllCursor, StoreError};
+use command_host::testkit;
+use domain::event::PostLiked;
+use domain::{EventEnvelope, EventMetadata, PostEvent, PostId, Timestamp, UserId, Version};
+use uuid::Uuid;
+
+fn liked(stream: PostId, version: u64, user: &str) -> EventEnvelope {
+    EventEnvelope::new(
+        stream,
+        Version::new(version),
+        &PostEvent::PostLiked(PostLiked {
+            user: UserId::parse(user).expect("valid"),
+        }),
+        Uuid::new_v4(),
+        Timestamp::from_unix_millis(1_795_428_000_000 + version as i64 * 7),
+        EventMetadata {
+            user: UserId::parse(user).expect("valid"),
+            request_id: Uuid::new_v4(),
+            idempotency_key: Some(format!("key-{version}")),
+        },
+    )
+}
+
+fn batch(stream: PostId, from: u64, count: u64) -> Vec<EventEnvelope> {
+    (from..from + count)
+        .map(|v| liked(stream, v, &format!("u{v}")))
+        .collect()
+}
+
+fn new_stream() -> PostId {
+    PostId::from_uuid(Uuid::new_v4())
+}
+
+async fn append_then_load_round_trips(store: &impl EventStore) {
+    let stream = new_stream();
+    let events = batch(stream, 1, 5);
+    store
+        .append_to_stream(stream, Version::EMPTY, &events)
+        .await
+        .expect("append");
+    assert_eq!(
+        store
+            .load_stream(stream, Version::new(1))
+            .await
+            .expect("load"),
+        events,
+        "exact round trip"
+    );
+    assert_eq!(
+        store
+            .load_stream(stream, Version::new(4))
+            .await
+            .expect("load"),
+        events[3..]
+    );
+    assert!(
+        store
+            .load_stream(stream, Version::new(6))
+            .await
+            .expect("load")
+            .is_empty()
+    );
+    assert!(
+        store
+            .load_stream(new_stream(), Version::new(1))
+            .await
+            .expect("load")
+            .is_empty()
+    );
+}
+
+async fn concurrent_appends_at_one_version_have_one_winner(store: Arc<impl EventStore + 'static>) {
+    let stream = new_stream();
+    store
+        .append_to_stream(stream, Version::EMPTY, &batch(stream, 1, 1))
+        .await
+        .expect("append");
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store
+                    .append_to_stream(
+                        stream,
+                        Version::new(1),
+                        &[liked(stream, 2, &format!("racer{i}"))],
+                    )
+                    .await
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            Ok(()) => wins += 1,
+            Err(StoreError::Conflict { .. }) => {}
+            Err(other) => panic!("expected a conflict, got {other}"),
+        }
+    }
+    assert_eq!(wins, 1);
+    assert_eq!(
+        store
+            .load_stream(stream, Version::new(1))
+            .await
+            .expect("load")
+            .len(),
+        2
+    );
+}
+
+async fn a_stale_or_future_expected_version_conflicts_and_appends_nothing(store: &impl EventStore) {
+    let stream = new_stream();
+    store
+        .append_to_stream(stream, Version::EMPTY, &batch(stream, 1, 3))
+        .await
+        .expect("append");
+    let behind = store
+        .append_to_stream(stream, Version::new(1), &batch(stream, 2, 3))
+        .await;
+    assert!(
+        matches!(behind, Err(StoreError::Conflict { .. })),
+        "{behind:?}"
+    );
+    let ahead = store
+        .append_to_stream(stream, Version::new(5), &batch(stream, 6, 2))
+        .await;
+    assert!(
+        matches!(ahead, Err(StoreError::Conflict { .. })),
+        "{ahead:?}"
+    );
+    assert_eq!(
+        store
+            .load_stream(stream, Version::new(1))
+            .await
+            .expect("load")
+            .len(),
+        3,
+        "nothing of either batch"
+    );
+    let gap = store
+        .append_to_stream(stream, Version::new(3), &batch(stream, 5, 1))
+        .await;
+    assert!(matches!(gap, Err(StoreError::InvalidAppend(_))), "{gap:?}");
+}
+
+async fn read_all_streams_every_event_once_in_order(store: Arc<impl EventStore + 'static>) {
+    // 1,000 streams of 100 events: 100,000 events, appended by 8 writers.
+    let streams: Vec<PostId> = (0..1_000).map(|_| new_stream()).collect();
+    let chunks: Vec<Vec<PostId>> = streams.chunks(125).map(<[PostId]>::to_vec).collect();
+    let writers: Vec<_> = chunks
+        .into_iter()
+        .map(|chunk| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                for stream in chunk {
+                    store
+                        .append_to_stream(stream, Version::EMPTY, &batch(stream, 1, 100))
+                        .await
+                        .expect("append");
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let ours: HashSet<PostId> = streams.iter().copied().collect();
+    let mut cursor = ReadAllCursor::default();
+    let mut seen = 0;
+    let mut last: Option<(PostId, Version)> = None;
+    let mut pages = 0;
+    loop {
+        let page = store.read_all(&cursor, 5_000).await.expect("read all");
+        assert!(page.events.len() <= 5_000, "a page holds at most the limit");
+        pages += 1;
+        for event in &page.events {
+            let key = (event.stream_id, event.version);
+            assert!(
+                last < Some(key),
+                "ordered by (stream, version) without repeats"
+            );
+            last = Some(key);
+            if ours.contains(&event.stream_id) {
+                seen += 1;
+            }
+        }
+        match page.next {
+            Some(next) => cursor = next,
+            None => break,
+        }
+    }
+    assert_eq!(seen, 100_000);
+    assert!(pages >= 20);
+    let heads = store.stream_heads().await.expect("heads");
+    let our_heads: Vec<_> = heads.iter().filter(|(id, _)| ours.contains(id)).collect();
+    assert_eq!(our_heads.len(), 1_000);
+    assert!(our_heads.iter().all(|(_, v)| v.get() == 100));
+}
+
+async fn the_outbox_hands_out_unpublished_events_oldest_first(store: &impl EventStore) {
+    let before = store.unpublished_count().await.expect("count");
+    let a = new_stream();
+    let b = new_stream();
+    store
+        .append_to_stream(a, Version::EMPTY, &batch(a, 1, 2))
+        .await
+        .expect("append");
+    store
+        .append_to_stream(b, Version::EMPTY, &batch(b, 1, 1))
+        .await
+        .expect("append");
+    store
+        .append_to_stream(a, Version::new(2), &batch(a, 3, 1))
+        .await
+        .expect("append");
+    assert_eq!(store.unpublished_count().await.expect("count"), before + 4);
+    let pending = store.unpublished(10_000).await.expect("unpublished");
+    let ours: Vec<(PostId, u64)> = pending
+        .iter()
+        .filter(|e| e.stream_id == a || e.stream_id == b)
+        .map(|e| (e.stream_id, e.version.get()))
+        .collect();
+    let mut sorted = ours.clone();
+    sorted.sort();
+    let mut expected = vec![(a, 1), (a, 2), (a, 3), (b, 1)];
+    expected.sort();
+    assert_eq!(sorted, expected, "every unpublished event, once");
+    let versions_of_a: Vec<u64> = ours
+        .iter()
+        .filter(|(s, _)| *s == a)
+        .map(|(_, v)| *v)
+        .collect();
+    assert_eq!(
+        versions_of_a,
+        [1, 2, 3],
+        "ascending version within a stream"
+    );
+    store
+        .mark_published(&[(a, Version::new(1)), (a, Version::new(2))])
+        .await
+        .expect("mark");
+    store
+        .mark_published(&[(a, Version::new(1))])
+        .await
+        .expect("marking twice is harmless");
+    assert_eq!(store.unpublished_count().await.expect("count"), before + 2);
+    let pending = store.unpublished(10_000).await.expect("unpublished");
+    assert!(
+        !pending
+            .iter()
+            .any(|e| e.stream_id == a && e.version.get() <= 2)
+    );
+    assert!(store.unpublished(1).await.expect("limited").len() <= 1);
+    store.ping().await.expect("ping");
+}
+
+async fn postgres() -> Arc<PostgresEventStore> {
+    let (pool, _) = testkit::fresh_pg_schema("es").await;
+    let store = PostgresEventStore::new(pool);
+    store.migrate().await.expect("migrate");
+    Arc::new(store)
+}
+
+async fn mongodb(case: &str) -> Option<Arc<AnyEventStore>> {
+    let url = testkit::mongodb_url(&format!("event store conformance ({case})"))?;
+    let url = with_database(&url, &testkit::unique_name("es"));
+    Some(Arc::new(
+        AnyEventStore::connect(&url, 4)
+            .await
+            .expect("connect MongoDB"),
+    ))
+}
+
+/// The MongoDB URL with its database replaced, so each case has a fresh one.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{database}", &base[..host_end]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+macro_rules! conformance {
+    ($name:ident, |$store:ident| $body:expr) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn postgres_adapter() {
+                let $store = postgres().await;
+                $body;
+            }
+
+            #[tokio::test]
+            async fn mongodb_adapter() {
+                let Some($store) = mongodb(stringify!($name)).await else {
+                    return;
+                };
+                $body;
+            }
+        }
+    };
+}
+
+conformance!(append_then_load, |store| append_then_load_round_trips(
+    &*store
+)
+.await);
+conformance!(concurrent_appends, |store| {
+    concurrent_appends_at_one_version_have_one_winner(store).await
+});
+conformance!(stale_versions, |store| {
+    a_stale_or_future_expected_version_conflicts_and_appends_nothing(&*store).await
+});
+conformance!(read_all, |store| {
+    read_all_streams_every_event_once_in_order(store).await
+});
+conformance!(outbox, |store| {
+    the_outbox_hands_out_unpublished_events_oldest_first(&*store).await
+});

@@ -1,0 +1,232 @@
+//! The `CommandRecords` contract, written once and run against every adapter:
+//! PostgreSQL always, SQL Server when `MSSQL_URL` is set (else a SKIPPED line).
+
+use std::sync::Arc;
+
+use command_host::records::postgres::PostgresCommandRecords;
+use command_host::records::{
+    AnyCommandRecords, CommandRecords, IdempotencyClaim, StoredResponse, StreamHead,
+};
+use command_host::testkit;
+use domain::{PostId, Timestamp, UserId, Version};
+use uuid::Uuid;
+
+const STALE_MS: i64 = 30_000;
+
+fn user(name: &str) -> UserId {
+    UserId::parse(name).expect("valid")
+}
+
+fn now() -> Timestamp {
+    command_host::clock::now()
+}
+
+fn fresh_key() -> String {
+    format!("key-{}", Uuid::new_v4())
+}
+
+async fn claim(
+    records: &impl CommandRecords,
+    who: &str,
+    key: &str,
+    fingerprint: u8,
+    at: Timestamp,
+) -> IdempotencyClaim {
+    records
+        .claim_idempotency_key(&user(who), key, &[fingerprint; 32], at, STALE_MS)
+        .await
+        .expect("claim")
+}
+
+async fn claim_complete_and_replay(records: &impl CommandRecords) {
+    let key = fresh_key();
+    assert_eq!(
+        claim(records, "alice", &key, 1, now()).await,
+        IdempotencyClaim::Claimed
+    );
+    assert_eq!(
+        claim(records, "alice", &key, 1, now()).await,
+        IdempotencyClaim::InProgress
+    );
+    assert_eq!(
+        claim(records, "alice", &key, 2, now()).await,
+        IdempotencyClaim::Mismatch
+    );
+    assert_eq!(
+        claim(records, "bob", &key, 2, now()).await,
+        IdempotencyClaim::Claimed,
+        "keys are per user"
+    );
+    let response = StoredResponse {
+        status: 201,
+        location: Some("/posts/x".to_owned()),
+        body: "{\"id\":\"x\",\"version\":1} ✓".to_owned(),
+    };
+    records
+        .complete_idempotency_key(&user("alice"), &key, &response)
+        .await
+        .expect("complete");
+    assert_eq!(
+        claim(records, "alice", &key, 1, now()).await,
+        IdempotencyClaim::Completed(response)
+    );
+    assert_eq!(
+        claim(records, "alice", &key, 2, now()).await,
+        IdempotencyClaim::Mismatch
+    );
+    records.ping().await.expect("ping");
+}
+
+async fn release_frees_the_key_and_stale_claims_are_taken_over(records: &impl CommandRecords) {
+    let key = fresh_key();
+    assert_eq!(
+        claim(records, "alice", &key, 1, now()).await,
+        IdempotencyClaim::Claimed
+    );
+    records
+        .release_idempotency_key(&user("alice"), &key)
+        .await
+        .expect("release");
+    assert_eq!(
+        claim(records, "alice", &key, 1, now()).await,
+        IdempotencyClaim::Claimed
+    );
+
+    let stale = fresh_key();
+    let long_ago = Timestamp::from_unix_millis(now().unix_millis() - 10 * STALE_MS);
+    assert_eq!(
+        claim(records, "alice", &stale, 1, long_ago).await,
+        IdempotencyClaim::Claimed
+    );
+    assert_eq!(
+        claim(records, "alice", &stale, 2, now()).await,
+        IdempotencyClaim::Mismatch
+    );
+    assert_eq!(
+        claim(records, "alice", &stale, 1, now()).await,
+        IdempotencyClaim::Claimed,
+        "taken over"
+    );
+    assert_eq!(
+        claim(records, "alice", &stale, 1, now()).await,
+        IdempotencyClaim::InProgress
+    );
+}
+
+async fn concurrent_claims_have_one_winner(records: Arc<impl CommandRecords + 'static>) {
+    for at_start in [
+        now(),
+        Timestamp::from_unix_millis(now().unix_millis() - 10 * STALE_MS),
+    ] {
+        let key = fresh_key();
+        if at_start != now() {
+            // A stale claim first: twenty retries race to take it over.
+            assert_eq!(
+                claim(&*records, "carol", &key, 7, at_start).await,
+                IdempotencyClaim::Claimed
+            );
+        }
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let records = Arc::clone(&records);
+                let key = key.clone();
+                tokio::spawn(async move { claim(&*records, "carol", &key, 7, now()).await })
+            })
+            .collect();
+        let mut claimed = 0;
+        for task in tasks {
+            match task.await.expect("task") {
+                IdempotencyClaim::Claimed => claimed += 1,
+                IdempotencyClaim::InProgress => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(claimed, 1);
+    }
+}
+
+async fn stream_heads_never_move_back(records: &impl CommandRecords) {
+    let post = PostId::from_uuid(Uuid::new_v4());
+    assert_eq!(records.stream_head(post).await.expect("head"), None);
+    let head = |version, deleted| StreamHead {
+        post_id: post,
+        author: user("alice"),
+        version: Version::new(version),
+        deleted,
+        updated_at: Timestamp::from_unix_millis(1_795_428_000_000 + version as i64),
+    };
+    records
+        .record_stream_head(&head(3, false))
+        .await
+        .expect("record");
+    records
+        .record_stream_head(&head(2, false))
+        .await
+        .expect("record an older head");
+    assert_eq!(
+        records.stream_head(post).await.expect("head"),
+        Some(head(3, false))
+    );
+    records
+        .record_stream_head(&head(5, true))
+        .await
+        .expect("record");
+    assert_eq!(
+        records.stream_head(post).await.expect("head"),
+        Some(head(5, true))
+    );
+}
+
+async fn postgres() -> Arc<PostgresCommandRecords> {
+    let (pool, _) = testkit::fresh_pg_schema("rec").await;
+    let records = PostgresCommandRecords::new(pool);
+    records.migrate().await.expect("migrate");
+    Arc::new(records)
+}
+
+async fn mssql(case: &str) -> Option<Arc<AnyCommandRecords>> {
+    let url = testkit::mssql_url(&format!("command records conformance ({case})"))?;
+    // SQL Server cases share one database; every case uses fresh keys and ids.
+    Some(Arc::new(
+        AnyCommandRecords::connect(&url, 4)
+            .await
+            .expect("connect SQL Server"),
+    ))
+}
+
+macro_rules! conformance {
+    ($name:ident, |$records:ident| $body:expr) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test]
+            async fn postgres_adapter() {
+                let $records = postgres().await;
+                $body;
+            }
+
+            #[tokio::test]
+            async fn mssql_adapter() {
+                let Some($records) = mssql(stringify!($name)).await else {
+                    return;
+                };
+                $body;
+            }
+        }
+    };
+}
+
+conformance!(claim_complete_replay, |records| claim_complete_and_replay(
+    &*records
+)
+.await);
+conformance!(release_and_stale, |records| {
+    release_frees_the_key_and_stale_claims_are_taken_over(&*records).await
+});
+conformance!(concurrent_claims, |records| {
+    concurrent_claims_have_one_winner(records).await
+});
+conformance!(stream_heads, |records| stream_heads_never_move_back(
+    &*records
+)
+.await);
