@@ -6,7 +6,7 @@
 #   ADMIN_TOKEN=... scripts/replay.sh        (PROJECTION_URL defaults to http://127.0.0.1:8083)
 set -euo pipefail
 url="${PROJECTION_URL:-http://127.0.0.1:8083}"
-: "${ADMIN_TOKEN:?set ADMIN_TOKEN to the projection host's admin token}"
+: "${ADMIN_TOKEN:?set ADMIN_TOKEN to the admin token of the projection host}"
 auth=(-H "Authorization: Bearer $ADMIN_TOKEN")
 
 field() { # json name -> value (numbers, strings, null)
