@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Every benchmark in one run, each next to a raw baseline measured in the same
+# run on the same machine (these machines are shared and noisy, so only ratios
+# mean anything):
+#
+#   command host  create-post and like commands/s   vs  pgbench single-row inserts/s
+#   query host    GET /posts/{id}, GET /posts        vs  pgbench point selects/s
+#   replay        events/s rebuilt                   vs  COPY rows/s of the same rows
+#   outbox        (baseline only) broker produce msgs/s with the relay's settings
+#
+# Prints one Markdown table. Loopback only; every load is bounded in time.
+#   BENCH_SECONDS (10)  length of each load
+#   BENCH_REPLAY_EVENTS (200000)  events generated for the replay benchmark
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$here/.."
+SECONDS_EACH="${BENCH_SECONDS:-10}"
+REPLAY_EVENTS="${BENCH_REPLAY_EVENTS:-200000}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sourcegram/target}"
+work="$(mktemp -d)"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+say() { printf 'bench: %s\n' "$*" >&2; }
+
+command -v wrk >/dev/null || { say "installing wrk"; apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }; }
+eval "$("$here/services.sh" start)"
+TANSU_BIN="${SOURCEGRAM_TANSU_BIN:-${SOURCEGRAM_CACHE_DIR:-$HOME/.cache/sourcegram}/tansu/bin/tansu}"
+say "building release binaries"
+(cd "$root" && cargo build --release -q -p command-host -p projection-host -p query-host --example produce_rate)
+bin="$CARGO_TARGET_DIR/release"
+
+schema="bench_$(date +%s)"
+psql_() { psql "$POSTGRES_URL" -qAtX "$@"; }
+psql_ -c "CREATE SCHEMA $schema"
+store_url="$POSTGRES_URL?options=-csearch_path%3D$schema"
+topic="bench-$schema"
+"$TANSU_BIN" topic create "$topic" --partitions 6 --broker "tcp://$KAFKA_BROKERS" >/dev/null 2>&1 || true
+
+# wrk's output: requests/s, p99 in ms, and non-2xx count.
+wrk_run() { # connections url script -> "rps p99ms errors"
+  local out; out=$(wrk -t2 -c"$1" -d"${SECONDS_EACH}s" --latency -s "$3" "$2")
+  local rps p99 errors
+  rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' <<<"$out")
+  p99=$(awk '$1 == "99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; printf "%.1f", v}' <<<"$out")
+  errors=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+  echo "$rps $p99 ${errors:-0}"
+}
+pgbench_tps() { # clients script
+  pgbench -n -c "$1" -j 2 -T "$SECONDS_EACH" -f "$2" "$POSTGRES_URL" 2>/dev/null | awk '/^tps/ {printf "%.0f", $3}'
+}
+
+# --- baselines --------------------------------------------------------------
+say "baseline: pgbench single-row inserts"
+psql_ -c "CREATE TABLE $schema.pgb_events (stream_id uuid, version bigint, data jsonb, PRIMARY KEY (stream_id, version))"
+echo "INSERT INTO $schema.pgb_events VALUES (gen_random_uuid(), 1, '{\"user\":\"alice\"}');" >"$work/insert.sql"
+insert_tps=$(pgbench_tps 16 "$work/insert.sql")
+
+say "baseline: pgbench point selects"
+psql_ -c "CREATE TABLE $schema.pgb_posts (n int PRIMARY KEY, id uuid, author text, message text, likes int, created_at timestamptz, version bigint);
+          INSERT INTO $schema.pgb_posts SELECT n, gen_random_uuid(), 'alice', 'benchmark post', 0, now(), 1 FROM generate_series(1, 10000) n"
+printf '\\set n random(1, 10000)\nSELECT * FROM %s.pgb_posts WHERE n = :n;\n' "$schema" >"$work/select.sql"
+select_tps=$(pgbench_tps 64 "$work/select.sql")
+
+say "baseline: broker produce"
+produce_rate=$("$bin/examples/produce_rate" "$KAFKA_BROKERS" "$topic-raw" 50000 2>/dev/null || echo 0)
+[[ "$produce_rate" == 0 ]] && { "$TANSU_BIN" topic create "$topic-raw" --partitions 6 --broker "tcp://$KAFKA_BROKERS" >/dev/null 2>&1; produce_rate=$("$bin/examples/produce_rate" "$KAFKA_BROKERS" "$topic-raw" 50000); }
+
+# --- hosts ------------------------------------------------------------------
+export TOKEN_SECRET="bench-secret-$RANDOM" ADMIN_TOKEN="bench-admin-$RANDOM"
+start() { # name port env...
+  local name=$1 port=$2; shift 2
+  env "$@" LISTEN_ADDR="127.0.0.1:$port" "$bin/$name" >"$work/$name.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && return; sleep 0.1; done
+  say "$name did not start:"; cat "$work/$name.log" >&2; exit 1
+}
+start command-host 18081 EVENT_STORE_URL="$store_url" RECORDS_URL="$store_url" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic" PG_POOL_SIZE=32
+start projection-host 18083 EVENT_STORE_URL="$store_url" READ_MODEL_URL="$POSTGRES_URL" READ_MODEL_SCHEMA="${schema}_rm" \
+  NOTIFICATIONS_SCHEMA="${schema}_nt" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic" READ_MODEL_GROUP="$schema-rm" NOTIFICATIONS_GROUP="$schema-nt"
+projection_pid=${pids[-1]}
+
+for i in $(seq 1 1000); do "$bin/command-host" mint-token "user$i"; done >"$work/tokens"
+cat >"$work/load.lua" <<'LUA'
+local tokens, ids = {}, {}
+for line in io.lines(os.getenv("TOKENS")) do tokens[#tokens + 1] = line end
+local f = os.getenv("IDS") and io.open(os.getenv("IDS"))
+if f then f:close(); for line in io.lines(os.getenv("IDS")) do ids[#ids + 1] = line end end
+local mode = os.getenv("MODE")
+request = function()
+  local token = tokens[math.random(#tokens)]
+  if mode == "create" then
+    return wrk.format("POST", "/posts", {["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json"}, '{"message":"benchmark post"}')
+  elseif mode == "like" then
+    return wrk.format("POST", "/posts/" .. ids[math.random(#ids)] .. "/likes", {["Authorization"] = "Bearer " .. token})
+  elseif mode == "get" then
+    return wrk.format("GET", "/posts/" .. ids[math.random(#ids)])
+  else
+    return wrk.format("GET", "/posts?limit=20")
+  end
+end
+LUA
+export TOKENS="$work/tokens" IDS="$work/ids"
+
+say "command host: create post"
+read -r create_rps create_p99 create_err < <(MODE=create wrk_run 32 http://127.0.0.1:18081 "$work/load.lua")
+psql_ -c "SELECT DISTINCT stream_id FROM $schema.events LIMIT 2000" >"$work/ids"
+before=$(psql_ -c "SELECT count(*) FROM $schema.events")
+say "command host: like"
+read -r like_rps like_p99 like_err < <(MODE=like wrk_run 32 http://127.0.0.1:18081 "$work/load.lua")
+appended=$(( $(psql_ -c "SELECT count(*) FROM $schema.events") - before ))
+
+say "waiting for the projection to catch up"
+total=$(psql_ -c "SELECT count(*) FROM $schema.events")
+for _ in $(seq 1 600); do
+  done_=$(psql_ -c "SELECT coalesce(sum(version), 0) FROM ${schema}_rm.posts")
+  [[ "$done_" -ge "$total" ]] && break
+  sleep 0.2
+done
+start query-host 18082 READ_MODEL_URL="$POSTGRES_URL" READ_MODEL_SCHEMA="${schema}_rm" NOTIFICATIONS_SCHEMA="${schema}_nt" PG_POOL_SIZE=16
+say "query host: GET /posts/{id}"
+read -r get_rps get_p99 get_err < <(MODE=get wrk_run 64 http://127.0.0.1:18082 "$work/load.lua")
+say "query host: GET /posts?limit=20"
+read -r list_rps list_p99 list_err < <(MODE=list wrk_run 64 http://127.0.0.1:18082 "$work/load.lua")
+
+# --- replay -----------------------------------------------------------------
+say "replay: generating $REPLAY_EVENTS events in the event store"
+per_post=10
+posts=$((REPLAY_EVENTS / per_post))
+psql_ -c "
+INSERT INTO $schema.events (stream_id, version, event_id, stream_type, event_type, schema, occurred_at, metadata, data, published)
+SELECT p.id, v, gen_random_uuid(), 'post',
+       CASE WHEN v = 1 THEN 'PostCreated' ELSE 'PostLiked' END, 1, now(),
+       jsonb_build_object('user', 'author', 'request_id', gen_random_uuid(), 'idempotency_key', null),
+       CASE WHEN v = 1
+            THEN jsonb_build_object('post_id', p.id, 'author', 'author', 'message', 'generated',
+                                    'created_at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'))
+            ELSE jsonb_build_object('user', 'fan' || v) END,
+       true
+FROM (SELECT gen_random_uuid() AS id FROM generate_series(1, $posts)) p, generate_series(1, $per_post) v"
+replay_total=$(psql_ -c "SELECT count(*) FROM $schema.events")
+say "replay: $replay_total events"
+curl -fsS -X POST -H "Authorization: Bearer $ADMIN_TOKEN" http://127.0.0.1:18083/admin/replay >/dev/null
+for _ in $(seq 1 3000); do
+  progress=$(curl -fsS -H "Authorization: Bearer $ADMIN_TOKEN" http://127.0.0.1:18083/admin/replay)
+  grep -q '"state":"running"' <<<"$progress" || break
+  sleep 0.2
+done
+grep -q '"state":"succeeded"' <<<"$progress" || { say "replay failed: $progress"; exit 1; }
+elapsed_ms=$(sed -n 's/.*"elapsed_ms":\([0-9]*\).*/\1/p' <<<"$progress")
+replay_rate=$(( replay_total * 1000 / (elapsed_ms > 0 ? elapsed_ms : 1) ))
+replay_rss_mb=$(( $(awk '/VmHWM/ {print $2}' "/proc/$projection_pid/status") / 1024 ))
+
+say "baseline: COPY of the rows the replay wrote"
+copy_ms=0
+rows=0
+for table in posts likes comments; do
+  psql_ -c "CREATE TABLE $schema.copy_$table (LIKE ${schema}_rm.$table)"
+  psql_ -c "COPY (SELECT * FROM ${schema}_rm.$table) TO STDOUT" >"$work/$table.copy"
+  rows=$(( rows + $(wc -l <"$work/$table.copy") ))
+  start_ns=$(date +%s%N)
+  psql_ -c "\\copy $schema.copy_$table FROM '$work/$table.copy'"
+  copy_ms=$(( copy_ms + ($(date +%s%N) - start_ns) / 1000000 ))
+done
+# The same rows, written by COPY alone: how fast the replay's work could go if
+# reading and folding the events cost nothing.
+copy_events_rate=$(( replay_total * 1000 / (copy_ms > 0 ? copy_ms : 1) ))
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+cat <<EOF
+
+| measurement | result | p99 | baseline (same run) | ratio |
+| --- | --- | --- | --- | --- |
+| create post, 32 connections | $create_rps cmd/s (non-2xx: $create_err) | $create_p99 ms | pgbench insert, 16 clients: $insert_tps/s | $(ratio "$create_rps" "$insert_tps") |
+| like, 32 connections ($appended appended) | $like_rps cmd/s (non-2xx: $like_err) | $like_p99 ms | pgbench insert: $insert_tps/s | $(ratio "$like_rps" "$insert_tps") |
+| GET /posts/{id}, 64 connections | $get_rps req/s (non-2xx: $get_err) | $get_p99 ms | pgbench point select, 64 clients: $select_tps/s | $(ratio "$get_rps" "$select_tps") |
+| GET /posts?limit=20, 64 connections | $list_rps req/s (non-2xx: $list_err) | $list_p99 ms | pgbench point select: $select_tps/s | $(ratio "$list_rps" "$select_tps") |
+| replay, $replay_total events | $replay_rate events/s, peak RSS $replay_rss_mb MB | | COPY of the $rows rows it wrote, in $copy_ms ms: $copy_events_rate events/s | $(ratio "$replay_rate" "$copy_events_rate") |
+| broker produce (relay settings) | | | $produce_rate msgs/s | |
+
+EOF
+psql_ -c "DROP SCHEMA $schema CASCADE; DROP SCHEMA ${schema}_rm CASCADE; DROP SCHEMA ${schema}_nt CASCADE" 2>/dev/null || true
