@@ -79,7 +79,7 @@ start() { # name port env...
   say "$name did not start:"; cat "$work/$name.log" >&2; exit 1
 }
 start command-host 18081 EVENT_STORE_URL="$store_url" RECORDS_URL="$store_url" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic" PG_POOL_SIZE=32
-start projection-host 18083 EVENT_STORE_URL="$store_url" READ_MODEL_URL="$POSTGRES_URL" READ_MODEL_SCHEMA="${schema}_rm" \
+start projection-host 18083 PROJECTION_FETCH_WAIT_MS="${BENCH_FETCH_WAIT_MS:-20}" EVENT_STORE_URL="$store_url" READ_MODEL_URL="$POSTGRES_URL" READ_MODEL_SCHEMA="${schema}_rm" \
   NOTIFICATIONS_SCHEMA="${schema}_nt" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic" READ_MODEL_GROUP="$schema-rm" NOTIFICATIONS_GROUP="$schema-nt"
 projection_pid=${pids[-1]}
 

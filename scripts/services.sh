@@ -155,6 +155,12 @@ case "${1:-start}" in
     fi
     ;;
   restart-broker)
+    # Only a broker this script started (same state directory) can be restarted;
+    # anything else on the port would make a restart check prove nothing.
+    if ! broker_pid >/dev/null; then
+      say "restart-broker: no broker started by this script under $STATE_DIR"
+      exit 1
+    fi
     stop_broker
     start_broker
     ;;

@@ -1,5 +1,5 @@
 //! The command host over HTTP, against real PostgreSQL and a real broker: every
-//! command and status code of SPEC.md, identity, conditional and idempotent
+//! command and status code of the API, identity, conditional and idempotent
 //! writes, and hostile input.
 
 mod support;

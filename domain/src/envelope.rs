@@ -20,7 +20,7 @@ pub struct EventMetadata {
     pub idempotency_key: Option<String>,
 }
 
-/// One stored event. Field order is the serialized order of SPEC.md.
+/// One stored event. Field order is the published JSON order, which clients rely on.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventEnvelope {
     pub event_id: Uuid,

@@ -1,4 +1,4 @@
-//! The Post aggregate. [`decide`] holds every rule of SPEC.md's table and returns
+//! The Post aggregate. [`decide`] holds every rule of the Post's rule table and returns
 //! the events a command causes; [`apply`] folds an event into the state and has no
 //! logic that can fail.
 

@@ -20,6 +20,7 @@ pub struct Config {
     pub pool_size: usize,
     pub max_batch: usize,
     pub max_wait: Duration,
+    pub fetch_wait: Duration,
 }
 
 impl Config {
@@ -49,6 +50,7 @@ impl Config {
             pool_size: parsed_or("PG_POOL_SIZE", 8)?,
             max_batch: parsed_or("PROJECTION_MAX_BATCH", 500)?,
             max_wait: Duration::from_millis(parsed_or("PROJECTION_MAX_WAIT_MS", 5)?),
+            fetch_wait: Duration::from_millis(parsed_or("PROJECTION_FETCH_WAIT_MS", 20)?),
         })
     }
 }

@@ -57,6 +57,9 @@ pub struct ConsumerConfig {
     pub max_batch: usize,
     /// How long a batch waits to fill once its first event arrived.
     pub max_wait: Duration,
+    /// The consumer's `fetch.wait.max.ms`: how long the broker may hold a fetch
+    /// open. Short means low lag; long means fewer fetches for the broker.
+    pub fetch_wait: Duration,
 }
 
 /// Consumes until `shutdown` turns true. The batch in progress is finished and
@@ -76,8 +79,10 @@ pub async fn run_consumer<S: EventStore>(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        // The broker answers a fetch after about half of this; keep lag low.
-        .set("fetch.wait.max.ms", "20")
+        .set(
+            "fetch.wait.max.ms",
+            config.fetch_wait.as_millis().to_string(),
+        )
         .set("session.timeout.ms", "10000")
         .create()?;
     consumer.subscribe(&[&config.topic])?;

@@ -54,6 +54,7 @@ async fn serve() -> Result<(), String> {
             group: config.read_model_group,
             max_batch: config.max_batch,
             max_wait: config.max_wait,
+            fetch_wait: config.fetch_wait,
         },
         notifications_group: config.notifications_group,
         admin_token: config.admin_token,

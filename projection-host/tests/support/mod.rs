@@ -238,6 +238,7 @@ impl World {
             group: group.to_owned(),
             max_batch: 200,
             max_wait: Duration::from_millis(5),
+            fetch_wait: Duration::from_millis(20),
         }
     }
 
