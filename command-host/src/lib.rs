@@ -111,6 +111,16 @@ where
     served
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`). Each host's `main`
+/// calls this first.
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+}
+
 /// Completes on Ctrl-C or SIGTERM: the shutdown future every host's `main` uses.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

@@ -5,6 +5,20 @@ use std::time::Duration;
 
 use command_host::config::{ConfigError, DEFAULT_POSTGRES_URL, parsed_or, var_or};
 
+/// A schema name from the environment. Only plain identifiers are accepted,
+/// because schema names are spliced into SQL.
+pub fn schema_name_or(name: &'static str, default: &str) -> Result<String, ConfigError> {
+    let value = var_or(name, default);
+    if crate::schema::is_plain_identifier(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError {
+            name,
+            reason: format!("{value:?} must be a lowercase identifier"),
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen_addr: SocketAddr,
@@ -25,22 +39,11 @@ pub struct Config {
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let schema = |name, default: &str| -> Result<String, ConfigError> {
-            let value = var_or(name, default);
-            if crate::schema::is_plain_identifier(&value) {
-                Ok(value)
-            } else {
-                Err(ConfigError {
-                    name,
-                    reason: format!("{value:?} must be a lowercase identifier"),
-                })
-            }
-        };
         Ok(Self {
             listen_addr: parsed_or("LISTEN_ADDR", SocketAddr::from(([127, 0, 0, 1], 8083)))?,
             read_model_url: var_or("READ_MODEL_URL", DEFAULT_POSTGRES_URL),
-            read_model_schema: schema("READ_MODEL_SCHEMA", "read_model")?,
-            notifications_schema: schema("NOTIFICATIONS_SCHEMA", "notifications")?,
+            read_model_schema: schema_name_or("READ_MODEL_SCHEMA", "read_model")?,
+            notifications_schema: schema_name_or("NOTIFICATIONS_SCHEMA", "notifications")?,
             event_store_url: var_or("EVENT_STORE_URL", DEFAULT_POSTGRES_URL),
             kafka_brokers: var_or("KAFKA_BROKERS", "127.0.0.1:9092"),
             kafka_topic: var_or("KAFKA_TOPIC", "post-events"),

@@ -15,11 +15,7 @@ use projection_host::{ProjectionHostDeps, run};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
+    command_host::init_tracing();
     match serve().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

@@ -8,10 +8,10 @@ use std::time::SystemTime;
 
 use command_host::event_store::EventStore;
 use command_host::pg::PgPool;
-use domain::{EventEnvelope, PostEvent, PostId, Version};
+use domain::{EventEnvelope, PostEvent, PostId};
 use uuid::Uuid;
 
-use crate::projector::{BatchOutcome, ProjectionError};
+use crate::projector::{BatchOutcome, ProjectionError, group_by_stream, pending_events};
 
 #[derive(Debug)]
 struct Sql {
@@ -65,15 +65,9 @@ impl Notifications {
         store: &S,
         batch: &[EventEnvelope],
     ) -> Result<BatchOutcome, ProjectionError> {
-        let mut by_stream: BTreeMap<PostId, BTreeMap<Version, &EventEnvelope>> = BTreeMap::new();
-        for envelope in batch {
-            by_stream
-                .entry(envelope.stream_id)
-                .or_default()
-                .insert(envelope.version, envelope);
-        }
+        let (by_stream, duplicates) = group_by_stream(batch);
         let mut outcome = BatchOutcome {
-            skipped: batch.len() - by_stream.values().map(BTreeMap::len).sum::<usize>(),
+            skipped: duplicates,
             ..BatchOutcome::default()
         };
         let mut conn = self.pool.get().await?;
@@ -89,86 +83,53 @@ impl Notifications {
             progress.insert(row.get(0), version.max(0).unsigned_abs());
         }
         for (stream, events) in &by_stream {
-            let mut next = progress.get(&stream.as_uuid()).copied().unwrap_or(0) + 1;
-            let start = next;
-            for (version, envelope) in events {
-                let version = version.get();
-                if version < next {
-                    outcome.skipped += 1;
-                    continue;
-                }
-                let mut pending = Vec::new();
-                if version > next {
-                    let missing = store.load_stream(*stream, Version::new(next)).await?;
-                    let healed: Vec<EventEnvelope> = missing
-                        .into_iter()
-                        .filter(|e| e.version.get() < version)
-                        .collect();
-                    if healed.len() as u64 != version - next {
-                        return Err(ProjectionError::Unhealable {
-                            stream: *stream,
-                            missing: next,
-                        });
-                    }
-                    outcome.healed += healed.len();
-                    pending.extend(healed);
-                }
-                pending.push((*envelope).clone());
-                for envelope in &pending {
-                    let event = envelope
-                        .decode()
-                        .map_err(|e| ProjectionError::Undecodable {
-                            stream: envelope.stream_id,
-                            version: envelope.version,
-                            reason: e.to_string(),
-                        })?;
-                    let at = SystemTime::from(envelope.occurred_at);
-                    let post = stream.as_uuid();
-                    match &event {
-                        PostEvent::PostCreated(e) => {
-                            tx.execute(&post_created, &[&post, &e.author.as_str()])
-                                .await?;
-                        }
-                        PostEvent::PostLiked(e) => {
-                            let none: Option<Uuid> = None;
-                            tx.execute(
-                                &notify,
-                                &[
-                                    &envelope.event_id,
-                                    &"liked",
-                                    &e.user.as_str(),
-                                    &none,
-                                    &at,
-                                    &post,
-                                ],
-                            )
+            let done = progress.get(&stream.as_uuid()).copied().unwrap_or(0);
+            let pending = pending_events(store, *stream, done, events, &mut outcome).await?;
+            let post = stream.as_uuid();
+            for (envelope, event) in &pending {
+                let at = SystemTime::from(envelope.occurred_at);
+                match event {
+                    PostEvent::PostCreated(e) => {
+                        tx.execute(&post_created, &[&post, &e.author.as_str()])
                             .await?;
-                        }
-                        PostEvent::CommentAdded(e) => {
-                            let comment = Some(e.comment_id.as_uuid());
-                            tx.execute(
-                                &notify,
-                                &[
-                                    &envelope.event_id,
-                                    &"commented",
-                                    &e.author.as_str(),
-                                    &comment,
-                                    &at,
-                                    &post,
-                                ],
-                            )
-                            .await?;
-                        }
-                        _ => {}
                     }
-                    outcome.applied += 1;
+                    PostEvent::PostLiked(e) => {
+                        let none: Option<Uuid> = None;
+                        tx.execute(
+                            &notify,
+                            &[
+                                &envelope.event_id,
+                                &"liked",
+                                &e.user.as_str(),
+                                &none,
+                                &at,
+                                &post,
+                            ],
+                        )
+                        .await?;
+                    }
+                    PostEvent::CommentAdded(e) => {
+                        let comment = Some(e.comment_id.as_uuid());
+                        tx.execute(
+                            &notify,
+                            &[
+                                &envelope.event_id,
+                                &"commented",
+                                &e.author.as_str(),
+                                &comment,
+                                &at,
+                                &post,
+                            ],
+                        )
+                        .await?;
+                    }
+                    _ => {}
                 }
-                next = version + 1;
+                outcome.applied += 1;
             }
-            if next > start {
-                let version = i64::try_from(next - 1).unwrap_or(i64::MAX);
-                tx.execute(&set_progress, &[&stream.as_uuid(), &version])
-                    .await?;
+            if let Some((last, _)) = pending.last() {
+                let version = i64::try_from(last.version.get()).unwrap_or(i64::MAX);
+                tx.execute(&set_progress, &[&post, &version]).await?;
             }
         }
         tx.commit().await?;

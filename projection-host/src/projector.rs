@@ -124,15 +124,9 @@ impl ReadModel {
         store: &S,
         batch: &[EventEnvelope],
     ) -> Result<BatchOutcome, ProjectionError> {
-        let mut by_stream: BTreeMap<PostId, BTreeMap<Version, &EventEnvelope>> = BTreeMap::new();
-        for envelope in batch {
-            by_stream
-                .entry(envelope.stream_id)
-                .or_default()
-                .insert(envelope.version, envelope);
-        }
+        let (by_stream, duplicates) = group_by_stream(batch);
         let mut outcome = BatchOutcome {
-            skipped: batch.len() - by_stream.values().map(BTreeMap::len).sum::<usize>(),
+            skipped: duplicates,
             ..BatchOutcome::default()
         };
         let mut conn = self.pool.get().await?;
@@ -149,48 +143,12 @@ impl ReadModel {
         let mut to_apply: Vec<(EventEnvelope, PostEvent)> = Vec::new();
         let mut changes = Vec::new();
         for (stream, events) in &by_stream {
-            let mut next = projected.get(&stream.as_uuid()).copied().unwrap_or(0) + 1;
-            let mut pending: Vec<EventEnvelope> = Vec::new();
-            for (version, envelope) in events {
-                let version = version.get();
-                if version < next {
-                    outcome.skipped += 1;
-                    continue;
-                }
-                if version > next {
-                    // A gap: fetch what is missing from the source of truth.
-                    let missing = store.load_stream(*stream, Version::new(next)).await?;
-                    let healed: Vec<EventEnvelope> = missing
-                        .into_iter()
-                        .filter(|e| e.version.get() < version)
-                        .collect();
-                    if healed.len() as u64 != version - next {
-                        return Err(ProjectionError::Unhealable {
-                            stream: *stream,
-                            missing: next,
-                        });
-                    }
-                    outcome.healed += healed.len();
-                    next = version;
-                    pending.extend(healed);
-                }
-                pending.push((*envelope).clone());
-                next += 1;
+            let projected = projected.get(&stream.as_uuid()).copied().unwrap_or(0);
+            let pending = pending_events(store, *stream, projected, events, &mut outcome).await?;
+            if let Some((last, _)) = pending.last() {
+                changes.push(format!("{stream}:{}", last.version));
             }
-            if pending.is_empty() {
-                continue;
-            }
-            changes.push(format!("{stream}:{}", next - 1));
-            for envelope in pending {
-                let event = envelope
-                    .decode()
-                    .map_err(|e| ProjectionError::Undecodable {
-                        stream: envelope.stream_id,
-                        version: envelope.version,
-                        reason: e.to_string(),
-                    })?;
-                to_apply.push((envelope, event));
-            }
+            to_apply.extend(pending);
         }
         outcome.applied = to_apply.len();
         for (envelope, event) in &to_apply {
@@ -202,6 +160,73 @@ impl ReadModel {
         tx.commit().await?;
         Ok(outcome)
     }
+}
+
+/// A batch's events grouped by stream and version, and how many were exact
+/// duplicates within the batch.
+pub(crate) type ByStream<'a> = BTreeMap<PostId, BTreeMap<Version, &'a EventEnvelope>>;
+
+pub(crate) fn group_by_stream(batch: &[EventEnvelope]) -> (ByStream<'_>, usize) {
+    let mut by_stream: ByStream<'_> = BTreeMap::new();
+    for envelope in batch {
+        by_stream
+            .entry(envelope.stream_id)
+            .or_default()
+            .insert(envelope.version, envelope);
+    }
+    let distinct: usize = by_stream.values().map(BTreeMap::len).sum();
+    (by_stream, batch.len() - distinct)
+}
+
+/// The events of one stream still to apply after version `projected`, in order
+/// and decoded. Older ones are counted as skipped; a gap is filled from the
+/// event store, never skipped over.
+pub(crate) async fn pending_events<S: EventStore>(
+    store: &S,
+    stream: PostId,
+    projected: u64,
+    events: &BTreeMap<Version, &EventEnvelope>,
+    outcome: &mut BatchOutcome,
+) -> Result<Vec<(EventEnvelope, PostEvent)>, ProjectionError> {
+    let mut next = projected + 1;
+    let mut pending: Vec<EventEnvelope> = Vec::new();
+    for (version, envelope) in events {
+        let version = version.get();
+        if version < next {
+            outcome.skipped += 1;
+            continue;
+        }
+        if version > next {
+            let missing = store.load_stream(stream, Version::new(next)).await?;
+            let healed: Vec<EventEnvelope> = missing
+                .into_iter()
+                .filter(|e| e.version.get() < version)
+                .collect();
+            if healed.len() as u64 != version - next {
+                return Err(ProjectionError::Unhealable {
+                    stream,
+                    missing: next,
+                });
+            }
+            outcome.healed += healed.len();
+            pending.extend(healed);
+        }
+        pending.push((*envelope).clone());
+        next = version + 1;
+    }
+    pending
+        .into_iter()
+        .map(|envelope| {
+            let event = envelope
+                .decode()
+                .map_err(|e| ProjectionError::Undecodable {
+                    stream: envelope.stream_id,
+                    version: envelope.version,
+                    reason: e.to_string(),
+                })?;
+            Ok((envelope, event))
+        })
+        .collect()
 }
 
 async fn write_effect(

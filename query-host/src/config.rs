@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use command_host::config::{ConfigError, DEFAULT_POSTGRES_URL, parsed_or, var_or};
+use projection_host::config::schema_name_or;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -18,22 +19,11 @@ pub struct Config {
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let schema = |name, default: &str| -> Result<String, ConfigError> {
-            let value = var_or(name, default);
-            if projection_host::schema::is_plain_identifier(&value) {
-                Ok(value)
-            } else {
-                Err(ConfigError {
-                    name,
-                    reason: format!("{value:?} must be a lowercase identifier"),
-                })
-            }
-        };
         Ok(Self {
             listen_addr: parsed_or("LISTEN_ADDR", SocketAddr::from(([127, 0, 0, 1], 8082)))?,
             read_model_url: var_or("READ_MODEL_URL", DEFAULT_POSTGRES_URL),
-            read_model_schema: schema("READ_MODEL_SCHEMA", "read_model")?,
-            notifications_schema: schema("NOTIFICATIONS_SCHEMA", "notifications")?,
+            read_model_schema: schema_name_or("READ_MODEL_SCHEMA", "read_model")?,
+            notifications_schema: schema_name_or("NOTIFICATIONS_SCHEMA", "notifications")?,
             token_secret: std::env::var("TOKEN_SECRET").ok().filter(|s| !s.is_empty()),
             pool_size: parsed_or("PG_POOL_SIZE", 16)?,
             min_version_wait: Duration::from_millis(parsed_or("MIN_VERSION_WAIT_MS", 3_000)?),
