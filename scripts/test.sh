@@ -1,16 +1,35 @@
 #!/usr/bin/env bash
 # The test command: starts the real services (installing them if missing), then
 # runs every test of the workspace against them. Extra arguments go to cargo test.
+#
+# Unless SOURCEGRAM_TEST_KAFKA_BROKERS names a broker, each run gets a broker of
+# its own with an empty store, on port 19093, stopped afterwards: tansu's SQLite
+# store slows down as it grows, and test topics are never deleted, so a store
+# reused run after run makes the suite slower each time until it fails.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/.."
-eval "$("$here/services.sh" start)"
-export SOURCEGRAM_TEST_POSTGRES_URL="${SOURCEGRAM_TEST_POSTGRES_URL:-$POSTGRES_URL}"
-export SOURCEGRAM_TEST_KAFKA_BROKERS="${SOURCEGRAM_TEST_KAFKA_BROKERS:-$KAFKA_BROKERS}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sourcegram/target}"
 
 log="$(mktemp)"
-trap 'rm -f "$log"' EXIT
+cleanup() { rm -f "$log"; }
+if [[ -z "${SOURCEGRAM_TEST_KAFKA_BROKERS:-}" ]]; then
+  test_state="$(mktemp -d "${TMPDIR:-/tmp}/sourcegram-test.XXXXXX")"
+  cleanup() {
+    rm -f "$log"
+    SOURCEGRAM_STATE_DIR="$test_state" SOURCEGRAM_KAFKA_PORT="${SOURCEGRAM_TEST_KAFKA_PORT:-19093}" \
+      "$here/services.sh" stop >/dev/null 2>&1 || true
+    rm -rf "$test_state"
+  }
+  eval "$(SOURCEGRAM_STATE_DIR="$test_state" SOURCEGRAM_KAFKA_PORT="${SOURCEGRAM_TEST_KAFKA_PORT:-19093}" "$here/services.sh" start)"
+else
+  eval "$("$here/services.sh" start)"
+  KAFKA_BROKERS="$SOURCEGRAM_TEST_KAFKA_BROKERS"
+fi
+trap cleanup EXIT
+export SOURCEGRAM_TEST_POSTGRES_URL="${SOURCEGRAM_TEST_POSTGRES_URL:-$POSTGRES_URL}"
+export SOURCEGRAM_TEST_KAFKA_BROKERS="$KAFKA_BROKERS"
+
 status=0
 cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
 # libtest has no "skipped" outcome: a leg whose server is not configured returns
