@@ -29,6 +29,7 @@ pub enum PublishError {
 #[derive(Clone)]
 pub struct KafkaPublisher {
     producer: FutureProducer,
+    brokers: String,
     topic: String,
 }
 
@@ -55,8 +56,17 @@ impl KafkaPublisher {
             .map_err(PublishError::Setup)?;
         Ok(Self {
             producer,
+            brokers: brokers.to_owned(),
             topic: topic.to_owned(),
         })
+    }
+
+    /// A publisher with a new producer for the same brokers and topic. The
+    /// idempotent producer's id and sequence numbers belong to the broker session
+    /// it started in: after a broker restart lost that state, the old producer's
+    /// every send is refused, while a new producer starts clean.
+    pub fn renewed(&self) -> Result<Self, PublishError> {
+        Self::new(&self.brokers, &self.topic)
     }
 
     pub fn topic(&self) -> &str {

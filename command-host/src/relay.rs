@@ -38,7 +38,7 @@ impl Default for RelayConfig {
 /// Runs until `shutdown` turns true, finishing the round in progress.
 pub async fn run_relay<S: EventStore>(
     store: Arc<S>,
-    publisher: KafkaPublisher,
+    mut publisher: KafkaPublisher,
     wake: Arc<Notify>,
     metrics: Metrics,
     config: RelayConfig,
@@ -75,6 +75,13 @@ pub async fn run_relay<S: EventStore>(
                 }
                 failing = true;
                 metrics.inc("sourcegram_publish_failures_total", &[], 1);
+                // Start the next round with a fresh producer: one that failed may
+                // hold sequence state the broker no longer accepts. Whatever it did
+                // deliver is published again; the projection skips repeats.
+                match publisher.renewed() {
+                    Ok(fresh) => publisher = fresh,
+                    Err(error) => tracing::warn!(%error, "cannot create a new kafka producer"),
+                }
                 backoff = (backoff * 2).clamp(Duration::from_millis(100), config.max_backoff);
             }
         }

@@ -96,6 +96,22 @@ impl PrivateBroker {
             child.kill().await.expect("stop the broker");
         }
     }
+
+    /// Stops the broker the way an operator does (SIGTERM), and waits for it.
+    async fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().expect("running broker has a pid").to_string();
+            let sent = tokio::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .await;
+            assert!(
+                sent.is_ok_and(|s| s.success()),
+                "send SIGTERM to the broker"
+            );
+            child.wait().await.expect("broker exits");
+        }
+    }
 }
 
 impl Drop for PrivateBroker {
@@ -309,5 +325,91 @@ async fn writes_during_a_broker_outage_are_published_when_it_returns() {
     let seen = consume_all(&broker.brokers(), &topic, stored.len()).await;
     assert_published_exactly_once_in_order(&stored, &seen);
     app.stop().await;
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn the_relay_recovers_when_the_broker_restarts_with_sends_in_flight() {
+    let mut broker = PrivateBroker::start().await;
+    let topic = testkit::unique_name("inflight").replace('_', "-");
+    testkit::create_topic(&broker.brokers(), &topic, 3)
+        .await
+        .expect("create topic");
+    let (pool, schema) = testkit::fresh_pg_schema("cmd_inflight").await;
+    let app =
+        std::sync::Arc::new(spawn_app_on(pool, schema, topic.clone(), broker.brokers()).await);
+
+    // Writers keep going while the broker stops and comes back.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let app = std::sync::Arc::clone(&app);
+            tokio::spawn(async move {
+                let mut acknowledged = 0;
+                let end = tokio::time::Instant::now() + Duration::from_secs(4);
+                while tokio::time::Instant::now() < end {
+                    let answer = app
+                        .post_json(
+                            "/posts",
+                            &format!("writer{w}"),
+                            json!({"message": "in flight"}),
+                        )
+                        .await;
+                    if answer.status == StatusCode::CREATED {
+                        acknowledged += 1;
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    broker.terminate().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    broker.restart().await;
+    let mut acknowledged = 0;
+    for writer in writers {
+        acknowledged += writer.await.expect("writer");
+    }
+    outbox_drained(&app, Duration::from_secs(90)).await;
+
+    let stored = all_stored(&app).await;
+    assert_eq!(
+        stored.len(),
+        acknowledged,
+        "every acknowledged write is stored"
+    );
+    // Whatever was in flight may arrive twice; nothing may be missing, and each
+    // post's first arrivals keep version order.
+    let seen = consume_all(&broker.brokers(), &topic, stored.len()).await;
+    let arrived: std::collections::HashSet<_> = seen
+        .iter()
+        .map(|(_, e, _)| (e.stream_id, e.version))
+        .collect();
+    for envelope in &stored {
+        assert!(
+            arrived.contains(&(envelope.stream_id, envelope.version)),
+            "{} v{} never published",
+            envelope.stream_id,
+            envelope.version
+        );
+    }
+    let mut firsts = std::collections::HashSet::new();
+    let mut newest: HashMap<String, u64> = HashMap::new();
+    for (key, envelope, _) in &seen {
+        if !firsts.insert((key.clone(), envelope.version.get())) {
+            continue;
+        }
+        let last = newest.entry(key.clone()).or_default();
+        assert!(
+            envelope.version.get() > *last,
+            "{key}: v{} first arrived after v{last}",
+            envelope.version
+        );
+        *last = envelope.version.get();
+    }
+    std::sync::Arc::into_inner(app)
+        .expect("writers are done")
+        .stop()
+        .await;
     broker.stop().await;
 }

@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Fault drills: under a steady write load, break one thing at a time, then check
+# the guarantees the way a user would:
+#   1. kill -9 the command host and restart it
+#   2. stop the broker for a while and restart it
+#   3. kill -9 the projection host and restart it
+#   4. restart PostgreSQL
+# After each drill: every acknowledged write is in the event store (lost = 0),
+# the read model converges to the event store (likes and versions per post, so a
+# double-applied like shows), and how long that took.
+#
+# Loopback only, bounded in time. Runs its own hosts, broker and schemas.
+#   DRILL_SECONDS (10)        load before and after each fault
+#   DRILL_OUTAGE_SECONDS (5)  how long the broker stays down (the full form is 30)
+#   DRILL_WRITERS (4)         concurrent writers
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$here/.."
+LOAD_SECONDS="${DRILL_SECONDS:-10}"
+OUTAGE_SECONDS="${DRILL_OUTAGE_SECONDS:-5}"
+WRITERS="${DRILL_WRITERS:-4}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sourcegram/target}"
+work="$(mktemp -d)"
+export SOURCEGRAM_STATE_DIR="$work/state" SOURCEGRAM_KAFKA_PORT="${DRILL_KAFKA_PORT:-19094}"
+export COMMAND_PORT=18281 QUERY_PORT=18282 PROJECTION_PORT=18283
+export SOURCEGRAM_PROFILE="${SOURCEGRAM_PROFILE:-release}"
+say() { printf 'drills: %s\n' "$*" >&2; }
+
+cleanup() {
+  "$here/down.sh" >/dev/null 2>&1 || true
+  "$here/services.sh" stop >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+eval "$("$here/services.sh" start)"
+schema="drill_$(date +%s)"
+psql_() { psql "$POSTGRES_URL" -qAtX "$@"; }
+psql_ -c "CREATE SCHEMA $schema"
+export EVENT_STORE_URL="$POSTGRES_URL?options=-csearch_path%3D$schema" RECORDS_URL="$POSTGRES_URL?options=-csearch_path%3D$schema"
+export READ_MODEL_SCHEMA="${schema}_rm" NOTIFICATIONS_SCHEMA="${schema}_nt"
+export READ_MODEL_GROUP="$schema-rm" NOTIFICATIONS_GROUP="$schema-nt" KAFKA_TOPIC="post-events"
+"$here/up.sh" >/dev/null
+set -a; source "$SOURCEGRAM_STATE_DIR/secrets.env"; set +a
+bin="$CARGO_TARGET_DIR/$SOURCEGRAM_PROFILE"
+for i in $(seq 1 50); do "$bin/command-host" mint-token "writer$i"; done >"$work/tokens"
+mapfile -t TOKENS <"$work/tokens"
+CMD="http://127.0.0.1:$COMMAND_PORT"
+
+# One writer: creates a post now and then, likes others' posts; records every
+# acknowledged write as "post version".
+writer() { # id stop-file
+  local n=$1 stop=$2 posts=() token answer status body post
+  RANDOM=$((n * 7919 + $$))
+  while [[ ! -f "$stop" ]]; do
+    token=${TOKENS[$((RANDOM % ${#TOKENS[@]}))]}
+    if ((${#posts[@]} == 0 || RANDOM % 4 == 0)); then
+      answer=$(curl -s -m 5 -w '\n%{http_code}' -X POST "$CMD/posts" -H "Authorization: Bearer $token" \
+        -H 'Content-Type: application/json' -d '{"message":"drill"}' 2>/dev/null) || { sleep 0.05; continue; }
+    else
+      post=${posts[$((RANDOM % ${#posts[@]}))]}
+      answer=$(curl -s -m 5 -w '\n%{http_code}' -X POST "$CMD/posts/$post/likes" \
+        -H "Authorization: Bearer $token" 2>/dev/null) || { sleep 0.05; continue; }
+    fi
+    status=${answer##*$'\n'}
+    body=${answer%$'\n'*}
+    if [[ "$status" == 2* ]]; then
+      post=$(sed -n 's/.*"id":"\([^"]*\)".*/\1/p' <<<"$body")
+      echo "$post $(sed -n 's/.*"version":\([0-9]*\).*/\1/p' <<<"$body")" >>"$work/acked.$n"
+      [[ "$status" == 201 ]] && posts+=("$post")
+    fi
+  done
+}
+
+start_load() {
+  rm -f "$work/stop"
+  for n in $(seq 1 "$WRITERS"); do writer "$n" "$work/stop" & done
+}
+stop_load() { touch "$work/stop"; wait; }
+
+host_pid() { cat "$SOURCEGRAM_STATE_DIR/hosts/$1.pid"; }
+
+# Every acknowledged (post, version) is in the event store.
+lost_writes() {
+  cat "$work"/acked.* 2>/dev/null | sort -u >"$work/acked"
+  psql_ <<SQL | tail -1
+CREATE TEMP TABLE acked (stream_id uuid, version bigint);
+\copy acked FROM '$work/acked' WITH (DELIMITER ' ')
+SELECT count(*) FROM acked a WHERE NOT EXISTS
+  (SELECT 1 FROM $schema.events e WHERE e.stream_id = a.stream_id AND e.version = a.version);
+SQL
+}
+
+# Posts whose read-model row differs from the event store: version behind, or
+# likes not equal to the likes the events imply (a double-applied like shows here).
+diverging_posts() {
+  psql_ -c "
+    WITH store AS (
+      SELECT stream_id,
+             max(version) AS version,
+             count(DISTINCT data->>'user') FILTER (WHERE event_type = 'PostLiked') AS likes
+      FROM $schema.events GROUP BY stream_id)
+    SELECT count(*) FROM store s LEFT JOIN ${schema}_rm.posts p ON p.id = s.stream_id
+    WHERE p.id IS NULL OR p.version <> s.version OR p.likes <> s.likes"
+}
+
+double_applied() {
+  psql_ -c "
+    WITH store AS (
+      SELECT stream_id, count(DISTINCT data->>'user') FILTER (WHERE event_type = 'PostLiked') AS likes
+      FROM $schema.events GROUP BY stream_id)
+    SELECT count(*) FROM store s JOIN ${schema}_rm.posts p ON p.id = s.stream_id WHERE p.likes > s.likes"
+}
+
+results=()
+drill() { # name fault-function
+  local name=$1 fault=$2
+  say "drill: $name"
+  start_load
+  sleep "$LOAD_SECONDS"
+  "$fault"
+  sleep "$LOAD_SECONDS"
+  stop_load
+  local acked; acked=$(cat "$work"/acked.* 2>/dev/null | wc -l)
+  local started=$SECONDS converged="no" left
+  while ((SECONDS - started < 180)); do
+    left=$(diverging_posts)
+    if [[ "$left" == 0 ]]; then converged="$((SECONDS - started)) s"; break; fi
+    sleep 0.5
+  done
+  results+=("| $name | $acked | $(lost_writes) | $(double_applied) | $converged |")
+  rm -f "$work"/acked.*
+}
+
+kill_command_host() {
+  kill -9 "$(host_pid command-host)"
+  sleep 1
+  "$here/up.sh" >/dev/null
+}
+broker_outage() {
+  "$here/services.sh" stop >/dev/null
+  sleep "$OUTAGE_SECONDS"
+  "$here/services.sh" start >/dev/null
+}
+kill_projection_host() {
+  kill -9 "$(host_pid projection-host)"
+  sleep 1
+  "$here/up.sh" >/dev/null
+}
+restart_postgres() {
+  pg_ctlcluster --skip-systemctl-redirect 15 main restart
+}
+
+drill "kill -9 command host" kill_command_host
+drill "broker down ${OUTAGE_SECONDS}s" broker_outage
+drill "kill -9 projection host" kill_projection_host
+drill "restart PostgreSQL" restart_postgres
+
+echo
+echo "| drill | writes acknowledged | writes lost | posts double-applied | converged after load |"
+echo "| --- | --- | --- | --- | --- |"
+printf '%s\n' "${results[@]}"
+failed=0
+for row in "${results[@]}"; do
+  IFS='|' read -r _ _ _ lost double converged _ <<<"$row"
+  if [[ "${lost// /}" != 0 || "${double// /}" != 0 || "${converged// /}" == no ]]; then failed=1; fi
+done
+exit "$failed"
