@@ -29,6 +29,9 @@ bin="$CARGO_TARGET_DIR/$PROFILE"
 
 export EVENT_STORE_URL="${EVENT_STORE_URL:-$POSTGRES_URL}" RECORDS_URL="${RECORDS_URL:-$POSTGRES_URL}"
 export READ_MODEL_URL="${READ_MODEL_URL:-$POSTGRES_URL}" KAFKA_BROKERS KAFKA_TOPIC
+# Static group membership, so a killed and restarted projection host resumes at
+# once (docs/projection.md).
+export PROJECTION_INSTANCE_ID="${PROJECTION_INSTANCE_ID:-$(hostname)-projection-1}"
 
 start_host() { # name port
   local name=$1 port=$2 pidfile="$STATE_DIR/hosts/$1.pid"

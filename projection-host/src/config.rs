@@ -35,6 +35,8 @@ pub struct Config {
     pub max_batch: usize,
     pub max_wait: Duration,
     pub fetch_wait: Duration,
+    pub instance_id: Option<String>,
+    pub kafka_debug: Option<String>,
 }
 
 impl Config {
@@ -54,6 +56,10 @@ impl Config {
             max_batch: parsed_or("PROJECTION_MAX_BATCH", 500)?,
             max_wait: Duration::from_millis(parsed_or("PROJECTION_MAX_WAIT_MS", 5)?),
             fetch_wait: Duration::from_millis(parsed_or("PROJECTION_FETCH_WAIT_MS", 20)?),
+            instance_id: std::env::var("PROJECTION_INSTANCE_ID")
+                .ok()
+                .filter(|v| !v.is_empty()),
+            kafka_debug: std::env::var("KAFKA_DEBUG").ok().filter(|v| !v.is_empty()),
         })
     }
 }

@@ -60,6 +60,12 @@ pub struct ConsumerConfig {
     /// The consumer's `fetch.wait.max.ms`: how long the broker may hold a fetch
     /// open. Short means low lag; long means fewer fetches for the broker.
     pub fetch_wait: Duration,
+    /// `group.instance.id`: unique per running instance, stable across its
+    /// restarts. `None` means dynamic membership.
+    pub instance_id: Option<String>,
+    /// librdkafka's `debug` contexts (for example `cgrp,fetch`), logged at
+    /// debug level under the `librdkafka` target.
+    pub debug: Option<String>,
 }
 
 /// Consumes until `shutdown` turns true. The batch in progress is finished and
@@ -73,7 +79,19 @@ pub async fn run_consumer<S: EventStore>(
     gate: Arc<RwLock<()>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), KafkaError> {
-    let consumer: StreamConsumer = ClientConfig::new()
+    let mut client = ClientConfig::new();
+    if let Some(instance) = &config.instance_id {
+        // Static membership: a restarted instance takes its own place back at
+        // once, instead of waiting for the broker to expire the dead member
+        // (which some brokers, tansu among them, never do).
+        client.set("group.instance.id", instance);
+    }
+    if let Some(debug) = &config.debug {
+        client
+            .set("debug", debug)
+            .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+    }
+    let consumer: StreamConsumer = client
         .set("bootstrap.servers", &config.brokers)
         .set("group.id", &config.group)
         .set("enable.auto.commit", "false")
@@ -83,7 +101,7 @@ pub async fn run_consumer<S: EventStore>(
             "fetch.wait.max.ms",
             config.fetch_wait.as_millis().to_string(),
         )
-        .set("session.timeout.ms", "10000")
+        .set("session.timeout.ms", "30000")
         .create()?;
     consumer.subscribe(&[&config.topic])?;
     let name = projection.name();

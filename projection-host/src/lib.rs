@@ -83,14 +83,22 @@ pub async fn run<S: EventStore + 'static>(
             group,
             ..deps.consumer.clone()
         };
-        consumers.push(tokio::spawn(run_consumer(
+        let consumer = run_consumer(
             config,
             Arc::new(projection),
             Arc::clone(&store),
             deps.metrics.clone(),
             Arc::clone(&gate),
             stopped.clone(),
-        )));
+        );
+        // A consumer that cannot start says so at once, not at shutdown.
+        consumers.push(tokio::spawn(async move {
+            let result = consumer.await;
+            if let Err(error) = &result {
+                tracing::error!(%error, "consumer could not start");
+            }
+            result
+        }));
     }
     let app = Arc::new(App {
         replayer: Arc::new(Replayer::new(
@@ -119,7 +127,7 @@ pub async fn run<S: EventStore + 'static>(
     for consumer in consumers {
         match consumer.await {
             Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::error!(%error, "consumer could not start"),
+            Ok(Err(_)) => {} // logged when it happened
             Err(error) => tracing::error!(%error, "consumer task failed"),
         }
     }

@@ -51,6 +51,8 @@ async fn serve() -> Result<(), String> {
             max_batch: config.max_batch,
             max_wait: config.max_wait,
             fetch_wait: config.fetch_wait,
+            instance_id: config.instance_id,
+            debug: config.kafka_debug,
         },
         notifications_group: config.notifications_group,
         admin_token: config.admin_token,

@@ -25,6 +25,8 @@ use uuid::Uuid;
 pub struct World {
     pub store: Arc<PostgresEventStore>,
     pub pool: PgPool,
+    /// The event store's schema.
+    pub schema: String,
     pub read_model: String,
     pub notifications: String,
     pub topic: String,
@@ -34,7 +36,7 @@ pub struct World {
 }
 
 pub async fn world() -> World {
-    let (pool, _schema) = testkit::fresh_pg_schema("proj").await;
+    let (pool, schema) = testkit::fresh_pg_schema("proj").await;
     let store = PostgresEventStore::new(pool.clone());
     store.migrate().await.expect("migrate event store");
     let topic = testkit::fresh_topic("proj", 3).await;
@@ -42,6 +44,7 @@ pub async fn world() -> World {
     World {
         store: Arc::new(store),
         pool,
+        schema,
         read_model: testkit::unique_name("rm"),
         notifications: testkit::unique_name("nt"),
         topic,
@@ -239,6 +242,8 @@ impl World {
             max_batch: 200,
             max_wait: Duration::from_millis(5),
             fetch_wait: Duration::from_millis(20),
+            instance_id: None,
+            debug: None,
         }
     }
 
