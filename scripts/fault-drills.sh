@@ -13,6 +13,8 @@
 #   DRILL_SECONDS (10)        load before and after each fault
 #   DRILL_OUTAGE_SECONDS (5)  how long the broker stays down (the full form is 30)
 #   DRILL_WRITERS (4)         concurrent writers
+#   DRILLS ("1 2 3 4")        which drills to run
+#   DRILL_KEEP (unset)        keep the work directory (host and broker logs)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$here/.."
@@ -25,11 +27,12 @@ export SOURCEGRAM_STATE_DIR="$work/state" SOURCEGRAM_KAFKA_PORT="${DRILL_KAFKA_P
 export COMMAND_PORT=18281 QUERY_PORT=18282 PROJECTION_PORT=18283
 export SOURCEGRAM_PROFILE="${SOURCEGRAM_PROFILE:-release}"
 say() { printf 'drills: %s\n' "$*" >&2; }
+trap 'say "failed at line $LINENO: $BASH_COMMAND"' ERR
 
 cleanup() {
   "$here/down.sh" >/dev/null 2>&1 || true
   "$here/services.sh" stop >/dev/null 2>&1 || true
-  rm -rf "$work"
+  if [[ -n "${DRILL_KEEP:-}" ]]; then say "kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
@@ -138,7 +141,7 @@ kill_command_host() {
   "$here/up.sh" >/dev/null
 }
 broker_outage() {
-  "$here/services.sh" stop >/dev/null
+  "$here/services.sh" stop-broker >/dev/null
   sleep "$OUTAGE_SECONDS"
   "$here/services.sh" start >/dev/null
 }
@@ -151,10 +154,11 @@ restart_postgres() {
   pg_ctlcluster --skip-systemctl-redirect 15 main restart
 }
 
-drill "kill -9 command host" kill_command_host
-drill "broker down ${OUTAGE_SECONDS}s" broker_outage
-drill "kill -9 projection host" kill_projection_host
-drill "restart PostgreSQL" restart_postgres
+DRILLS="${DRILLS:-1 2 3 4}"
+[[ " $DRILLS " == *" 1 "* ]] && drill "kill -9 command host" kill_command_host
+[[ " $DRILLS " == *" 2 "* ]] && drill "broker down ${OUTAGE_SECONDS}s" broker_outage
+[[ " $DRILLS " == *" 3 "* ]] && drill "kill -9 projection host" kill_projection_host
+[[ " $DRILLS " == *" 4 "* ]] && drill "restart PostgreSQL" restart_postgres
 
 echo
 echo "| drill | writes acknowledged | writes lost | posts double-applied | converged after load |"

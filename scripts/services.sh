@@ -5,6 +5,7 @@
 #
 #   scripts/services.sh [start]        install if missing, start, create what the hosts need
 #   scripts/services.sh stop           stop only what this script started
+#   scripts/services.sh stop-broker    stop only the broker this script started
 #   scripts/services.sh restart-broker stop and start the broker (its data survives)
 #   scripts/services.sh status         what is up
 set -euo pipefail
@@ -153,6 +154,9 @@ case "${1:-start}" in
       pg_ctlcluster --skip-systemctl-redirect "$PG_VERSION" main stop
       rm -f "$STATE_DIR/postgres.started-by-script"
     fi
+    ;;
+  stop-broker)
+    stop_broker
     ;;
   restart-broker)
     # Only a broker this script started (same state directory) can be restarted;
