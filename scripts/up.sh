@@ -33,26 +33,29 @@ export READ_MODEL_URL="${READ_MODEL_URL:-$POSTGRES_URL}" KAFKA_BROKERS KAFKA_TOP
 # once (docs/projection.md).
 export PROJECTION_INSTANCE_ID="${PROJECTION_INSTANCE_ID:-$(hostname)-projection-1}"
 
-start_host() { # name port
-  local name=$1 port=$2 pidfile="$STATE_DIR/hosts/$1.pid"
+start_host() { # name port [probe]
+  local name=$1 port=$2 probe=${3:-healthz} pidfile="$STATE_DIR/hosts/$1.pid"
   if [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
     echo "up: $name already runs (pid $(cat "$pidfile"))" >&2
     return
   fi
   LISTEN_ADDR="127.0.0.1:$port" nohup "$bin/$name" >>"$STATE_DIR/hosts/$name.log" 2>&1 &
   echo $! >"$pidfile"
-  for _ in $(seq 1 100); do
-    if curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; then return; fi
+  for _ in $(seq 1 600); do
+    if curl -fsS "http://127.0.0.1:$port/$probe" >/dev/null 2>&1; then return; fi
     if ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
       echo "up: $name exited; the end of its log:" >&2; tail -20 "$STATE_DIR/hosts/$name.log" >&2; exit 1
     fi
     sleep 0.1
   done
-  echo "up: $name did not answer on port $port" >&2; exit 1
+  echo "up: $name did not answer $probe on port $port; the end of its log:" >&2
+  tail -20 "$STATE_DIR/hosts/$name.log" >&2; exit 1
 }
 
 start_host command-host "${COMMAND_PORT:-8081}"
-start_host projection-host "${PROJECTION_PORT:-8083}"
+# Ready means its consumers have joined their groups, so what is written from
+# now on is projected.
+start_host projection-host "${PROJECTION_PORT:-8083}" readyz
 start_host query-host "${QUERY_PORT:-8082}"
 
 token=$("$bin/command-host" mint-token alice)

@@ -5,12 +5,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use command_host::event_store::EventStore;
 use command_host::metrics::Metrics;
 use domain::EventEnvelope;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -68,9 +72,39 @@ pub struct ConsumerConfig {
     pub debug: Option<String>,
 }
 
+/// Notes the first partition assignment: until then the consumer has not joined
+/// its group and projects nothing, so the host is not ready.
+struct Membership {
+    joined: Arc<AtomicBool>,
+    projection: &'static str,
+}
+
+impl ClientContext for Membership {}
+
+impl ConsumerContext for Membership {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                tracing::info!(
+                    projection = self.projection,
+                    partitions = partitions.count(),
+                    "joined the consumer group"
+                );
+                self.joined.store(true, Ordering::Release);
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(error) => {
+                tracing::warn!(projection = self.projection, %error, "rebalance failed");
+            }
+        }
+    }
+}
+
 /// Consumes until `shutdown` turns true. The batch in progress is finished and
 /// committed first. `gate` is held for reading while a batch is applied, so a
-/// replay can pause the projector by taking it for writing.
+/// replay can pause the projector by taking it for writing. `joined` turns true
+/// once the group has given this consumer its partitions (possibly none).
+#[allow(clippy::too_many_arguments)]
 pub async fn run_consumer<S: EventStore>(
     config: ConsumerConfig,
     projection: Arc<Projection>,
@@ -78,6 +112,7 @@ pub async fn run_consumer<S: EventStore>(
     metrics: Metrics,
     gate: Arc<RwLock<()>>,
     mut shutdown: watch::Receiver<bool>,
+    joined: Arc<AtomicBool>,
 ) -> Result<(), KafkaError> {
     let mut client = ClientConfig::new();
     if let Some(instance) = &config.instance_id {
@@ -91,7 +126,11 @@ pub async fn run_consumer<S: EventStore>(
             .set("debug", debug)
             .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
     }
-    let consumer: StreamConsumer = client
+    let membership = Membership {
+        joined,
+        projection: projection.name(),
+    };
+    let consumer: StreamConsumer<Membership> = client
         .set("bootstrap.servers", &config.brokers)
         .set("group.id", &config.group)
         .set("enable.auto.commit", "false")
@@ -102,7 +141,7 @@ pub async fn run_consumer<S: EventStore>(
             config.fetch_wait.as_millis().to_string(),
         )
         .set("session.timeout.ms", "30000")
-        .create()?;
+        .create_with_context(membership)?;
     consumer.subscribe(&[&config.topic])?;
     let name = projection.name();
     let mut failing = false;

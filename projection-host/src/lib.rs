@@ -20,6 +20,7 @@ pub mod schema;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use command_host::event_store::EventStore;
 use command_host::http::{self, HttpResponse, Problem, RequestContext, ServerConfig};
@@ -69,6 +70,7 @@ pub async fn run<S: EventStore + 'static>(
     let gate = Arc::new(RwLock::new(()));
     let (stop, stopped) = watch::channel(false);
     let mut consumers = Vec::new();
+    let mut joined = Vec::new();
     for (projection, group) in [
         (
             Projection::ReadModel(read_model),
@@ -83,6 +85,8 @@ pub async fn run<S: EventStore + 'static>(
             group,
             ..deps.consumer.clone()
         };
+        let flag = Arc::new(AtomicBool::new(false));
+        joined.push((projection.name(), Arc::clone(&flag)));
         let consumer = run_consumer(
             config,
             Arc::new(projection),
@@ -90,6 +94,7 @@ pub async fn run<S: EventStore + 'static>(
             deps.metrics.clone(),
             Arc::clone(&gate),
             stopped.clone(),
+            flag,
         );
         // A consumer that cannot start says so at once, not at shutdown.
         consumers.push(tokio::spawn(async move {
@@ -111,6 +116,7 @@ pub async fn run<S: EventStore + 'static>(
         pool: deps.pool,
         admin_token: deps.admin_token,
         metrics: deps.metrics.clone(),
+        joined,
     });
     let served = http::serve(
         listener,
@@ -180,6 +186,8 @@ struct App<S> {
     replayer: Arc<Replayer<S>>,
     admin_token: Option<String>,
     metrics: Metrics,
+    /// Per projection: has its consumer joined its group yet?
+    joined: Vec<(&'static str, Arc<AtomicBool>)>,
 }
 
 impl<S: EventStore + 'static> App<S> {
@@ -270,6 +278,11 @@ impl<S: EventStore + 'static> App<S> {
         }
         if let Err(e) = self.store.ping().await {
             failures.push(format!("event store: {e}"));
+        }
+        for (projection, joined) in &self.joined {
+            if !joined.load(Ordering::Acquire) {
+                failures.push(format!("{projection}: not yet joined its consumer group"));
+            }
         }
         http::readyz(&failures)
     }

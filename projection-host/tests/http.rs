@@ -71,14 +71,21 @@ async fn admin_replay_needs_the_token_and_reports_progress() {
         call(addr, Method::GET, "/healthz", None).await.0,
         StatusCode::OK
     );
+    // Serving is not ready: until both consumers have joined their groups the
+    // host projects nothing (a group join takes the broker seconds).
+    let (status, body) = call(addr, Method::GET, "/readyz", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("not yet joined its consumer group"), "{body}");
     assert!(
         w.converges(&w.read_model, Duration::from_secs(60)).await,
         "live projection runs"
     );
-    assert_eq!(
-        call(addr, Method::GET, "/readyz", None).await.0,
-        StatusCode::OK
-    );
+    let ready = testkit::eventually(Duration::from_secs(30), || async move {
+        let (status, _) = call(addr, Method::GET, "/readyz", None).await;
+        (status == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "ready once both consumers joined");
     for token in [None, Some("wrong")] {
         let (status, body) = call(addr, Method::POST, "/admin/replay", token).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");

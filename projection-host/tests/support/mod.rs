@@ -262,6 +262,7 @@ impl World {
             command_host::metrics::Metrics::new(),
             gate,
             stopped,
+            Default::default(),
         ));
         (
             stop,
