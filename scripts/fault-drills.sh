@@ -30,6 +30,9 @@ say() { printf 'drills: %s\n' "$*" >&2; }
 trap 'say "failed at line $LINENO: $BASH_COMMAND"' ERR
 
 cleanup() {
+  # Writers still running (a drill failed midway) must not outlive the drill.
+  touch "$work/stop"
+  kill $(jobs -p) 2>/dev/null || true
   "$here/down.sh" >/dev/null 2>&1 || true
   "$here/services.sh" stop >/dev/null 2>&1 || true
   if [[ -n "${DRILL_KEEP:-}" ]]; then say "kept $work"; else rm -rf "$work"; fi

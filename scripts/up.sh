@@ -31,7 +31,7 @@ export EVENT_STORE_URL="${EVENT_STORE_URL:-$POSTGRES_URL}" RECORDS_URL="${RECORD
 export READ_MODEL_URL="${READ_MODEL_URL:-$POSTGRES_URL}" KAFKA_BROKERS KAFKA_TOPIC
 # Static group membership, so a killed and restarted projection host resumes at
 # once (docs/projection.md).
-export PROJECTION_INSTANCE_ID="${PROJECTION_INSTANCE_ID:-$(hostname)-projection-1}"
+export PROJECTION_INSTANCE_ID="${PROJECTION_INSTANCE_ID-$(hostname)-projection-1}" # set it empty for dynamic membership
 
 start_host() { # name port [probe]
   local name=$1 port=$2 probe=${3:-healthz} pidfile="$STATE_DIR/hosts/$1.pid"
