@@ -16,6 +16,8 @@
 #   DRILLS ("1 2 3 4")        which drills to run
 #   DRILL_KEEP (unset)        keep the work directory (host and broker logs)
 set -euo pipefail
+# A process that has exited but not yet been reaped (a zombie) counts as gone.
+alive() { local s; s=$(ps -o stat= -p "$1" 2>/dev/null) && [[ -n "$s" && "$s" != Z* ]]; }
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$here/.."
 LOAD_SECONDS="${DRILL_SECONDS:-10}"
@@ -138,9 +140,14 @@ drill() { # name fault-function
   rm -f "$work"/acked.*
 }
 
+gone() { # pid: waits until the process is really gone
+  for _ in $(seq 1 100); do alive "$1" || return 0; sleep 0.1; done
+  say "process $1 outlived kill -9"; return 1
+}
 kill_command_host() {
-  kill -9 "$(host_pid command-host)"
-  sleep 1
+  local pid; pid=$(host_pid command-host)
+  kill -9 "$pid"
+  gone "$pid"
   "$here/up.sh" >/dev/null
 }
 broker_outage() {
@@ -149,8 +156,9 @@ broker_outage() {
   "$here/services.sh" start >/dev/null
 }
 kill_projection_host() {
-  kill -9 "$(host_pid projection-host)"
-  sleep 1
+  local pid; pid=$(host_pid projection-host)
+  kill -9 "$pid"
+  gone "$pid"
   "$here/up.sh" >/dev/null
 }
 restart_postgres() {

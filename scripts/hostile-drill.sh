@@ -6,6 +6,8 @@
 # Loopback only, bounded in time. Runs its own hosts, broker and schemas.
 #   HOSTILE_FLOOD (2000)   connections opened at once in the flood
 set -euo pipefail
+# A process that has exited but not yet been reaped (a zombie) counts as gone.
+alive() { local s; s=$(ps -o stat= -p "$1" 2>/dev/null) && [[ -n "$s" && "$s" != Z* ]]; }
 here="$(cd "$(dirname "$0")" && pwd)"
 FLOOD="${HOSTILE_FLOOD:-2000}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sourcegram/target}"
@@ -187,7 +189,7 @@ if [[ "$pids_before" != "$pids_after" ]]; then
   failures=$((failures + 1)); echo "FAIL: a host restarted: $pids_before -> $pids_after"
 fi
 for pid in $pids_after; do
-  kill -0 "$pid" 2>/dev/null || { failures=$((failures + 1)); echo "FAIL: host pid $pid is gone"; }
+  alive "$pid" || { failures=$((failures + 1)); echo "FAIL: host pid $pid is gone"; }
 done
 echo "$((total - failures)) of $total checks passed"
 exit $((failures > 0))

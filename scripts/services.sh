@@ -9,6 +9,8 @@
 #   scripts/services.sh restart-broker stop and start the broker (its data survives)
 #   scripts/services.sh status         what is up
 set -euo pipefail
+# A process that has exited but not yet been reaped (a zombie) counts as gone.
+alive() { local s; s=$(ps -o stat= -p "$1" 2>/dev/null) && [[ -n "$s" && "$s" != Z* ]]; }
 
 CACHE_DIR="${SOURCEGRAM_CACHE_DIR:-$HOME/.cache/sourcegram}"
 STATE_DIR="${SOURCEGRAM_STATE_DIR:-$CACHE_DIR/state}"
@@ -93,7 +95,7 @@ install_tansu() {
 
 broker_pid() {
   local pidfile="$STATE_DIR/tansu/tansu.pid"
-  [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null && cat "$pidfile"
+  [[ -f "$pidfile" ]] && alive "$(cat "$pidfile")" && cat "$pidfile"
 }
 
 start_broker() {
@@ -126,8 +128,8 @@ stop_broker() {
   if pid=$(broker_pid); then
     say "stopping tansu (pid $pid)"
     kill -TERM "$pid"
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+    for _ in $(seq 1 50); do alive "$pid" || break; sleep 0.1; done
+    alive "$pid" && kill -KILL "$pid"
     rm -f "$STATE_DIR/tansu/tansu.pid"
   fi
 }
@@ -173,7 +175,7 @@ case "${1:-start}" in
     if wait_for_port "$KAFKA_PORT" 0; then echo "broker: up on 127.0.0.1:$KAFKA_PORT${pid:+}"; else echo "broker: down"; fi
     ;;
   *)
-    sed -n '2,12p' "$0" >&2
+    sed -n '2,10p' "$0" >&2
     exit 2
     ;;
 esac

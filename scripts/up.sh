@@ -4,6 +4,8 @@
 # loopback, and prints where they listen and how to get a token.
 # scripts/down.sh stops them again.
 set -euo pipefail
+# A process that has exited but not yet been reaped (a zombie) counts as gone.
+alive() { local s; s=$(ps -o stat= -p "$1" 2>/dev/null) && [[ -n "$s" && "$s" != Z* ]]; }
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$here/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sourcegram/target}"
@@ -35,7 +37,7 @@ export PROJECTION_INSTANCE_ID="${PROJECTION_INSTANCE_ID-$(hostname)-projection-1
 
 start_host() { # name port [probe]
   local name=$1 port=$2 probe=${3:-healthz} pidfile="$STATE_DIR/hosts/$1.pid"
-  if [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+  if [[ -f "$pidfile" ]] && alive "$(cat "$pidfile")"; then
     echo "up: $name already runs (pid $(cat "$pidfile"))" >&2
     return
   fi
@@ -43,7 +45,7 @@ start_host() { # name port [probe]
   echo $! >"$pidfile"
   for _ in $(seq 1 600); do
     if curl -fsS "http://127.0.0.1:$port/$probe" >/dev/null 2>&1; then return; fi
-    if ! kill -0 "$(cat "$pidfile")" 2>/dev/null; then
+    if ! alive "$(cat "$pidfile")"; then
       echo "up: $name exited; the end of its log:" >&2; tail -20 "$STATE_DIR/hosts/$name.log" >&2; exit 1
     fi
     sleep 0.1
