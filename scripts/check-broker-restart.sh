@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Checks that the broker keeps what it acknowledged across its own restart, as
 # the fault drills rely on: produce a message, restart the broker with
-# scripts/services.sh, read the message back. Run it when no tests are running:
-# restarting the shared broker would disturb them.
+# scripts/services.sh, read the message back. It uses a broker of its own (state
+# directory and port), so nothing else is disturbed and nothing else is mistaken
+# for it.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 TANSU_BIN="${SOURCEGRAM_TANSU_BIN:-${SOURCEGRAM_CACHE_DIR:-$HOME/.cache/sourcegram}/tansu/bin/tansu}"
-broker="tcp://127.0.0.1:${SOURCEGRAM_KAFKA_PORT:-9092}"
+export SOURCEGRAM_STATE_DIR SOURCEGRAM_KAFKA_PORT="${CHECK_KAFKA_PORT:-19097}"
+SOURCEGRAM_STATE_DIR="$(mktemp -d)"
+trap '"$here/services.sh" stop >/dev/null 2>&1 || true; rm -rf "$SOURCEGRAM_STATE_DIR"' EXIT
+broker="tcp://127.0.0.1:$SOURCEGRAM_KAFKA_PORT"
 topic="restart-check-$(date +%s)-$$"
 marker="survives-restart-$RANDOM$RANDOM"
 
