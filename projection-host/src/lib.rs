@@ -98,11 +98,9 @@ pub async fn run<S: EventStore + 'static>(
         );
         // A consumer that cannot start says so at once, not at shutdown.
         consumers.push(tokio::spawn(async move {
-            let result = consumer.await;
-            if let Err(error) = &result {
+            if let Err(error) = consumer.await {
                 tracing::error!(%error, "consumer could not start");
             }
-            result
         }));
     }
     let app = Arc::new(App {
@@ -131,10 +129,8 @@ pub async fn run<S: EventStore + 'static>(
     .await;
     let _ = stop.send(true);
     for consumer in consumers {
-        match consumer.await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => {} // logged when it happened
-            Err(error) => tracing::error!(%error, "consumer task failed"),
+        if let Err(error) = consumer.await {
+            tracing::error!(%error, "consumer task failed");
         }
     }
     served
