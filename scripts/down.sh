@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Stops the hosts scripts/up.sh started; with --services also the services.
 set -euo pipefail
-# A process that has exited but not yet been reaped (a zombie) counts as gone.
-alive() { local s; s=$(ps -o stat= -p "$1" 2>/dev/null) && [[ -n "$s" && "$s" != Z* ]]; }
+source "$(dirname "$0")/lib.sh"
 here="$(cd "$(dirname "$0")" && pwd)"
 STATE_DIR="${SOURCEGRAM_STATE_DIR:-$HOME/.cache/sourcegram/state}"
 for name in query-host projection-host command-host; do

@@ -16,18 +16,12 @@
 #   DRILLS ("1 2 3 4")        which drills to run
 #   DRILL_KEEP (unset)        keep the work directory (host and broker logs)
 set -euo pipefail
-# A process that has exited but not yet been reaped (a zombie) counts as gone.
-alive() { local s; s=$(ps -o stat= -p "$1" 2>/dev/null) && [[ -n "$s" && "$s" != Z* ]]; }
 here="$(cd "$(dirname "$0")" && pwd)"
-root="$here/.."
+source "$here/lib.sh"
 LOAD_SECONDS="${DRILL_SECONDS:-10}"
 OUTAGE_SECONDS="${DRILL_OUTAGE_SECONDS:-5}"
 WRITERS="${DRILL_WRITERS:-4}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sourcegram/target}"
-work="$(mktemp -d)"
-export SOURCEGRAM_STATE_DIR="$work/state" SOURCEGRAM_KAFKA_PORT="${DRILL_KAFKA_PORT:-19094}"
-export COMMAND_PORT=18281 QUERY_PORT=18282 PROJECTION_PORT=18283
-export SOURCEGRAM_PROFILE="${SOURCEGRAM_PROFILE:-release}"
+stack_init "${DRILL_KAFKA_PORT:-19094}" 18281
 say() { printf 'drills: %s\n' "$*" >&2; }
 trap 'say "failed at line $LINENO: $BASH_COMMAND"' ERR
 
@@ -35,22 +29,13 @@ cleanup() {
   # Writers still running (a drill failed midway) must not outlive the drill.
   touch "$work/stop"
   kill $(jobs -p) 2>/dev/null || true
-  "$here/down.sh" >/dev/null 2>&1 || true
-  "$here/services.sh" stop >/dev/null 2>&1 || true
+  stack_down
   if [[ -n "${DRILL_KEEP:-}" ]]; then say "kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
-eval "$("$here/services.sh" start)"
-schema="drill_$(date +%s)"
+stack_up drill
 psql_() { psql "$POSTGRES_URL" -qAtX "$@"; }
-psql_ -c "CREATE SCHEMA $schema"
-export EVENT_STORE_URL="$POSTGRES_URL?options=-csearch_path%3D$schema" RECORDS_URL="$POSTGRES_URL?options=-csearch_path%3D$schema"
-export READ_MODEL_SCHEMA="${schema}_rm" NOTIFICATIONS_SCHEMA="${schema}_nt"
-export READ_MODEL_GROUP="$schema-rm" NOTIFICATIONS_GROUP="$schema-nt" KAFKA_TOPIC="post-events"
-"$here/up.sh" >/dev/null
-set -a; source "$SOURCEGRAM_STATE_DIR/secrets.env"; set +a
-bin="$CARGO_TARGET_DIR/$SOURCEGRAM_PROFILE"
 for i in $(seq 1 50); do "$bin/command-host" mint-token "writer$i"; done >"$work/tokens"
 mapfile -t TOKENS <"$work/tokens"
 CMD="http://127.0.0.1:$COMMAND_PORT"

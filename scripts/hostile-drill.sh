@@ -6,34 +6,20 @@
 # Loopback only, bounded in time. Runs its own hosts, broker and schemas.
 #   HOSTILE_FLOOD (2000)   connections opened at once in the flood
 set -euo pipefail
-# A process that has exited but not yet been reaped (a zombie) counts as gone.
-alive() { local s; s=$(ps -o stat= -p "$1" 2>/dev/null) && [[ -n "$s" && "$s" != Z* ]]; }
 here="$(cd "$(dirname "$0")" && pwd)"
+source "$here/lib.sh"
 FLOOD="${HOSTILE_FLOOD:-2000}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sourcegram/target}"
-work="$(mktemp -d)"
-export SOURCEGRAM_STATE_DIR="$work/state" SOURCEGRAM_KAFKA_PORT="${HOSTILE_KAFKA_PORT:-19096}"
-export COMMAND_PORT=18381 QUERY_PORT=18382 PROJECTION_PORT=18383
-export SOURCEGRAM_PROFILE="${SOURCEGRAM_PROFILE:-release}"
+stack_init "${HOSTILE_KAFKA_PORT:-19096}" 18381
 say() { printf 'hostile: %s\n' "$*" >&2; }
 trap 'say "failed at line $LINENO: $BASH_COMMAND"' ERR
 cleanup() {
-  "$here/down.sh" >/dev/null 2>&1 || true
-  "$here/services.sh" stop >/dev/null 2>&1 || true
+  stack_down
   rm -rf "$work"
 }
 trap cleanup EXIT
 
-eval "$("$here/services.sh" start)"
-schema="hostile_$(date +%s)"
+stack_up hostile
 psql_() { psql "$POSTGRES_URL" -qAtX "$@"; }
-psql_ -c "CREATE SCHEMA $schema"
-export EVENT_STORE_URL="$POSTGRES_URL?options=-csearch_path%3D$schema" RECORDS_URL="$POSTGRES_URL?options=-csearch_path%3D$schema"
-export READ_MODEL_SCHEMA="${schema}_rm" NOTIFICATIONS_SCHEMA="${schema}_nt"
-export READ_MODEL_GROUP="$schema-rm" NOTIFICATIONS_GROUP="$schema-nt"
-"$here/up.sh" >/dev/null
-set -a; source "$SOURCEGRAM_STATE_DIR/secrets.env"; set +a
-bin="$CARGO_TARGET_DIR/$SOURCEGRAM_PROFILE"
 CMD="http://127.0.0.1:$COMMAND_PORT" QRY="http://127.0.0.1:$QUERY_PORT" PRJ="http://127.0.0.1:$PROJECTION_PORT"
 alice=$("$bin/command-host" mint-token alice)
 bob=$("$bin/command-host" mint-token bob)

@@ -9,8 +9,7 @@
 #   scripts/services.sh restart-broker stop and start the broker (its data survives)
 #   scripts/services.sh status         what is up
 set -euo pipefail
-# A process that has exited but not yet been reaped (a zombie) counts as gone.
-alive() { local s; s=$(ps -o stat= -p "$1" 2>/dev/null) && [[ -n "$s" && "$s" != Z* ]]; }
+source "$(dirname "$0")/lib.sh"
 
 CACHE_DIR="${SOURCEGRAM_CACHE_DIR:-$HOME/.cache/sourcegram}"
 STATE_DIR="${SOURCEGRAM_STATE_DIR:-$CACHE_DIR/state}"

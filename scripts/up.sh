@@ -4,8 +4,7 @@
 # loopback, and prints where they listen and how to get a token.
 # scripts/down.sh stops them again.
 set -euo pipefail
-# A process that has exited but not yet been reaped (a zombie) counts as gone.
-alive() { local s; s=$(ps -o stat= -p "$1" 2>/dev/null) && [[ -n "$s" && "$s" != Z* ]]; }
+source "$(dirname "$0")/lib.sh"
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$here/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sourcegram/target}"
