@@ -22,6 +22,7 @@ use domain::{
 };
 
 use crate::auth::{self, TokenKey};
+use crate::batch::{BatchLimits, Batcher};
 use crate::clock;
 use crate::error::{CommandError, problem_for};
 use crate::event_store::{EventStore, StoreError};
@@ -93,7 +94,9 @@ struct TextBody {
 /// Shared state of one command host.
 pub struct App<S, R> {
     pub(crate) store: Arc<S>,
-    pub(crate) records: R,
+    pub(crate) records: Arc<R>,
+    /// Registry rows of concurrent writes go to the records store together.
+    pub(crate) registry: Batcher<StreamHead, Result<(), String>>,
     pub(crate) publisher: KafkaPublisher,
     pub(crate) relay_wake: Arc<Notify>,
     pub(crate) token_key: TokenKey,
@@ -106,6 +109,28 @@ impl<S, R> std::fmt::Debug for App<S, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("App").finish_non_exhaustive()
     }
+}
+
+/// A registry writer for `records`: one statement per batch of heads.
+pub(crate) fn registry_batcher<R: CommandRecords + 'static>(
+    records: Arc<R>,
+) -> Batcher<StreamHead, Result<(), String>> {
+    Batcher::new(
+        BatchLimits {
+            max_items: 128,
+            max_in_flight: 1,
+        },
+        move |heads: Vec<StreamHead>| {
+            let records = Arc::clone(&records);
+            async move {
+                let outcome = records
+                    .record_stream_heads(&heads)
+                    .await
+                    .map_err(|e| e.to_string());
+                heads.iter().map(|_| outcome.clone()).collect()
+            }
+        },
+    )
 }
 
 /// One async lock per post, holding its last known state. Writes to one post are
@@ -438,7 +463,12 @@ impl<S: EventStore, R: CommandRecords> App<S, R> {
             deleted: post.is_deleted(),
             updated_at: now,
         };
-        if let Err(error) = self.records.record_stream_head(&head).await {
+        let outcome = self
+            .registry
+            .submit(head)
+            .await
+            .unwrap_or_else(|| Err("interrupted by shutdown".to_owned()));
+        if let Err(error) = outcome {
             tracing::warn!(%error, %post_id, "stream registry not updated");
             self.metrics
                 .inc("sourcegram_registry_failures_total", &[], 1);

@@ -7,6 +7,7 @@
 //! - [`records`]: the `CommandRecords` port (idempotency, stream registry) and its adapters.
 //! - [`publisher`] and [`relay`]: the outbox relay that publishes every event to Kafka.
 //! - [`config`]: configuration from the environment.
+//! - [`batch`]: group commit, so concurrent writes share a statement.
 //!
 //! Pieces the other hosts share live here too:
 //! - [`http`]: the hyper accept loop, problem+json, JSON bodies.
@@ -19,6 +20,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod batch;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -82,9 +84,11 @@ where
         deps.relay,
         relay_stopped,
     ));
+    let records = Arc::new(deps.records);
     let app = Arc::new(App {
         store,
-        records: deps.records,
+        registry: app::registry_batcher(Arc::clone(&records)),
+        records,
         publisher: deps.publisher,
         relay_wake,
         token_key: deps.token_key,

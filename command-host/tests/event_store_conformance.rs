@@ -261,6 +261,60 @@ async fn the_outbox_hands_out_unpublished_events_oldest_first(store: &impl Event
     store.ping().await.expect("ping");
 }
 
+/// Two writers (two hosts) race on 30 streams while each also appends to 30
+/// streams of its own: each contested stream has one winner and one conflict,
+/// and every uncontested append goes in.
+async fn two_writers_racing_on_many_streams<S: EventStore + 'static>(a: Arc<S>, b: Arc<S>) {
+    let contested: Vec<PostId> = (0..30).map(|_| new_stream()).collect();
+    for stream in &contested {
+        a.append_to_stream(*stream, Version::EMPTY, &batch(*stream, 1, 1))
+            .await
+            .expect("append");
+    }
+    let mut tasks = Vec::new();
+    for (writer, store) in [("a", &a), ("b", &b)] {
+        for stream in &contested {
+            let (store, stream) = (Arc::clone(store), *stream);
+            tasks.push(tokio::spawn(async move {
+                let events = [liked(stream, 2, &format!("racer-{writer}"))];
+                (
+                    stream,
+                    true,
+                    store
+                        .append_to_stream(stream, Version::new(1), &events)
+                        .await,
+                )
+            }));
+        }
+        for _ in 0..30 {
+            let (store, stream) = (Arc::clone(store), new_stream());
+            tasks.push(tokio::spawn(async move {
+                let events = batch(stream, 1, 2);
+                (
+                    stream,
+                    false,
+                    store
+                        .append_to_stream(stream, Version::EMPTY, &events)
+                        .await,
+                )
+            }));
+        }
+    }
+    let mut winners: std::collections::HashMap<PostId, usize> = Default::default();
+    for task in tasks {
+        let (stream, contested, outcome) = task.await.expect("task");
+        match outcome {
+            Ok(()) => *winners.entry(stream).or_default() += 1,
+            Err(StoreError::Conflict { .. }) if contested => {}
+            Err(other) => panic!("{stream}: unexpected {other}"),
+        }
+        let stored = a.load_stream(stream, Version::new(1)).await.expect("load");
+        assert_eq!(stored.len(), 2, "{stream} holds its two events");
+    }
+    assert_eq!(winners.len(), 90, "30 contested and 60 uncontested streams");
+    assert!(winners.values().all(|&wins| wins == 1));
+}
+
 async fn postgres() -> Arc<PostgresEventStore> {
     let (pool, _) = testkit::fresh_pg_schema("es").await;
     let store = PostgresEventStore::new(pool);
@@ -269,13 +323,18 @@ async fn postgres() -> Arc<PostgresEventStore> {
 }
 
 async fn mongodb(case: &str) -> Option<Arc<AnyEventStore>> {
-    let url = testkit::mongodb_url(&format!("event store conformance ({case})"))?;
-    let url = with_database(&url, &testkit::unique_name("es"));
+    let url = mongodb_database_url(case)?;
     Some(Arc::new(
         AnyEventStore::connect(&url, 4)
             .await
             .expect("connect MongoDB"),
     ))
+}
+
+/// A fresh database on the MongoDB of `MONGODB_URL`, if it is set.
+fn mongodb_database_url(case: &str) -> Option<String> {
+    let url = testkit::mongodb_url(&format!("event store conformance ({case})"))?;
+    Some(with_database(&url, &testkit::unique_name("es")))
 }
 
 /// The MongoDB URL with its database replaced, so each case has a fresh one.
@@ -333,3 +392,157 @@ conformance!(read_all, |store| {
 conformance!(outbox, |store| {
     the_outbox_hands_out_unpublished_events_oldest_first(&*store).await
 });
+
+mod racing_writers {
+    use super::*;
+
+    #[tokio::test]
+    async fn postgres_adapter() {
+        let (pool, _) = testkit::fresh_pg_schema("es").await;
+        let a = PostgresEventStore::new(pool.clone());
+        a.migrate().await.expect("migrate");
+        let b = PostgresEventStore::new(pool);
+        two_writers_racing_on_many_streams(Arc::new(a), Arc::new(b)).await;
+    }
+
+    #[tokio::test]
+    async fn mongodb_adapter() {
+        let Some(url) = mongodb_database_url("racing_writers") else {
+            return;
+        };
+        let connect = || async {
+            AnyEventStore::connect(&url, 4)
+                .await
+                .expect("connect MongoDB")
+        };
+        two_writers_racing_on_many_streams(Arc::new(connect().await), Arc::new(connect().await))
+            .await;
+    }
+}
+
+/// PostgreSQL group commit: appends that arrive together share statements.
+#[tokio::test]
+async fn postgres_concurrent_appends_share_statements() {
+    let store = postgres().await;
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let stream = new_stream();
+                store
+                    .append_to_stream(stream, Version::EMPTY, &batch(stream, 1, 3))
+                    .await
+                    .map(|()| stream)
+            })
+        })
+        .collect();
+    for task in tasks {
+        let stream = task.await.expect("task").expect("append");
+        let stored = store
+            .load_stream(stream, Version::new(1))
+            .await
+            .expect("load");
+        assert_eq!(stored, batch_versions(&stored, stream));
+    }
+    let statements = store.append_statements();
+    assert!(
+        statements < 64,
+        "64 concurrent appends took {statements} statements"
+    );
+}
+
+/// The stored events are the three versions of `stream`, in order.
+fn batch_versions(stored: &[EventEnvelope], stream: PostId) -> Vec<EventEnvelope> {
+    assert!(stored.iter().all(|e| e.stream_id == stream));
+    assert_eq!(
+        stored.iter().map(|e| e.version.get()).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    stored.to_vec()
+}
+
+/// PostgreSQL group commit: when another writer takes a version while a batch
+/// is on its way, the batch is refused as a whole; each append is then retried
+/// on its own, so only the append that lost reports a conflict.
+#[tokio::test]
+async fn postgres_a_batch_refused_by_another_writer_is_retried_append_by_append() {
+    let (pool, _) = testkit::fresh_pg_schema("es").await;
+    let store = Arc::new(PostgresEventStore::new(pool.clone()));
+    store.migrate().await.expect("migrate");
+    let contested = new_stream();
+    store
+        .append_to_stream(contested, Version::EMPTY, &batch(contested, 1, 1))
+        .await
+        .expect("append");
+
+    // Another writer inserts version 2 and holds its transaction open.
+    let mut other = pool.get().await.expect("connection");
+    let other = other.client().transaction().await.expect("begin");
+    other
+        .execute(
+            "INSERT INTO events (stream_id, version, event_id, stream_type, event_type, schema, occurred_at, metadata, data)
+             SELECT stream_id, 2, gen_random_uuid(), stream_type, event_type, schema, occurred_at, metadata, data
+             FROM events WHERE stream_id = $1 AND version = 1",
+            &[&contested.as_uuid()],
+        )
+        .await
+        .expect("insert version 2");
+
+    // One batch: the contested append and ten others. It waits on the other
+    // writer's row, then fails as a whole when that writer commits.
+    let mut tasks = vec![tokio::spawn({
+        let store = Arc::clone(&store);
+        async move {
+            let events = [liked(contested, 2, "loser")];
+            (
+                contested,
+                store
+                    .append_to_stream(contested, Version::new(1), &events)
+                    .await,
+            )
+        }
+    })];
+    for _ in 0..10 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let stream = new_stream();
+            (
+                stream,
+                store
+                    .append_to_stream(stream, Version::EMPTY, &batch(stream, 1, 2))
+                    .await,
+            )
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        store.append_statements(),
+        2,
+        "the batch is waiting at PostgreSQL"
+    );
+    other.commit().await.expect("commit");
+
+    for task in tasks {
+        let (stream, outcome) = task.await.expect("task");
+        let stored = store
+            .load_stream(stream, Version::new(1))
+            .await
+            .expect("load");
+        if stream == contested {
+            assert!(
+                matches!(outcome, Err(StoreError::Conflict { .. })),
+                "{outcome:?}"
+            );
+            assert_eq!(
+                stored[1].metadata.user.as_str(),
+                "u1",
+                "the other writer's event"
+            );
+        } else {
+            outcome.expect("an uncontested append goes in");
+            assert_eq!(stored.len(), 2);
+        }
+    }
+    // The first append, the refused batch, then eleven on their own.
+    assert_eq!(store.append_statements(), 13);
+}

@@ -177,6 +177,43 @@ async fn stream_heads_never_move_back(records: &impl CommandRecords) {
     );
 }
 
+async fn stream_heads_in_one_call_each_land_and_never_move_back(records: &impl CommandRecords) {
+    let posts: Vec<PostId> = (0..5).map(|_| PostId::from_uuid(Uuid::new_v4())).collect();
+    let head = |post: PostId, version: u64| StreamHead {
+        post_id: post,
+        author: user("alice"),
+        version: Version::new(version),
+        deleted: false,
+        updated_at: Timestamp::from_unix_millis(1_795_428_000_000 + version as i64),
+    };
+    records
+        .record_stream_head(&head(posts[0], 9))
+        .await
+        .expect("record");
+    // A row per post, one post twice (its higher version counts), one behind
+    // what is stored already (it stays where it is).
+    let heads: Vec<StreamHead> = vec![
+        head(posts[4], 1),
+        head(posts[1], 4),
+        head(posts[0], 3),
+        head(posts[1], 6),
+        head(posts[2], 2),
+        head(posts[3], 7),
+    ];
+    records.record_stream_heads(&heads).await.expect("record");
+    records
+        .record_stream_heads(&[])
+        .await
+        .expect("nothing to record");
+    let expected = [9, 6, 2, 7, 1];
+    for (post, version) in posts.iter().zip(expected) {
+        assert_eq!(
+            records.stream_head(*post).await.expect("head"),
+            Some(head(*post, version)),
+        );
+    }
+}
+
 async fn postgres() -> Arc<PostgresCommandRecords> {
     let (pool, _) = testkit::fresh_pg_schema("rec").await;
     let records = PostgresCommandRecords::new(pool);
@@ -230,3 +267,6 @@ conformance!(stream_heads, |records| stream_heads_never_move_back(
     &*records
 )
 .await);
+conformance!(stream_heads_batched, |records| {
+    stream_heads_in_one_call_each_land_and_never_move_back(&*records).await
+});

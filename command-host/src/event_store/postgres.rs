@@ -2,6 +2,9 @@
 //! with an outbox flag per event. Table names are unqualified, so the pool's
 //! `search_path` chooses the schema.
 
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use tokio_postgres::Row;
@@ -11,7 +14,8 @@ use uuid::Uuid;
 use domain::{EventEnvelope, EventMetadata, PostId, Timestamp, Version};
 
 use super::{EventStore, ReadAllCursor, ReadAllPage, StoreError};
-use crate::pg::PgPool;
+use crate::batch::{BatchLimits, Batcher};
+use crate::pg::{PgPool, PooledConn};
 
 const MIGRATE: &str = "
 SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.sourcegram_events'));
@@ -32,15 +36,24 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_unpublished ON events (position) WHERE NOT published;
 ";
 
-// One statement, so the expected-version check and the insert of every event of
-// the command are atomic. A concurrent writer of the same version makes the
-// primary key refuse the second insert (SQLSTATE 23505).
+// One statement for the appends of many commands (see `crate::batch`), each to
+// its own stream: a command's events go in only if its stream is still at its
+// expected version, so each command is all or nothing, and the stream ids
+// returned say which commands went in. A concurrent writer of the same version
+// makes the primary key refuse the whole statement (SQLSTATE 23505); the
+// commands are then appended one by one to find out which lost.
 const APPEND: &str = "
 INSERT INTO events (stream_id, version, event_id, stream_type, event_type, schema, occurred_at, metadata, data)
-SELECT $1, e.version, e.event_id, e.stream_type, e.event_type, e.schema, e.occurred_at, e.metadata, e.data
-FROM unnest($3::bigint[], $4::uuid[], $5::text[], $6::text[], $7::int[], $8::timestamptz[], $9::jsonb[], $10::jsonb[])
-     AS e(version, event_id, stream_type, event_type, schema, occurred_at, metadata, data)
-WHERE (SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1) = $2";
+SELECT e.stream_id, e.version, e.event_id, e.stream_type, e.event_type, e.schema, e.occurred_at, e.metadata, e.data
+FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::uuid[], $5::text[], $6::text[], $7::int[], $8::timestamptz[], $9::jsonb[], $10::jsonb[])
+     AS e(stream_id, expected, version, event_id, stream_type, event_type, schema, occurred_at, metadata, data)
+WHERE (SELECT coalesce(max(version), 0) FROM events WHERE stream_id = e.stream_id) = e.expected
+RETURNING stream_id";
+
+/// Appends in one batch at most this many commands.
+const APPEND_BATCH_ITEMS: usize = 64;
+/// Batches of appends at PostgreSQL at the same time (each holds a connection).
+const APPEND_BATCHES_IN_FLIGHT: usize = 1;
 
 const LOAD: &str = "SELECT event_id, stream_id, stream_type, version, event_type, schema, occurred_at, metadata, data
 FROM events WHERE stream_id = $1 AND version >= $2 ORDER BY version";
@@ -55,10 +68,21 @@ const MARK_PUBLISHED: &str = "UPDATE events SET published = true
 WHERE NOT published AND (stream_id, version) IN (SELECT * FROM unnest($1::uuid[], $2::bigint[]))";
 const UNPUBLISHED_COUNT: &str = "SELECT count(*) FROM events WHERE NOT published";
 
-/// The event store on PostgreSQL.
+/// The event store on PostgreSQL. Concurrent appends are written together, one
+/// statement per batch (group commit).
 #[derive(Debug, Clone)]
 pub struct PostgresEventStore {
     pool: PgPool,
+    appends: Arc<Batcher<Append, Result<(), StoreError>>>,
+    statements: Arc<AtomicU64>,
+}
+
+/// One command's append, waiting for its batch.
+#[derive(Debug)]
+struct Append {
+    stream_id: PostId,
+    expected: Version,
+    events: Vec<EventEnvelope>,
 }
 
 fn unavailable(error: tokio_postgres::Error) -> StoreError {
@@ -71,7 +95,32 @@ fn version_param(version: Version) -> i64 {
 
 impl PostgresEventStore {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        let statements = Arc::new(AtomicU64::new(0));
+        let appends = Batcher::new(
+            BatchLimits {
+                max_items: APPEND_BATCH_ITEMS,
+                max_in_flight: APPEND_BATCHES_IN_FLIGHT,
+            },
+            {
+                let (pool, statements) = (pool.clone(), Arc::clone(&statements));
+                move |batch| {
+                    let (pool, statements) = (pool.clone(), Arc::clone(&statements));
+                    async move { append_batch(&pool, &statements, batch).await }
+                }
+            },
+        )
+        .into();
+        Self {
+            pool,
+            appends,
+            statements,
+        }
+    }
+
+    /// How many append statements this store has sent: fewer than the appends
+    /// asked for when concurrent appends shared a statement.
+    pub fn append_statements(&self) -> u64 {
+        self.statements.load(Ordering::Relaxed)
     }
 
     /// Creates the table and indexes if they do not exist. Safe to run from
@@ -93,6 +142,155 @@ impl PostgresEventStore {
         let rows = conn.query(&statement, params).await.map_err(unavailable)?;
         rows.iter().map(envelope_from_row).collect()
     }
+}
+
+/// Writes a batch of appends, answering each in order. Appends to one stream go
+/// in separate statements, so that each statement holds one append per stream.
+async fn append_batch(
+    pool: &PgPool,
+    statements: &AtomicU64,
+    batch: Vec<Append>,
+) -> Vec<Result<(), StoreError>> {
+    let mut outcomes: Vec<Option<Result<(), StoreError>>> = batch.iter().map(|_| None).collect();
+    let mut conn = match pool.get().await {
+        Ok(conn) => conn,
+        Err(error) => {
+            let error = error.to_string();
+            return batch
+                .iter()
+                .map(|_| Err(StoreError::Unavailable(error.clone())))
+                .collect();
+        }
+    };
+    let mut waiting: Vec<usize> = (0..batch.len()).collect();
+    while !waiting.is_empty() {
+        let mut seen = HashSet::new();
+        let (round, later): (Vec<usize>, Vec<usize>) = waiting
+            .into_iter()
+            .partition(|&i| seen.insert(batch[i].stream_id));
+        waiting = later;
+        let appends: Vec<&Append> = round.iter().map(|&i| &batch[i]).collect();
+        match append_statement(&mut conn, statements, &appends).await {
+            Err(StoreError::Conflict { .. }) if appends.len() > 1 => {
+                // Some other writer got in first on one of the streams; the
+                // statement was refused as a whole. One by one tells who lost.
+                for &i in &round {
+                    outcomes[i] = Some(
+                        append_statement(&mut conn, statements, &[&batch[i]])
+                            .await
+                            .and_then(|written| {
+                                if written.contains(&batch[i].stream_id) {
+                                    Ok(())
+                                } else {
+                                    Err(conflict(&batch[i]))
+                                }
+                            }),
+                    );
+                }
+            }
+            Err(StoreError::Conflict { .. }) => {
+                outcomes[round[0]] = Some(Err(conflict(&batch[round[0]])));
+            }
+            Err(error) => {
+                for &i in &round {
+                    outcomes[i] = Some(Err(match &error {
+                        StoreError::Corrupt(message) => StoreError::Corrupt(message.clone()),
+                        StoreError::Unavailable(message) => {
+                            StoreError::Unavailable(message.clone())
+                        }
+                        other => StoreError::Unavailable(other.to_string()),
+                    }));
+                }
+            }
+            Ok(written) => {
+                for &i in &round {
+                    outcomes[i] = Some(if written.contains(&batch[i].stream_id) {
+                        Ok(())
+                    } else {
+                        Err(conflict(&batch[i]))
+                    });
+                }
+            }
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|outcome| outcome.expect("every append was answered"))
+        .collect()
+}
+
+fn conflict(append: &Append) -> StoreError {
+    StoreError::Conflict {
+        stream_id: append.stream_id,
+        expected: append.expected,
+    }
+}
+
+/// Runs one append statement; the streams whose events went in.
+async fn append_statement(
+    conn: &mut PooledConn,
+    statements: &AtomicU64,
+    appends: &[&Append],
+) -> Result<HashSet<PostId>, StoreError> {
+    let events = appends
+        .iter()
+        .flat_map(|a| a.events.iter().map(move |e| (*a, e)));
+    let count = appends.iter().map(|a| a.events.len()).sum();
+    let mut streams = Vec::with_capacity(count);
+    let mut expected = Vec::with_capacity(count);
+    let mut versions = Vec::with_capacity(count);
+    let mut ids = Vec::with_capacity(count);
+    let mut stream_types = Vec::with_capacity(count);
+    let mut types = Vec::with_capacity(count);
+    let mut schemas = Vec::with_capacity(count);
+    let mut times = Vec::with_capacity(count);
+    let mut metadata = Vec::with_capacity(count);
+    let mut data = Vec::with_capacity(count);
+    for (append, event) in events {
+        streams.push(append.stream_id.as_uuid());
+        expected.push(version_param(append.expected));
+        versions.push(version_param(event.version));
+        ids.push(event.event_id);
+        stream_types.push(event.stream_type.as_str());
+        types.push(event.event_type.as_str());
+        schemas.push(i32::try_from(event.schema).unwrap_or(i32::MAX));
+        times.push(SystemTime::from(event.occurred_at));
+        metadata.push(serde_json::to_value(&event.metadata).expect("metadata always serializes"));
+        data.push(&event.data);
+    }
+    let statement = conn.prepared(APPEND).await.map_err(unavailable)?;
+    statements.fetch_add(1, Ordering::Relaxed);
+    let rows = conn
+        .query(
+            &statement,
+            &[
+                &streams,
+                &expected,
+                &versions,
+                &ids,
+                &stream_types,
+                &types,
+                &schemas,
+                &times,
+                &metadata,
+                &data,
+            ],
+        )
+        .await
+        .map_err(|error| match error.code() {
+            Some(code) if *code == SqlState::UNIQUE_VIOLATION => StoreError::Conflict {
+                stream_id: appends[0].stream_id,
+                expected: appends[0].expected,
+            },
+            _ => unavailable(error),
+        })?;
+    rows.iter()
+        .map(|row| {
+            row.try_get::<_, Uuid>(0)
+                .map(PostId::from_uuid)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))
+        })
+        .collect()
 }
 
 fn envelope_from_row(row: &Row) -> Result<EventEnvelope, StoreError> {
@@ -125,56 +323,16 @@ impl EventStore for PostgresEventStore {
         if events.is_empty() {
             return Ok(());
         }
-        let versions: Vec<i64> = events.iter().map(|e| version_param(e.version)).collect();
-        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-        let stream_types: Vec<&str> = events.iter().map(|e| e.stream_type.as_str()).collect();
-        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
-        let schemas: Vec<i32> = events
-            .iter()
-            .map(|e| i32::try_from(e.schema).unwrap_or(i32::MAX))
-            .collect();
-        let times: Vec<SystemTime> = events
-            .iter()
-            .map(|e| SystemTime::from(e.occurred_at))
-            .collect();
-        let metadata: Vec<serde_json::Value> = events
-            .iter()
-            .map(|e| serde_json::to_value(&e.metadata).expect("metadata always serializes"))
-            .collect();
-        let data: Vec<&serde_json::Value> = events.iter().map(|e| &e.data).collect();
-        let mut conn = self.pool.get().await.map_err(unavailable)?;
-        let statement = conn.prepared(APPEND).await.map_err(unavailable)?;
-        let inserted = conn
-            .execute(
-                &statement,
-                &[
-                    &stream_id.as_uuid(),
-                    &version_param(expected),
-                    &versions,
-                    &ids,
-                    &stream_types,
-                    &types,
-                    &schemas,
-                    &times,
-                    &metadata,
-                    &data,
-                ],
-            )
-            .await
-            .map_err(|error| match error.code() {
-                Some(code) if *code == SqlState::UNIQUE_VIOLATION => StoreError::Conflict {
-                    stream_id,
-                    expected,
-                },
-                _ => unavailable(error),
-            })?;
-        if inserted == 0 {
-            return Err(StoreError::Conflict {
-                stream_id,
-                expected,
-            });
-        }
-        Ok(())
+        let append = Append {
+            stream_id,
+            expected,
+            events: events.to_vec(),
+        };
+        self.appends.submit(append).await.unwrap_or_else(|| {
+            Err(StoreError::Unavailable(
+                "the append was interrupted by shutdown".to_owned(),
+            ))
+        })
     }
 
     async fn load_stream(

@@ -85,6 +85,20 @@ pub trait CommandRecords: Send + Sync {
         head: &StreamHead,
     ) -> impl Future<Output = Result<(), RecordsError>> + Send;
 
+    /// Upserts several registry rows at once (the host batches the rows of
+    /// concurrent writes). Adapters that cannot do better write them one by one.
+    fn record_stream_heads(
+        &self,
+        heads: &[StreamHead],
+    ) -> impl Future<Output = Result<(), RecordsError>> + Send {
+        async move {
+            for head in heads {
+                self.record_stream_head(head).await?;
+            }
+            Ok(())
+        }
+    }
+
     fn stream_head(
         &self,
         post_id: PostId,
@@ -170,6 +184,13 @@ impl CommandRecords for AnyCommandRecords {
         match self {
             Self::Postgres(records) => records.record_stream_head(head).await,
             Self::Mssql(records) => records.record_stream_head(head).await,
+        }
+    }
+
+    async fn record_stream_heads(&self, heads: &[StreamHead]) -> Result<(), RecordsError> {
+        match self {
+            Self::Postgres(records) => records.record_stream_heads(heads).await,
+            Self::Mssql(records) => records.record_stream_heads(heads).await,
         }
     }
 

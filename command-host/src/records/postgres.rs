@@ -1,6 +1,7 @@
 //! Command records on PostgreSQL: `idempotency_keys` and `stream_registry`.
 //! Table names are unqualified, so the pool's `search_path` chooses the schema.
 
+use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use domain::{PostId, Timestamp, UserId, Version};
@@ -50,6 +51,14 @@ const RELEASE: &str =
     "DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2 AND NOT completed";
 const RECORD_HEAD: &str = "
 INSERT INTO stream_registry (post_id, author, version, deleted, updated_at) VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (post_id) DO UPDATE
+SET author = EXCLUDED.author, version = EXCLUDED.version, deleted = EXCLUDED.deleted, updated_at = EXCLUDED.updated_at
+WHERE stream_registry.version < EXCLUDED.version";
+// The same for many posts in one statement. Rows are sorted by post id, so two
+// hosts upserting overlapping posts lock them in the same order.
+const RECORD_HEADS: &str = "
+INSERT INTO stream_registry (post_id, author, version, deleted, updated_at)
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::boolean[], $5::timestamptz[])
 ON CONFLICT (post_id) DO UPDATE
 SET author = EXCLUDED.author, version = EXCLUDED.version, deleted = EXCLUDED.deleted, updated_at = EXCLUDED.updated_at
 WHERE stream_registry.version < EXCLUDED.version";
@@ -188,6 +197,38 @@ impl CommandRecords for PostgresCommandRecords {
         )
         .await
         .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn record_stream_heads(&self, heads: &[StreamHead]) -> Result<(), RecordsError> {
+        // One row per post (the highest version), as one statement may not
+        // update a row twice.
+        let mut latest: BTreeMap<uuid::Uuid, &StreamHead> = BTreeMap::new();
+        for head in heads {
+            let entry = latest.entry(head.post_id.as_uuid()).or_insert(head);
+            if head.version > entry.version {
+                *entry = head;
+            }
+        }
+        if latest.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<uuid::Uuid> = latest.keys().copied().collect();
+        let authors: Vec<&str> = latest.values().map(|h| h.author.as_str()).collect();
+        let versions: Vec<i64> = latest
+            .values()
+            .map(|h| i64::try_from(h.version.get()).unwrap_or(i64::MAX))
+            .collect();
+        let deleted: Vec<bool> = latest.values().map(|h| h.deleted).collect();
+        let times: Vec<SystemTime> = latest
+            .values()
+            .map(|h| SystemTime::from(h.updated_at))
+            .collect();
+        let mut conn = self.pool.get().await.map_err(unavailable)?;
+        let statement = conn.prepared(RECORD_HEADS).await.map_err(unavailable)?;
+        conn.execute(&statement, &[&ids, &authors, &versions, &deleted, &times])
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
