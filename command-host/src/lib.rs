@@ -5,6 +5,7 @@
 //! - [`error`]: the host's errors and their one mapping to problem+json.
 //! - [`event_store`]: the `EventStore` port and its adapters.
 //! - [`records`]: the `CommandRecords` port (idempotency, stream registry) and its adapters.
+//! - [`registry`]: repairs the stream registry from the event store.
 //! - [`publisher`] and [`relay`]: the outbox relay that publishes every event to Kafka.
 //! - [`config`]: configuration from the environment.
 //! - [`batch`]: group commit, so concurrent writes share a statement.
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod pg;
 pub mod publisher;
 pub mod records;
+pub mod registry;
 pub mod relay;
 pub mod routes;
 pub mod testkit;

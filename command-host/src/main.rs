@@ -18,7 +18,9 @@ use domain::{Timestamp, UserId};
 const USAGE: &str = "usage:
   command-host                                  serve (configuration from the environment)
   command-host mint-token <user> [--ttl-seconds N]
-                                                print a bearer token for <user>, signed with TOKEN_SECRET";
+                                                print a bearer token for <user>, signed with TOKEN_SECRET
+  command-host repair-registry                  rebuild the stream registry (RECORDS_URL) from the
+                                                event store (EVENT_STORE_URL); safe while hosts serve";
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -27,6 +29,7 @@ async fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         None | Some("serve") => serve().await,
         Some("mint-token") => mint_token(&args[1..]),
+        Some("repair-registry") => repair_registry().await,
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             Ok(())
@@ -72,6 +75,28 @@ async fn serve() -> Result<(), String> {
     command_host::run(listener, deps, shutdown_signal())
         .await
         .map_err(|e| format!("serve: {e}"))
+}
+
+async fn repair_registry() -> Result<(), String> {
+    let pool_size = 4;
+    let store = AnyEventStore::connect(
+        &config::var_or("EVENT_STORE_URL", config::DEFAULT_POSTGRES_URL),
+        pool_size,
+    )
+    .await
+    .map_err(|e| format!("connect event store: {e}"))?;
+    let records = AnyCommandRecords::connect(
+        &config::var_or("RECORDS_URL", config::DEFAULT_POSTGRES_URL),
+        pool_size,
+    )
+    .await
+    .map_err(|e| format!("connect command records: {e}"))?;
+    let report = command_host::registry::repair(&store, &records).await?;
+    println!(
+        "stream registry repaired: {} streams, {} events read",
+        report.streams, report.events
+    );
+    Ok(())
 }
 
 fn mint_token(args: &[String]) -> Result<(), String> {
