@@ -7,7 +7,9 @@
 #   query host    GET /posts/{id}, GET /posts        vs  pgbench point selects/s
 #   replay        events/s rebuilt                   vs  COPY rows/s of the same rows
 #   outbox        (baseline only) broker produce msgs/s with the relay's settings
+#   live pipeline lag p99 (command to projection) at half the create rate
 #
+# Each host runs alone during its own load, as its baseline does.
 # Prints one Markdown table. Loopback only; every load is bounded in time.
 #   BENCH_SECONDS (10)  length of each load
 #   BENCH_REPLAY_EVENTS (200000)  events generated for the replay benchmark
@@ -74,18 +76,21 @@ produce_rate=$("$bin/examples/produce_rate" "$KAFKA_BROKERS" "$topic-raw" 50000 
 [[ "$produce_rate" == 0 ]] && { "$TANSU_BIN" topic create "$topic-raw" --partitions 6 --broker "tcp://$KAFKA_BROKERS" >/dev/null 2>&1; produce_rate=$("$bin/examples/produce_rate" "$KAFKA_BROKERS" "$topic-raw" 50000); }
 
 # --- hosts ------------------------------------------------------------------
+# Each host is measured on its own, like its baseline: nothing else of
+# Sourcegram runs during a host's load. The live pipeline is measured last,
+# with the command host and the projection host together.
 export TOKEN_SECRET="bench-secret-$RANDOM" ADMIN_TOKEN="bench-admin-$RANDOM"
 start() { # name port env...
   local name=$1 port=$2; shift 2
-  env "$@" LISTEN_ADDR="127.0.0.1:$port" "$bin/$name" >"$work/$name.log" 2>&1 &
+  env "$@" LISTEN_ADDR="127.0.0.1:$port" "$bin/$name" >"$work/$name-$port.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && return; sleep 0.1; done
-  say "$name did not start:"; cat "$work/$name.log" >&2; exit 1
+  say "$name did not start:"; cat "$work/$name-$port.log" >&2; exit 1
 }
-start command-host 18081 EVENT_STORE_URL="$store_url" RECORDS_URL="$store_url" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic" PG_POOL_SIZE=32
-start projection-host 18083 PROJECTION_FETCH_WAIT_MS="${BENCH_FETCH_WAIT_MS:-20}" EVENT_STORE_URL="$store_url" READ_MODEL_URL="$POSTGRES_URL" READ_MODEL_SCHEMA="${schema}_rm" \
-  NOTIFICATIONS_SCHEMA="${schema}_nt" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic" READ_MODEL_GROUP="$schema-rm" NOTIFICATIONS_GROUP="$schema-nt"
-projection_pid=${pids[-1]}
+stop_last() { kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'; }
+metric() { # port name -> value
+  curl -fsS "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 == n {print $2}'
+}
 
 for i in $(seq 1 1000); do "$bin/command-host" mint-token "user$i"; done >"$work/tokens"
 cat >"$work/load.lua" <<'LUA'
@@ -94,6 +99,8 @@ for line in io.lines(os.getenv("TOKENS")) do tokens[#tokens + 1] = line end
 local f = os.getenv("IDS") and io.open(os.getenv("IDS"))
 if f then f:close(); for line in io.lines(os.getenv("IDS")) do ids[#ids + 1] = line end end
 local mode = os.getenv("MODE")
+local pause = tonumber(os.getenv("DELAY_MS") or "0")
+if pause > 0 then delay = function() return pause end end
 request = function()
   local token = tokens[math.random(#tokens)]
   if mode == "create" then
@@ -109,6 +116,7 @@ end
 LUA
 export TOKENS="$work/tokens" IDS="$work/ids"
 
+start command-host 18081 EVENT_STORE_URL="$store_url" RECORDS_URL="$store_url" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic" PG_POOL_SIZE=32
 say "command host: create post"
 read -r create_rps create_p99 create_err < <(MODE=create wrk_run 32 http://127.0.0.1:18081 "$work/load.lua")
 psql_ -c "SELECT DISTINCT stream_id FROM $schema.events LIMIT 2000" >"$work/ids"
@@ -116,16 +124,13 @@ before=$(psql_ -c "SELECT count(*) FROM $schema.events")
 say "command host: like"
 read -r like_rps like_p99 like_err < <(MODE=like wrk_run 32 http://127.0.0.1:18081 "$work/load.lua")
 appended=$(( $(psql_ -c "SELECT count(*) FROM $schema.events") - before ))
-
-# How far the live pipeline got during the write load: on tansu with SQLite
-# storage, consumers fetching while the relay produces slow the broker down a
-# lot, so this is reported, not waited for.
-published=$(curl -fsS http://127.0.0.1:18081/metrics | awk '/^sourcegram_events_published_total/ {print $2}')
-projected=$(curl -fsS http://127.0.0.1:18083/metrics | awk '$1 == "sourcegram_events_projected_total{projection=\"read_model\"}" {print $2}')
+published=$(metric 18081 sourcegram_events_published_total)
 total=$(psql_ -c "SELECT count(*) FROM $schema.events")
+stop_last
 
-# The query load needs the whole read model: build it from the event store
-# with a replay, which does not go through the broker.
+# The query load needs the whole read model: a replay builds it from the event
+# store. This projection host listens to a topic nobody writes to, so it does
+# nothing but replays.
 replay() {
   curl -fsS -X POST -H "Authorization: Bearer $ADMIN_TOKEN" http://127.0.0.1:18083/admin/replay >/dev/null
   for _ in $(seq 1 3000); do
@@ -135,6 +140,10 @@ replay() {
   done
   grep -q '"state":"succeeded"' <<<"$progress" || { say "replay failed: $progress"; exit 1; }
 }
+"$TANSU_BIN" topic create "$topic-idle" --partitions 1 --broker "tcp://$KAFKA_BROKERS" >/dev/null 2>&1 || true
+start projection-host 18083 EVENT_STORE_URL="$store_url" READ_MODEL_URL="$POSTGRES_URL" READ_MODEL_SCHEMA="${schema}_rm" \
+  NOTIFICATIONS_SCHEMA="${schema}_nt" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic-idle" READ_MODEL_GROUP="$schema-rm" NOTIFICATIONS_GROUP="$schema-nt"
+projection_pid=${pids[-1]}
 say "building the read model for the query load (replay)"
 replay
 start query-host 18082 READ_MODEL_URL="$POSTGRES_URL" READ_MODEL_SCHEMA="${schema}_rm" NOTIFICATIONS_SCHEMA="${schema}_nt" PG_POOL_SIZE=16
@@ -142,6 +151,7 @@ say "query host: GET /posts/{id}"
 read -r get_rps get_p99 get_err < <(MODE=get wrk_run 64 http://127.0.0.1:18082 "$work/load.lua")
 say "query host: GET /posts?limit=20"
 read -r list_rps list_p99 list_err < <(MODE=list wrk_run 64 http://127.0.0.1:18082 "$work/load.lua")
+stop_last
 
 # --- replay -----------------------------------------------------------------
 say "replay: generating $REPLAY_EVENTS events in the event store"
@@ -164,6 +174,7 @@ replay
 elapsed_ms=$(sed -n 's/.*"elapsed_ms":\([0-9]*\).*/\1/p' <<<"$progress")
 replay_rate=$(( replay_total * 1000 / (elapsed_ms > 0 ? elapsed_ms : 1) ))
 replay_rss_mb=$(( $(awk '/VmHWM/ {print $2}' "/proc/$projection_pid/status") / 1024 ))
+stop_last
 
 say "baseline: COPY of the same number of event rows"
 psql_ -c "CREATE TABLE $schema.copy_events (LIKE $schema.events INCLUDING INDEXES)"
@@ -173,6 +184,39 @@ start_ns=$(date +%s%N)
 psql_ -c "\\copy $schema.copy_events FROM '$work/events.copy'"
 copy_ms=$(( ($(date +%s%N) - start_ns) / 1000000 ))
 copy_rate=$(( rows * 1000 / (copy_ms > 0 ? copy_ms : 1) ))
+rm -f "$work/events.copy"
+
+# --- live pipeline ----------------------------------------------------------
+# Half the create rate measured above, paced by wrk's per-request delay, into
+# a fresh event store and topic, with the projection host consuming live. The
+# lag of each event (command to projection) lands in the projection host's
+# histogram; its p99 is read from the buckets.
+live_schema="${schema}_live"
+psql_ -c "CREATE SCHEMA $live_schema"
+live_url="$POSTGRES_URL?options=-csearch_path%3D$live_schema"
+"$TANSU_BIN" topic create "$topic-live" --partitions 6 --broker "tcp://$KAFKA_BROKERS" >/dev/null 2>&1 || true
+start command-host 18091 EVENT_STORE_URL="$live_url" RECORDS_URL="$live_url" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic-live" PG_POOL_SIZE=32
+start projection-host 18093 PROJECTION_FETCH_WAIT_MS="${BENCH_FETCH_WAIT_MS:-20}" EVENT_STORE_URL="$live_url" READ_MODEL_URL="$POSTGRES_URL" \
+  READ_MODEL_SCHEMA="${live_schema}_rm" NOTIFICATIONS_SCHEMA="${live_schema}_nt" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic-live" \
+  READ_MODEL_GROUP="$live_schema-rm" NOTIFICATIONS_GROUP="$live_schema-nt"
+for _ in $(seq 1 300); do curl -fsS http://127.0.0.1:18093/readyz >/dev/null 2>&1 && break; sleep 0.1; done
+live_target=$(( create_rps / 2 ))
+live_connections=16
+delay_ms=$(( live_target > 0 ? live_connections * 1000 / live_target : 1000 ))
+say "live pipeline: about $live_target creates/s for ${SECONDS_EACH}s with the projection host consuming"
+read -r live_rps live_p99 live_err < <(DELAY_MS=$delay_ms MODE=create wrk_run "$live_connections" http://127.0.0.1:18091 "$work/load.lua")
+live_total=$(psql_ -c "SELECT count(*) FROM $live_schema.events")
+caught_up=no
+for _ in $(seq 1 600); do
+  projected=$(metric 18093 'sourcegram_events_projected_total{projection="read_model"}')
+  (( ${projected:-0} >= live_total )) && { caught_up=yes; break; }
+  sleep 0.1
+done
+lag_p99=$(curl -fsS http://127.0.0.1:18093/metrics | awk '
+  /^sourcegram_projection_lag_seconds_bucket\{projection="read_model",/ {
+    le = $1; sub(/.*le="/, "", le); sub(/".*/, "", le); n++; bound[n] = le; count[n] = $2 }
+  /^sourcegram_projection_lag_seconds_count\{projection="read_model"\}/ { total = $2 }
+  END { for (i = 1; i <= n; i++) if (count[i] >= 0.99 * total) { print (bound[i] == "+Inf" ? "> 5 s" : "<= " bound[i] * 1000 " ms"); exit } }')
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 cat <<EOF
@@ -184,8 +228,9 @@ cat <<EOF
 | GET /posts/{id}, 64 connections | $get_rps req/s (non-2xx: $get_err) | $get_p99 ms | pgbench point select, 64 clients: $select_tps/s | $(ratio "$get_rps" "$select_tps") |
 | GET /posts?limit=20, 64 connections | $list_rps req/s (non-2xx: $list_err) | $list_p99 ms | pgbench point select: $select_tps/s | $(ratio "$list_rps" "$select_tps") |
 | replay, $replay_total events | $replay_rate events/s, peak RSS $replay_rss_mb MB | | COPY of $rows event rows: $copy_rate rows/s | $(ratio "$replay_rate" "$copy_rate") |
-| live pipeline during the write load | $published of $total events published, ${projected:-0} projected by then | | | |
-| broker produce (relay settings) | | | $produce_rate msgs/s | |
+| outbox during the write loads | ${published:-0} of $total events published by the end of the loads | | broker produce (relay settings): $produce_rate msgs/s | |
+| live pipeline at half the create rate | $live_rps creates/s (non-2xx: $live_err), $live_total events, projection caught up: $caught_up | lag $lag_p99 | | |
 
 EOF
-psql_ -c "DROP SCHEMA $schema CASCADE; DROP SCHEMA ${schema}_rm CASCADE; DROP SCHEMA ${schema}_nt CASCADE" 2>/dev/null || true
+psql_ -c "DROP SCHEMA $schema CASCADE; DROP SCHEMA ${schema}_rm CASCADE; DROP SCHEMA ${schema}_nt CASCADE;
+          DROP SCHEMA $live_schema CASCADE; DROP SCHEMA ${live_schema}_rm CASCADE; DROP SCHEMA ${live_schema}_nt CASCADE" 2>/dev/null || true

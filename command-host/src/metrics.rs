@@ -77,16 +77,28 @@ impl Metrics {
 
     /// Records one observation (in seconds) in the histogram `name`.
     pub fn observe(&self, name: &'static str, labels: &[(&'static str, String)], seconds: f64) {
+        self.observe_many(name, labels, [seconds]);
+    }
+
+    /// Records many observations (in seconds) in the histogram `name` at once.
+    pub fn observe_many(
+        &self,
+        name: &'static str,
+        labels: &[(&'static str, String)],
+        seconds: impl IntoIterator<Item = f64>,
+    ) {
         let key = (name, render_labels(labels));
         self.with(|r| {
             let histogram = r.histograms.entry(key).or_default();
-            for (bucket, bound) in histogram.buckets.iter_mut().zip(BUCKETS) {
-                if seconds <= bound {
-                    *bucket += 1;
+            for seconds in seconds {
+                for (bucket, bound) in histogram.buckets.iter_mut().zip(BUCKETS) {
+                    if seconds <= bound {
+                        *bucket += 1;
+                    }
                 }
+                histogram.count += 1;
+                histogram.sum += seconds;
             }
-            histogram.count += 1;
-            histogram.sum += seconds;
         });
     }
 

@@ -282,6 +282,16 @@ fn record(metrics: &Metrics, name: &'static str, outcome: BatchOutcome, batch: &
     );
     metrics.inc("sourcegram_projection_batches_total", &label, 1);
     let now = command_host::clock::now().unix_millis();
+    // End-to-end lag of every event: from the command that made it to its
+    // projection (append, outbox relay, broker, this batch).
+    metrics.observe_many(
+        "sourcegram_projection_lag_seconds",
+        &[("projection", name.to_owned())],
+        batch
+            .envelopes
+            .iter()
+            .map(|e| (now - e.occurred_at.unix_millis()).max(0) as f64 / 1000.0),
+    );
     for (partition, newest) in &batch.newest_per_partition {
         metrics.set_gauge(
             "sourcegram_projection_lag_ms",

@@ -117,6 +117,15 @@ async fn admin_replay_needs_the_token_and_reports_progress() {
     ] {
         assert!(metrics.contains(line), "metrics lack {line:?}:\n{metrics}");
     }
+    // Every event projected live has its end-to-end lag in the histogram.
+    let lagged: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("sourcegram_projection_lag_seconds_count{projection=\"read_model\"} ")
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default();
+    assert!(lagged >= 1.0, "no lag observed:\n{metrics}");
     assert_eq!(
         call(addr, Method::GET, "/nowhere", None).await.0,
         StatusCode::NOT_FOUND

@@ -210,11 +210,14 @@ impl App {
         min_version: Option<u64>,
         if_none_match: Option<u64>,
     ) -> Result<HttpResponse, QueryError> {
-        let (lookup, fresh) = match min_version {
-            None => (self.reads.get_post(id).await?, None),
+        let (lookup, comments, fresh) = match min_version {
+            None => {
+                let (lookup, comments) = self.reads.get_post_with_comments(id).await?;
+                (lookup, Some(comments), None)
+            }
             Some(wanted) => {
                 let (lookup, fresh) = self.wait_for_version(id, wanted).await?;
-                (lookup, Some(fresh))
+                (lookup, None, Some(fresh))
             }
         };
         let post = match lookup {
@@ -227,7 +230,10 @@ impl App {
         let mut response = if if_none_match == Some(post.version.max(0).unsigned_abs()) {
             http::empty(StatusCode::NOT_MODIFIED)
         } else {
-            let comments = self.reads.post_comments(id).await?;
+            let comments = match comments {
+                Some(comments) => comments,
+                None => self.reads.post_comments(id).await?,
+            };
             let mut body = serde_json::to_value(&post).expect("a post view serializes");
             body["comments"] = serde_json::to_value(comments).expect("comment views serialize");
             http::json(StatusCode::OK, &body)

@@ -55,6 +55,7 @@ pub enum PostLookup {
 struct Sql {
     list_posts: String,
     get_post: String,
+    get_post_with_comments: String,
     post_comments: String,
     list_comments: String,
     notifications: String,
@@ -119,6 +120,21 @@ impl Reads {
                      ORDER BY created_at DESC, id DESC LIMIT $6"
                 ),
                 get_post: format!("SELECT {POST_COLUMNS}, deleted_at FROM {r}.posts WHERE id = $1"),
+                // The post and its live comments in one round trip: the comments
+                // come as one array per column, oldest first.
+                get_post_with_comments: format!(
+                    "SELECT {POST_COLUMNS}, deleted_at, c.ids, c.authors, c.texts, c.created, c.edited
+                     FROM {r}.posts p
+                     LEFT JOIN LATERAL (
+                         SELECT array_agg(id ORDER BY created_at, id) AS ids,
+                                array_agg(author ORDER BY created_at, id) AS authors,
+                                array_agg(text ORDER BY created_at, id) AS texts,
+                                array_agg(created_at ORDER BY created_at, id) AS created,
+                                array_agg(edited_at ORDER BY created_at, id) AS edited
+                         FROM {r}.comments WHERE post_id = p.id AND NOT removed
+                     ) c ON p.deleted_at IS NULL
+                     WHERE p.id = $1"
+                ),
                 post_comments: format!(
                     "SELECT id, author, text, created_at, edited_at FROM {r}.comments
                      WHERE post_id = $1 AND NOT removed ORDER BY created_at, id"
@@ -179,6 +195,42 @@ impl Reads {
             Some(row) if row.get::<_, Option<SystemTime>>(8).is_some() => PostLookup::Deleted,
             Some(row) => PostLookup::Live(post_view(&row)),
         })
+    }
+
+    /// The post and, if it is live, its comments oldest first: one statement.
+    pub async fn get_post_with_comments(
+        &self,
+        id: PostId,
+    ) -> Result<(PostLookup, Vec<CommentView>), tokio_postgres::Error> {
+        let mut conn = self.pool.get().await?;
+        let statement = conn.prepared(&self.sql.get_post_with_comments).await?;
+        let Some(row) = conn.query_opt(&statement, &[&id.as_uuid()]).await? else {
+            return Ok((PostLookup::Missing, Vec::new()));
+        };
+        if row.get::<_, Option<SystemTime>>(8).is_some() {
+            return Ok((PostLookup::Deleted, Vec::new()));
+        }
+        let ids: Vec<Uuid> = row.try_get::<_, Option<_>>(9)?.unwrap_or_default();
+        let authors: Vec<String> = row.try_get::<_, Option<_>>(10)?.unwrap_or_default();
+        let texts: Vec<String> = row.try_get::<_, Option<_>>(11)?.unwrap_or_default();
+        let created: Vec<SystemTime> = row.try_get::<_, Option<_>>(12)?.unwrap_or_default();
+        let edited: Vec<Option<SystemTime>> = row.try_get::<_, Option<_>>(13)?.unwrap_or_default();
+        let comments = ids
+            .into_iter()
+            .zip(authors)
+            .zip(texts)
+            .zip(created.into_iter().zip(edited))
+            .map(
+                |(((id, author), text), (created_at, edited_at))| CommentView {
+                    id,
+                    author,
+                    text,
+                    created_at: ts(created_at),
+                    edited_at: edited_at.map(ts),
+                },
+            )
+            .collect();
+        Ok((PostLookup::Live(post_view(&row)), comments))
     }
 
     pub async fn post_comments(

@@ -270,6 +270,11 @@ async fn one_post_with_live_comments_etag_and_304() {
     let c1 = app.comment(post, "bob", BASE + 10, false).await;
     app.comment(post, "carol", BASE + 20, true).await;
     let c3 = app.comment(post, "dave", BASE + 30, false).await;
+    app.sql(
+        "UPDATE {rm}.comments SET text = 'edited', edited_at = created_at + interval '5 seconds' WHERE id = $1",
+        c3,
+    )
+    .await;
 
     let answer = app.get(&format!("/posts/{post}"), &[]).await;
     assert_eq!(answer.status, StatusCode::OK);
@@ -281,6 +286,13 @@ async fn one_post_with_live_comments_etag_and_304() {
         (Value::from(2), Value::from(7))
     );
     assert_eq!(ids(&answer, "comments"), strings(&[c1, c3]));
+    // The post's comments read with the post are the ones the comments route
+    // lists, field for field.
+    let listed = app.get(&format!("/posts/{post}/comments"), &[]).await;
+    assert_eq!(body["comments"], listed.json()["comments"]);
+    assert_eq!(body["comments"][1]["author"], "dave");
+    assert_eq!(body["comments"][1]["text"], "edited");
+    assert_eq!(body["comments"][1]["edited_at"], "2026-11-23T10:00:05.030Z");
     for field in ["id", "author", "text", "created_at", "edited_at"] {
         assert!(
             body["comments"][0].get(field).is_some(),
