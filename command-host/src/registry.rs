@@ -55,10 +55,10 @@ pub async fn repair<S: EventStore, R: CommandRecords>(
                 *at = envelope.occurred_at;
             }
         }
+        if page.next.is_none() {
+            heads.extend(current.take().and_then(|(_, post, at)| head_of(&post, at)));
+        }
         if heads.len() >= PAGE || page.next.is_none() {
-            if page.next.is_none() {
-                heads.extend(current.take().and_then(|(_, post, at)| head_of(&post, at)));
-            }
             records
                 .record_stream_heads(&heads)
                 .await

@@ -10,7 +10,7 @@ use std::future::Future;
 use domain::{EventEnvelope, PostId, Version};
 
 /// Why the event store refused or failed a call.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Someone else appended first: the stream is no longer at `expected`.
     #[error("stream {stream_id} is no longer at version {expected}")]

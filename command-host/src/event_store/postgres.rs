@@ -178,13 +178,7 @@ async fn append_batch(
                     outcomes[i] = Some(
                         append_statement(&mut conn, statements, &[&batch[i]])
                             .await
-                            .and_then(|written| {
-                                if written.contains(&batch[i].stream_id) {
-                                    Ok(())
-                                } else {
-                                    Err(conflict(&batch[i]))
-                                }
-                            }),
+                            .and_then(|written| went_in(&written, &batch[i])),
                     );
                 }
             }
@@ -193,22 +187,12 @@ async fn append_batch(
             }
             Err(error) => {
                 for &i in &round {
-                    outcomes[i] = Some(Err(match &error {
-                        StoreError::Corrupt(message) => StoreError::Corrupt(message.clone()),
-                        StoreError::Unavailable(message) => {
-                            StoreError::Unavailable(message.clone())
-                        }
-                        other => StoreError::Unavailable(other.to_string()),
-                    }));
+                    outcomes[i] = Some(Err(error.clone()));
                 }
             }
             Ok(written) => {
                 for &i in &round {
-                    outcomes[i] = Some(if written.contains(&batch[i].stream_id) {
-                        Ok(())
-                    } else {
-                        Err(conflict(&batch[i]))
-                    });
+                    outcomes[i] = Some(went_in(&written, &batch[i]));
                 }
             }
         }
@@ -217,6 +201,15 @@ async fn append_batch(
         .into_iter()
         .map(|outcome| outcome.expect("every append was answered"))
         .collect()
+}
+
+/// Whether `append`'s stream is among those a statement wrote to.
+fn went_in(written: &HashSet<PostId>, append: &Append) -> Result<(), StoreError> {
+    if written.contains(&append.stream_id) {
+        Ok(())
+    } else {
+        Err(conflict(append))
+    }
 }
 
 fn conflict(append: &Append) -> StoreError {
