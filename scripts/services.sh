@@ -116,10 +116,31 @@ start_broker() {
     )
   fi
   wait_for_port "$KAFKA_PORT" 30 || { say "the broker did not answer on port $KAFKA_PORT"; tail -20 "$STATE_DIR/tansu/tansu.log" >&2; exit 1; }
+  index_broker_store
   if ! "$TANSU_BIN" topic list --broker "tcp://127.0.0.1:$KAFKA_PORT" 2>/dev/null | grep -q "\"name\":\"$TOPIC\""; then
     "$TANSU_BIN" topic create "$TOPIC" --partitions "$PARTITIONS" --broker "tcp://127.0.0.1:$KAFKA_PORT" >/dev/null 2>&1 ||
       say "topic $TOPIC: create answered an error (it may exist already)"
   fi
+}
+
+# tansu 0.6's SQLite schema has no index on its `header` table, and every
+# fetched message looks its headers up by (topition, offset_id): each fetch then
+# scans every header the broker ever stored, so consumers slow down as the store
+# grows (and, with them, the producers they share the database with). The index
+# below turns that scan into a lookup. tansu creates its tables when it starts;
+# an index it does not know about changes nothing else for it.
+index_broker_store() {
+  local db="$STATE_DIR/tansu/tansu.db"
+  [[ -f "$db" ]] || return 0
+  command -v sqlite3 >/dev/null || apt_install sqlite3
+  for _ in $(seq 1 50); do
+    if sqlite3 -cmd '.timeout 5000' "$db" \
+      'CREATE INDEX IF NOT EXISTS header_topition_offset ON header (topition, offset_id)' 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  say "could not index the broker's header table; consumers will slow down as the store grows"
 }
 
 stop_broker() {
