@@ -3,6 +3,7 @@
 //! the event store; this loop makes sure it also reaches Kafka, after a crash of
 //! this host or while the broker comes back.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,9 +47,11 @@ pub async fn run_relay<S: EventStore>(
 ) {
     let mut backoff = Duration::ZERO;
     let mut failing = false;
+    // Published, acknowledged by the broker, not yet marked in the store.
+    let mut unmarked: Vec<(PostId, Version)> = Vec::new();
     loop {
         if *shutdown.borrow() {
-            return;
+            return mark_before_leaving(&*store, &unmarked).await;
         }
         let pause = if backoff.is_zero() {
             config.poll_interval
@@ -58,9 +61,18 @@ pub async fn run_relay<S: EventStore>(
         tokio::select! {
             () = wake.notified(), if backoff.is_zero() => {}
             () = tokio::time::sleep(pause) => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => return mark_before_leaving(&*store, &unmarked).await,
         }
-        match publish_backlog(&*store, &publisher, &metrics, config.batch_size, &shutdown).await {
+        let drained = publish_backlog(
+            &*store,
+            &publisher,
+            &metrics,
+            config.batch_size,
+            &mut unmarked,
+            &shutdown,
+        )
+        .await;
+        match drained {
             Ok(()) => {
                 if failing {
                     tracing::info!("outbox relay recovered");
@@ -88,36 +100,62 @@ pub async fn run_relay<S: EventStore>(
     }
 }
 
-/// Publishes until the outbox is empty (or shutdown is asked).
+/// Marks what the broker already has, so a restart does not send it again.
+async fn mark_before_leaving<S: EventStore>(store: &S, unmarked: &[(PostId, Version)]) {
+    if let Err(error) = store.mark_published(unmarked).await {
+        tracing::debug!(%error, "published events left unmarked; they go again after a restart");
+    }
+}
+
+/// Publishes until the outbox holds nothing new (or shutdown is asked).
+///
+/// Rounds overlap: while the broker takes one batch, the store marks the
+/// batch before it (`unmarked`), so a round costs one of the two waits, not
+/// both. Those events are still unpublished in the store while their mark is
+/// under way; the next fetch skips them. Batches are still sent one after the
+/// other, each only once the broker acknowledged the one before, so every
+/// stream stays in version order. When a fetch finds nothing new, the last
+/// batch is marked and the backlog is drained.
 async fn publish_backlog<S: EventStore>(
     store: &S,
     publisher: &KafkaPublisher,
     metrics: &Metrics,
     batch_size: usize,
+    unmarked: &mut Vec<(PostId, Version)>,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<(), String> {
     loop {
-        let batch = store
-            .unpublished(batch_size)
+        let mut batch = store
+            .unpublished(batch_size + unmarked.len())
             .await
             .map_err(|e| e.to_string())?;
-        if batch.is_empty() {
+        let marking: HashSet<&(PostId, Version)> = unmarked.iter().collect();
+        batch.retain(|e| !marking.contains(&(e.stream_id, e.version)));
+        batch.truncate(batch_size);
+        if batch.is_empty() || *shutdown.borrow() {
+            store
+                .mark_published(unmarked)
+                .await
+                .map_err(|e| e.to_string())?;
+            unmarked.clear();
             return Ok(());
         }
-        publisher.publish(&batch).await.map_err(|e| e.to_string())?;
-        let published: Vec<(PostId, Version)> =
-            batch.iter().map(|e| (e.stream_id, e.version)).collect();
-        store
-            .mark_published(&published)
-            .await
-            .map_err(|e| e.to_string())?;
-        metrics.inc(
-            "sourcegram_events_published_total",
+        let (published, marked) =
+            tokio::join!(publisher.publish(&batch), store.mark_published(unmarked));
+        marked.map_err(|e| e.to_string())?;
+        unmarked.clear();
+        published.map_err(|e| e.to_string())?;
+        unmarked.extend(batch.iter().map(|e| (e.stream_id, e.version)));
+        metrics.inc("sourcegram_events_published_total", &[], batch.len() as u64);
+        // How long each event waited in the outbox: from the command that made
+        // it until the broker acknowledged it. The projection's lag starts here.
+        let now = crate::clock::now().unix_millis();
+        metrics.observe_many(
+            "sourcegram_outbox_delay_seconds",
             &[],
-            published.len() as u64,
+            batch
+                .iter()
+                .map(|e| (now - e.occurred_at.unix_millis()).max(0) as f64 / 1000.0),
         );
-        if batch.len() < batch_size || *shutdown.borrow() {
-            return Ok(());
-        }
     }
 }

@@ -805,5 +805,26 @@ async fn readyz_and_metrics_report_the_dependencies_and_the_work() {
             metrics.body
         );
     }
+    // Once the relay published both events, each one's wait in the outbox is
+    // in the histogram.
+    let delays = |body: &str| -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix("sourcegram_outbox_delay_seconds_count "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut body = String::new();
+    while std::time::Instant::now() < deadline {
+        body = app
+            .send(Method::GET, "/metrics", None, &[], None)
+            .await
+            .body;
+        if delays(&body) >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(delays(&body) >= 2, "no outbox delays observed:\n{body}");
     app.stop().await;
 }
