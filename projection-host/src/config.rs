@@ -37,6 +37,7 @@ pub struct Config {
     pub fetch_wait: Duration,
     pub instance_id: Option<String>,
     pub kafka_debug: Option<String>,
+    pub stall_after: Duration,
 }
 
 impl Config {
@@ -60,6 +61,7 @@ impl Config {
                 .ok()
                 .filter(|v| !v.is_empty()),
             kafka_debug: std::env::var("KAFKA_DEBUG").ok().filter(|v| !v.is_empty()),
+            stall_after: Duration::from_secs(parsed_or("PROJECTION_STALL_SECS", 20)?),
         })
     }
 }

@@ -70,6 +70,10 @@ pub struct ConsumerConfig {
     /// librdkafka's `debug` contexts (for example `cgrp,fetch`), logged at
     /// debug level under the `librdkafka` target.
     pub debug: Option<String>,
+    /// After this long without a message, the consumer asks the broker whether
+    /// its partitions hold messages past what the group committed; if they do,
+    /// it is stuck, and a new consumer takes its place (see [`stuck_partitions`]).
+    pub stall_after: Duration,
 }
 
 /// Notes the first partition assignment: until then the consumer has not joined
@@ -104,6 +108,10 @@ impl ConsumerContext for Membership {
 /// committed first. `gate` is held for reading while a batch is applied, so a
 /// replay can pause the projector by taking it for writing. `joined` turns true
 /// once the group has given this consumer its partitions (possibly none).
+///
+/// A consumer found stuck (see [`stuck_partitions`]) is closed and replaced by a
+/// new one with the same group and instance id, which rejoins the group and
+/// resumes from the committed offsets.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_consumer<S: EventStore>(
     config: ConsumerConfig,
@@ -114,6 +122,47 @@ pub async fn run_consumer<S: EventStore>(
     mut shutdown: watch::Receiver<bool>,
     joined: Arc<AtomicBool>,
 ) -> Result<(), KafkaError> {
+    loop {
+        let consumer = Arc::new(create_consumer(
+            &config,
+            projection.name(),
+            Arc::clone(&joined),
+        )?);
+        consumer.subscribe(&[&config.topic])?;
+        let ended = consume(
+            &consumer,
+            &config,
+            &projection,
+            &*store,
+            &metrics,
+            &gate,
+            &mut shutdown,
+        )
+        .await?;
+        // Closing a consumer waits on librdkafka; keep that off the runtime.
+        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+        match ended {
+            Ended::Shutdown => return Ok(()),
+            Ended::Stuck => metrics.inc(
+                "sourcegram_consumer_restarts_total",
+                &[("projection", projection.name().to_owned())],
+                1,
+            ),
+        }
+    }
+}
+
+/// Why [`consume`] returned.
+enum Ended {
+    Shutdown,
+    Stuck,
+}
+
+fn create_consumer(
+    config: &ConsumerConfig,
+    projection: &'static str,
+    joined: Arc<AtomicBool>,
+) -> Result<StreamConsumer<Membership>, KafkaError> {
     let mut client = ClientConfig::new();
     if let Some(instance) = &config.instance_id {
         // Static membership: a restarted instance takes its own place back at
@@ -126,11 +175,7 @@ pub async fn run_consumer<S: EventStore>(
             .set("debug", debug)
             .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
     }
-    let membership = Membership {
-        joined,
-        projection: projection.name(),
-    };
-    let consumer: StreamConsumer<Membership> = client
+    client
         .set("bootstrap.servers", &config.brokers)
         .set("group.id", &config.group)
         .set("enable.auto.commit", "false")
@@ -141,21 +186,90 @@ pub async fn run_consumer<S: EventStore>(
             config.fetch_wait.as_millis().to_string(),
         )
         .set("session.timeout.ms", "30000")
-        .create_with_context(membership)?;
-    consumer.subscribe(&[&config.topic])?;
+        .create_with_context(Membership { joined, projection })
+}
+
+/// The partitions assigned to `consumer` on which the broker holds messages
+/// past the group's committed offset, as (partition, committed, high
+/// watermark). Asked only after the consumer received nothing for a while:
+/// since every batch is committed once applied, a quiet consumer with such a
+/// partition receives nothing it should, whatever the cause (seen on tansu
+/// after a broker outage longer than the consumer session). A commit that was
+/// lost also shows here; replacing the consumer then costs a redelivery, which
+/// the projection skips. Blocking: two broker round trips.
+pub fn stuck_partitions<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<(i32, i64, i64)>, KafkaError> {
+    let committed = consumer.committed(timeout)?;
+    let mut stuck = Vec::new();
+    for element in committed.elements_for_topic(topic) {
+        let (low, high) = consumer.fetch_watermarks(topic, element.partition(), timeout)?;
+        let position = match element.offset() {
+            Offset::Offset(offset) => offset,
+            // Nothing committed yet: the group starts at the earliest message.
+            _ => low,
+        };
+        if high > position {
+            stuck.push((element.partition(), position, high));
+        }
+    }
+    Ok(stuck)
+}
+
+/// The consume loop of one consumer, until shutdown or until it is stuck.
+async fn consume<S: EventStore>(
+    consumer: &Arc<StreamConsumer<Membership>>,
+    config: &ConsumerConfig,
+    projection: &Projection,
+    store: &S,
+    metrics: &Metrics,
+    gate: &RwLock<()>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Ended, KafkaError> {
     let name = projection.name();
     let mut failing = false;
+    let mut quiet_since = tokio::time::Instant::now();
     loop {
         if *shutdown.borrow() {
-            return Ok(());
+            return Ok(Ended::Shutdown);
         }
         let first = tokio::select! {
             message = consumer.recv() => message,
-            _ = shutdown.changed() => return Ok(()),
+            _ = shutdown.changed() => return Ok(Ended::Shutdown),
+            () = tokio::time::sleep_until(quiet_since + config.stall_after) => {
+                let asked = Arc::clone(consumer);
+                let topic = config.topic.clone();
+                let answer = tokio::task::spawn_blocking(move || {
+                    stuck_partitions(&*asked, &topic, Duration::from_secs(5))
+                })
+                .await;
+                match answer {
+                    Ok(Ok(stuck)) if !stuck.is_empty() => {
+                        tracing::warn!(
+                            projection = name,
+                            ?stuck,
+                            "the consumer receives nothing while its partitions hold \
+                             messages (partition, committed, high watermark); replacing it"
+                        );
+                        return Ok(Ended::Stuck);
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, projection = name, "cannot ask the broker for offsets");
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, projection = name, "offset check did not finish");
+                    }
+                }
+                quiet_since = tokio::time::Instant::now();
+                continue;
+            }
         };
         let mut batch = Batch::default();
         match first {
-            Ok(message) => batch.add(&message, &metrics, name),
+            Ok(message) => batch.add(&message, metrics, name),
             Err(error) => {
                 tracing::warn!(%error, projection = name, "kafka receive failed");
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -165,7 +279,7 @@ pub async fn run_consumer<S: EventStore>(
         let deadline = tokio::time::Instant::now() + config.max_wait;
         while batch.len() < config.max_batch {
             match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                Ok(Ok(message)) => batch.add(&message, &metrics, name),
+                Ok(Ok(message)) => batch.add(&message, metrics, name),
                 Ok(Err(_)) | Err(_) => break,
             }
         }
@@ -173,7 +287,7 @@ pub async fn run_consumer<S: EventStore>(
         loop {
             let applied = {
                 let _paused_by_replay = gate.read().await;
-                projection.apply_batch(&*store, &batch.envelopes).await
+                projection.apply_batch(store, &batch.envelopes).await
             };
             match applied {
                 Ok(outcome) => {
@@ -181,7 +295,7 @@ pub async fn run_consumer<S: EventStore>(
                         tracing::info!(projection = name, "projection recovered");
                         failing = false;
                     }
-                    record(&metrics, name, outcome, &batch);
+                    record(metrics, name, outcome, &batch);
                     break;
                 }
                 Err(error) => {
@@ -198,7 +312,7 @@ pub async fn run_consumer<S: EventStore>(
                     // shutdown it is left uncommitted and redelivered later.
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.changed() => return Ok(()),
+                        _ = shutdown.changed() => return Ok(Ended::Shutdown),
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -212,6 +326,7 @@ pub async fn run_consumer<S: EventStore>(
         if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
             tracing::debug!(%error, projection = name, "offset commit failed");
         }
+        quiet_since = tokio::time::Instant::now();
     }
 }
 

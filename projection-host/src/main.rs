@@ -53,6 +53,7 @@ async fn serve() -> Result<(), String> {
             fetch_wait: config.fetch_wait,
             instance_id: config.instance_id,
             debug: config.kafka_debug,
+            stall_after: config.stall_after,
         },
         notifications_group: config.notifications_group,
         admin_token: config.admin_token,
