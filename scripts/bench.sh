@@ -4,6 +4,7 @@
 # mean anything):
 #
 #   command host  create-post and like commands/s   vs  pgbench single-row inserts/s
+#                 (and create-post with publishing held back, a diagnostic)
 #   query host    GET /posts/{id}, GET /posts        vs  pgbench point selects/s
 #   replay        events/s rebuilt                   vs  COPY rows/s of the same rows
 #   outbox        (baseline only) broker produce msgs/s with the relay's settings
@@ -127,6 +128,17 @@ read -r like_rps like_p99 like_err < <(MODE=like wrk_run 32 http://127.0.0.1:180
 appended=$(( $(psql_ -c "SELECT count(*) FROM $schema.events") - before ))
 published=$(metric 18081 sourcegram_events_published_total)
 total=$(psql_ -c "SELECT count(*) FROM $schema.events")
+stop_last
+
+# The same create load with publishing held back: this host's relay points at a
+# port where no broker listens, so its events wait in the outbox (of a schema of
+# their own). Not a figure of the system, which publishes as it writes; it shows
+# what the broker and the relay, sharing the machine's cores, cost the write path.
+psql_ -c "CREATE SCHEMA ${schema}_held"
+held_url="$POSTGRES_URL?options=-csearch_path%3D${schema}_held"
+start command-host 18084 EVENT_STORE_URL="$held_url" RECORDS_URL="$held_url" KAFKA_BROKERS=127.0.0.1:1 KAFKA_TOPIC="$topic" PG_POOL_SIZE=32
+say "command host: create post, publishing held back"
+read -r held_rps held_p99 held_err < <(MODE=create wrk_run 32 http://127.0.0.1:18084 "$work/load.lua")
 stop_last
 
 # The query load needs the whole read model: a replay builds it from the event
@@ -264,6 +276,7 @@ cat <<EOF
 | measurement | result | p99 | baseline (same run) | ratio |
 | --- | --- | --- | --- | --- |
 | create post, 32 connections | $create_rps cmd/s (non-2xx: $create_err) | $create_p99 ms | pgbench insert, 16 clients: $insert_tps/s | $(ratio "$create_rps" "$insert_tps") |
+| create post, publishing held back (diagnostic) | $held_rps cmd/s (non-2xx: $held_err) | $held_p99 ms | pgbench insert: $insert_tps/s | $(ratio "$held_rps" "$insert_tps") |
 | like, 32 connections ($appended appended) | $like_rps cmd/s (non-2xx: $like_err) | $like_p99 ms | pgbench insert: $insert_tps/s | $(ratio "$like_rps" "$insert_tps") |
 | GET /posts/{id}, 64 connections | $get_rps req/s (non-2xx: $get_err) | $get_p99 ms | pgbench point select, 64 clients: $select_tps/s | $(ratio "$get_rps" "$select_tps") |
 | GET /posts?limit=20, 64 connections | $list_rps req/s (non-2xx: $list_err) | $list_p99 ms | pgbench point select: $select_tps/s | $(ratio "$list_rps" "$select_tps") |
@@ -273,6 +286,6 @@ cat <<EOF
 | live pipeline at $live_low creates/s | $low_rps creates/s, $low_events events, caught up within 120 s: $low_caught; lag p50 $low_p50 | lag $low_p99 | | |
 
 EOF
-psql_ -c "DROP SCHEMA $schema CASCADE; DROP SCHEMA ${schema}_rm CASCADE; DROP SCHEMA ${schema}_nt CASCADE;
+psql_ -c "DROP SCHEMA $schema CASCADE; DROP SCHEMA ${schema}_rm CASCADE; DROP SCHEMA ${schema}_nt CASCADE; DROP SCHEMA ${schema}_held CASCADE;
           DROP SCHEMA ${schema}_half CASCADE; DROP SCHEMA ${schema}_half_rm CASCADE; DROP SCHEMA ${schema}_half_nt CASCADE;
           DROP SCHEMA ${schema}_low CASCADE; DROP SCHEMA ${schema}_low_rm CASCADE; DROP SCHEMA ${schema}_low_nt CASCADE" 2>/dev/null || true
