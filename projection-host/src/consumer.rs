@@ -285,9 +285,11 @@ async fn consume<S: EventStore>(
         }
         let mut backoff = Duration::from_millis(100);
         loop {
-            let applied = {
+            let (applied, took) = {
                 let _paused_by_replay = gate.read().await;
-                projection.apply_batch(store, &batch.envelopes).await
+                let started = std::time::Instant::now();
+                let applied = projection.apply_batch(store, &batch.envelopes).await;
+                (applied, started.elapsed())
             };
             match applied {
                 Ok(outcome) => {
@@ -295,6 +297,11 @@ async fn consume<S: EventStore>(
                         tracing::info!(projection = name, "projection recovered");
                         failing = false;
                     }
+                    metrics.observe(
+                        "sourcegram_projection_batch_seconds",
+                        &[("projection", name.to_owned())],
+                        took.as_secs_f64(),
+                    );
                     record(metrics, name, outcome, &batch);
                     break;
                 }

@@ -4,6 +4,8 @@
 //! nothing; a gap is healed by loading the missing events from the event store.
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::SystemTime;
 
 use command_host::event_store::{EventStore, StoreError};
@@ -151,9 +153,15 @@ impl ReadModel {
             to_apply.extend(pending);
         }
         outcome.applied = to_apply.len();
-        for (envelope, event) in &to_apply {
-            write_effect(&tx, &statements, envelope, event).await?;
-        }
+        // One statement per event, all sent before the first answer is read
+        // (pipelined on the connection), so a batch costs about one round trip
+        // instead of one per event. The server runs them in the order sent.
+        in_order(
+            to_apply
+                .iter()
+                .map(|(envelope, event)| write_effect(&tx, &statements, envelope, event)),
+        )
+        .await?;
         if !changes.is_empty() {
             tx.execute(&statements.notify, &[&changes]).await?;
         }
@@ -227,6 +235,37 @@ pub(crate) async fn pending_events<S: EventStore>(
             Ok((envelope, event))
         })
         .collect()
+}
+
+/// Runs `futures` together and waits for all of them, polling each first in
+/// the order given: for statements on one connection, that is the order they
+/// are sent in. The first error is returned; the rest are dropped with it.
+pub(crate) async fn in_order<T, E, F>(futures: impl IntoIterator<Item = F>) -> Result<Vec<T>, E>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut done: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut waiting = false;
+        for (future, done) in futures.iter_mut().zip(done.iter_mut()) {
+            if done.is_some() {
+                continue;
+            }
+            match future.as_mut().poll(cx) {
+                Poll::Ready(Ok(value)) => *done = Some(value),
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => waiting = true,
+            }
+        }
+        if waiting {
+            Poll::Pending
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    })
+    .await?;
+    Ok(done.into_iter().flatten().collect())
 }
 
 async fn write_effect(
@@ -328,5 +367,55 @@ impl Statements {
             post_deleted: conn.prepared(&sql.post_deleted).await?,
             notify: conn.prepared(sql.notify).await?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use super::in_order;
+
+    /// Notes its start, waits `delay_ms`, notes its end; a zero delay fails.
+    async fn step(id: usize, delay_ms: u64, log: Arc<Mutex<Vec<String>>>) -> Result<usize, String> {
+        log.lock().expect("lock").push(format!("start {id}"));
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        log.lock().expect("lock").push(format!("end {id}"));
+        if delay_ms == 0 {
+            Err(format!("step {id} failed"))
+        } else {
+            Ok(id)
+        }
+    }
+
+    #[tokio::test]
+    async fn starts_every_future_in_order_before_any_finishes() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        // Later ones finish first, so waiting one by one would show in the log.
+        let results = in_order((0..5).map(|id| step(id, 50 - 10 * id as u64, Arc::clone(&log))))
+            .await
+            .expect("all succeed");
+        assert_eq!(results, vec![0, 1, 2, 3, 4], "results in the order given");
+        let log = log.lock().expect("lock");
+        let starts: Vec<String> = (0..5).map(|id| format!("start {id}")).collect();
+        assert_eq!(
+            log[..5],
+            starts[..],
+            "all started, in order, before any ended: {log:?}"
+        );
+        assert_eq!(log[5], "end 4");
+    }
+
+    #[tokio::test]
+    async fn the_first_error_is_returned() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let outcome = in_order([
+            step(0, 50, Arc::clone(&log)),
+            step(1, 0, Arc::clone(&log)),
+            step(2, 50, Arc::clone(&log)),
+        ])
+        .await;
+        assert_eq!(outcome, Err("step 1 failed".to_owned()));
     }
 }
