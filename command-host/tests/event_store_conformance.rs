@@ -546,3 +546,88 @@ async fn postgres_a_batch_refused_by_another_writer_is_retried_append_by_append(
     // The first append, the refused batch, then eleven on their own.
     assert_eq!(store.append_statements(), 13);
 }
+
+#[tokio::test]
+async fn postgres_a_store_with_publish_flags_moves_what_it_had_not_published_to_the_outbox() {
+    let (pool, _) = testkit::fresh_pg_schema("es").await;
+    let store = PostgresEventStore::new(pool.clone());
+    // Four events in a store made before the outbox table: a `published` flag
+    // on each event row, two of them still false.
+    let stream = new_stream();
+    let events = batch(stream, 1, 4);
+    let mut conn = pool.get().await.expect("connection");
+    conn.client()
+        .batch_execute(
+            "CREATE TABLE events (
+                position    bigserial   NOT NULL,
+                stream_id   uuid        NOT NULL,
+                version     bigint      NOT NULL,
+                event_id    uuid        NOT NULL UNIQUE,
+                stream_type text        NOT NULL,
+                event_type  text        NOT NULL,
+                schema      integer     NOT NULL,
+                occurred_at timestamptz NOT NULL,
+                metadata    jsonb       NOT NULL,
+                data        jsonb       NOT NULL,
+                published   boolean     NOT NULL DEFAULT false,
+                PRIMARY KEY (stream_id, version)
+            );
+            CREATE INDEX events_unpublished ON events (position) WHERE NOT published;",
+        )
+        .await
+        .expect("the earlier table");
+    for event in &events {
+        conn.client()
+            .execute(
+                "INSERT INTO events (stream_id, version, event_id, stream_type, event_type, schema,
+                                     occurred_at, metadata, data, published)
+                 VALUES ($1, $2, $3, $4, $5, $6, now(), $7, $8, $9)",
+                &[
+                    &stream.as_uuid(),
+                    &(event.version.get() as i64),
+                    &event.event_id,
+                    &event.stream_type,
+                    &event.event_type,
+                    &(event.schema as i32),
+                    &serde_json::to_value(&event.metadata).expect("metadata"),
+                    &event.data,
+                    &(event.version.get() <= 2),
+                ],
+            )
+            .await
+            .expect("an earlier event");
+    }
+    drop(conn);
+
+    store.migrate().await.expect("migrate");
+    let pending: Vec<u64> = store
+        .unpublished(100)
+        .await
+        .expect("outbox")
+        .iter()
+        .map(|e| e.version.get())
+        .collect();
+    assert_eq!(pending, vec![3, 4], "what was not published, oldest first");
+    store
+        .mark_published(&[(stream, Version::new(3)), (stream, Version::new(4))])
+        .await
+        .expect("mark");
+    assert_eq!(store.unpublished_count().await.expect("count"), 0);
+
+    // Migrating again changes nothing, and new appends still reach the outbox.
+    store.migrate().await.expect("migrate again");
+    assert_eq!(store.unpublished_count().await.expect("count"), 0);
+    store
+        .append_to_stream(stream, Version::new(4), &batch(stream, 5, 1))
+        .await
+        .expect("append after the migration");
+    assert_eq!(store.unpublished_count().await.expect("count"), 1);
+    assert_eq!(
+        store
+            .load_stream(stream, Version::new(1))
+            .await
+            .expect("load")
+            .len(),
+        5
+    );
+}

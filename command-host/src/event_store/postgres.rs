@@ -1,5 +1,6 @@
 //! The PostgreSQL event store: one `events` table keyed by (stream_id, version),
-//! with an outbox flag per event. Table names are unqualified, so the pool's
+//! and an `outbox` table of the events not yet published, written in the same
+//! statement as the events. Table names are unqualified, so the pool's
 //! `search_path` chooses the schema.
 
 use std::collections::HashSet;
@@ -30,10 +31,28 @@ CREATE TABLE IF NOT EXISTS events (
     occurred_at timestamptz NOT NULL,
     metadata    jsonb       NOT NULL,
     data        jsonb       NOT NULL,
-    published   boolean     NOT NULL DEFAULT false,
     PRIMARY KEY (stream_id, version)
 );
-CREATE INDEX IF NOT EXISTS events_unpublished ON events (position) WHERE NOT published;
+CREATE TABLE IF NOT EXISTS outbox (
+    position    bigint      NOT NULL,
+    stream_id   uuid        NOT NULL,
+    version     bigint      NOT NULL,
+    PRIMARY KEY (stream_id, version)
+);
+CREATE INDEX IF NOT EXISTS outbox_position ON outbox (position);
+DO $$
+BEGIN
+    -- Stores made before the outbox table kept a `published` flag on each event
+    -- row: what they had not published moves to the outbox, and the flag goes.
+    IF EXISTS (SELECT 1 FROM information_schema.columns
+               WHERE table_schema = current_schema() AND table_name = 'events'
+                 AND column_name = 'published') THEN
+        INSERT INTO outbox (position, stream_id, version)
+        SELECT position, stream_id, version FROM events WHERE NOT published
+        ON CONFLICT DO NOTHING;
+        ALTER TABLE events DROP COLUMN published;
+    END IF;
+END $$;
 ";
 
 // One statement for the appends of many commands (see `crate::batch`), each to
@@ -41,14 +60,21 @@ CREATE INDEX IF NOT EXISTS events_unpublished ON events (position) WHERE NOT pub
 // expected version, so each command is all or nothing, and the stream ids
 // returned say which commands went in. A concurrent writer of the same version
 // makes the primary key refuse the whole statement (SQLSTATE 23505); the
-// commands are then appended one by one to find out which lost.
+// commands are then appended one by one to find out which lost. Every event
+// written also goes into the outbox, in the same statement.
 const APPEND: &str = "
-INSERT INTO events (stream_id, version, event_id, stream_type, event_type, schema, occurred_at, metadata, data)
-SELECT e.stream_id, e.version, e.event_id, e.stream_type, e.event_type, e.schema, e.occurred_at, e.metadata, e.data
-FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::uuid[], $5::text[], $6::text[], $7::int[], $8::timestamptz[], $9::jsonb[], $10::jsonb[])
-     AS e(stream_id, expected, version, event_id, stream_type, event_type, schema, occurred_at, metadata, data)
-WHERE (SELECT coalesce(max(version), 0) FROM events WHERE stream_id = e.stream_id) = e.expected
-RETURNING stream_id";
+WITH appended AS (
+    INSERT INTO events (stream_id, version, event_id, stream_type, event_type, schema, occurred_at, metadata, data)
+    SELECT e.stream_id, e.version, e.event_id, e.stream_type, e.event_type, e.schema, e.occurred_at, e.metadata, e.data
+    FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::uuid[], $5::text[], $6::text[], $7::int[], $8::timestamptz[], $9::jsonb[], $10::jsonb[])
+         AS e(stream_id, expected, version, event_id, stream_type, event_type, schema, occurred_at, metadata, data)
+    WHERE (SELECT coalesce(max(version), 0) FROM events WHERE stream_id = e.stream_id) = e.expected
+    RETURNING position, stream_id, version
+), queued AS (
+    INSERT INTO outbox (position, stream_id, version)
+    SELECT position, stream_id, version FROM appended
+)
+SELECT stream_id FROM appended";
 
 /// Appends in one batch at most this many commands.
 const APPEND_BATCH_ITEMS: usize = 64;
@@ -62,11 +88,13 @@ FROM events ORDER BY stream_id, version LIMIT $1";
 const READ_ALL_AFTER: &str = "SELECT event_id, stream_id, stream_type, version, event_type, schema, occurred_at, metadata, data
 FROM events WHERE (stream_id, version) > ($1, $2) ORDER BY stream_id, version LIMIT $3";
 const HEADS: &str = "SELECT stream_id, max(version) FROM events GROUP BY stream_id";
-const UNPUBLISHED: &str = "SELECT event_id, stream_id, stream_type, version, event_type, schema, occurred_at, metadata, data
-FROM events WHERE NOT published ORDER BY position LIMIT $1";
-const MARK_PUBLISHED: &str = "UPDATE events SET published = true
-WHERE NOT published AND (stream_id, version) IN (SELECT * FROM unnest($1::uuid[], $2::bigint[]))";
-const UNPUBLISHED_COUNT: &str = "SELECT count(*) FROM events WHERE NOT published";
+const UNPUBLISHED: &str = "SELECT e.event_id, e.stream_id, e.stream_type, e.version, e.event_type, e.schema, e.occurred_at, e.metadata, e.data
+FROM outbox o JOIN events e ON e.stream_id = o.stream_id AND e.version = o.version
+ORDER BY o.position LIMIT $1";
+// Publishing deletes a small outbox row instead of rewriting the event row.
+const MARK_PUBLISHED: &str = "DELETE FROM outbox
+WHERE (stream_id, version) IN (SELECT * FROM unnest($1::uuid[], $2::bigint[]))";
+const UNPUBLISHED_COUNT: &str = "SELECT count(*) FROM outbox";
 
 /// The event store on PostgreSQL. Concurrent appends are written together, one
 /// statement per batch (group commit).
