@@ -3,7 +3,6 @@
 //! the event store; this loop makes sure it also reaches Kafka, after a crash of
 //! this host or while the broker comes back.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -125,13 +124,10 @@ async fn publish_backlog<S: EventStore>(
     shutdown: &watch::Receiver<bool>,
 ) -> Result<(), String> {
     loop {
-        let mut batch = store
-            .unpublished(batch_size + unmarked.len())
+        let batch = store
+            .unpublished(batch_size, unmarked)
             .await
             .map_err(|e| e.to_string())?;
-        let marking: HashSet<&(PostId, Version)> = unmarked.iter().collect();
-        batch.retain(|e| !marking.contains(&(e.stream_id, e.version)));
-        batch.truncate(batch_size);
         if batch.is_empty() || *shutdown.borrow() {
             store
                 .mark_published(unmarked)

@@ -98,10 +98,12 @@ pub trait EventStore: Send + Sync {
 
     /// Up to `limit` events not yet marked published, oldest first where the
     /// store can tell (PostgreSQL: append order; MongoDB: by stream), and always
-    /// in ascending version within each stream.
+    /// in ascending version within each stream. Events in `skip` are left out:
+    /// the relay's published events whose mark is still under way.
     fn unpublished(
         &self,
         limit: usize,
+        skip: &[(PostId, Version)],
     ) -> impl Future<Output = Result<Vec<EventEnvelope>, StoreError>> + Send;
 
     /// Marks the given events as published. Marking twice is harmless.
@@ -189,10 +191,14 @@ impl EventStore for AnyEventStore {
         }
     }
 
-    async fn unpublished(&self, limit: usize) -> Result<Vec<EventEnvelope>, StoreError> {
+    async fn unpublished(
+        &self,
+        limit: usize,
+        skip: &[(PostId, Version)],
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
         match self {
-            Self::Postgres(store) => store.unpublished(limit).await,
-            Self::Mongo(store) => store.unpublished(limit).await,
+            Self::Postgres(store) => store.unpublished(limit, skip).await,
+            Self::Mongo(store) => store.unpublished(limit, skip).await,
         }
     }
 

@@ -301,11 +301,19 @@ impl EventStore for MongoEventStore {
             .collect()
     }
 
-    async fn unpublished(&self, limit: usize) -> Result<Vec<EventEnvelope>, StoreError> {
+    async fn unpublished(
+        &self,
+        limit: usize,
+        skip: &[(PostId, Version)],
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        let mut filter = doc! { "published": false };
+        if !skip.is_empty() {
+            filter.insert("$nor", event_keys(skip));
+        }
         // Ordered by stream and version: MongoDB has no cheap global append order
         // without a hot counter, and Kafka only needs each stream's order.
         self.find_all(
-            doc! { "published": false },
+            filter,
             doc! { "published": 1, "stream_id": 1, "version": 1 },
             Some(version_of(limit.max(1) as u64)),
         )
@@ -316,12 +324,11 @@ impl EventStore for MongoEventStore {
         if events.is_empty() {
             return Ok(());
         }
-        let keys: Vec<Document> = events
-            .iter()
-            .map(|(s, v)| doc! { "stream_id": s.to_string(), "version": version_of(v.get()) })
-            .collect();
         self.events
-            .update_many(doc! { "$or": keys }, doc! { "$set": { "published": true } })
+            .update_many(
+                doc! { "$or": event_keys(events) },
+                doc! { "$set": { "published": true } },
+            )
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -342,4 +349,12 @@ impl EventStore for MongoEventStore {
             .map(|_| ())
             .map_err(unavailable)
     }
+}
+
+/// Filter documents matching each of `events` by stream and version.
+fn event_keys(events: &[(PostId, Version)]) -> Vec<Document> {
+    events
+        .iter()
+        .map(|(s, v)| doc! { "stream_id": s.to_string(), "version": version_of(v.get()) })
+        .collect()
 }

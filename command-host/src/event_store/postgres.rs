@@ -90,6 +90,8 @@ FROM events WHERE (stream_id, version) > ($1, $2) ORDER BY stream_id, version LI
 const HEADS: &str = "SELECT stream_id, max(version) FROM events GROUP BY stream_id";
 const UNPUBLISHED: &str = "SELECT e.event_id, e.stream_id, e.stream_type, e.version, e.event_type, e.schema, e.occurred_at, e.metadata, e.data
 FROM outbox o JOIN events e ON e.stream_id = o.stream_id AND e.version = o.version
+WHERE NOT EXISTS (SELECT 1 FROM unnest($2::uuid[], $3::bigint[]) AS s(stream_id, version)
+                  WHERE s.stream_id = o.stream_id AND s.version = o.version)
 ORDER BY o.position LIMIT $1";
 // Publishing deletes a small outbox row instead of rewriting the event row.
 const MARK_PUBLISHED: &str = "DELETE FROM outbox
@@ -119,6 +121,14 @@ fn unavailable(error: tokio_postgres::Error) -> StoreError {
 
 fn version_param(version: Version) -> i64 {
     i64::try_from(version.get()).unwrap_or(i64::MAX)
+}
+
+/// Events as the two parallel arrays the outbox statements unnest.
+fn key_params(events: &[(PostId, Version)]) -> (Vec<Uuid>, Vec<i64>) {
+    events
+        .iter()
+        .map(|(s, v)| (s.as_uuid(), version_param(*v)))
+        .unzip()
 }
 
 impl PostgresEventStore {
@@ -411,17 +421,22 @@ impl EventStore for PostgresEventStore {
             .collect()
     }
 
-    async fn unpublished(&self, limit: usize) -> Result<Vec<EventEnvelope>, StoreError> {
+    async fn unpublished(
+        &self,
+        limit: usize,
+        skip: &[(PostId, Version)],
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
         let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
-        self.query_envelopes(UNPUBLISHED, &[&limit]).await
+        let (streams, versions) = key_params(skip);
+        self.query_envelopes(UNPUBLISHED, &[&limit, &streams, &versions])
+            .await
     }
 
     async fn mark_published(&self, events: &[(PostId, Version)]) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
         }
-        let streams: Vec<Uuid> = events.iter().map(|(s, _)| s.as_uuid()).collect();
-        let versions: Vec<i64> = events.iter().map(|(_, v)| version_param(*v)).collect();
+        let (streams, versions) = key_params(events);
         let mut conn = self.pool.get().await.map_err(unavailable)?;
         let statement = conn.prepared(MARK_PUBLISHED).await.map_err(unavailable)?;
         conn.execute(&statement, &[&streams, &versions])
