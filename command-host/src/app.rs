@@ -96,7 +96,7 @@ pub struct App<S, R> {
     pub(crate) store: Arc<S>,
     pub(crate) records: Arc<R>,
     /// Registry rows of concurrent writes go to the records store together.
-    pub(crate) registry: Batcher<StreamHead, Result<(), String>>,
+    pub(crate) registry: Batcher<StreamHead, ()>,
     pub(crate) publisher: KafkaPublisher,
     pub(crate) relay_wake: Arc<Notify>,
     pub(crate) token_key: TokenKey,
@@ -111,23 +111,30 @@ impl<S, R> std::fmt::Debug for App<S, R> {
     }
 }
 
-/// A registry writer for `records`: one statement per batch of heads.
+/// A registry writer for `records`: one statement per batch of heads. Writes
+/// are not waited for (see [`App::record_head`]); a failure is logged and
+/// counted here.
 pub(crate) fn registry_batcher<R: CommandRecords + 'static>(
     records: Arc<R>,
-) -> Batcher<StreamHead, Result<(), String>> {
+    metrics: Metrics,
+) -> Batcher<StreamHead, ()> {
     Batcher::new(
         BatchLimits {
             max_items: 128,
             max_in_flight: 1,
         },
         move |heads: Vec<StreamHead>| {
-            let records = Arc::clone(&records);
+            let (records, metrics) = (Arc::clone(&records), metrics.clone());
             async move {
-                let outcome = records
-                    .record_stream_heads(&heads)
-                    .await
-                    .map_err(|e| e.to_string());
-                heads.iter().map(|_| outcome.clone()).collect()
+                if let Err(error) = records.record_stream_heads(&heads).await {
+                    tracing::warn!(%error, posts = heads.len(), "stream registry not updated");
+                    metrics.inc(
+                        "sourcegram_registry_failures_total",
+                        &[],
+                        heads.len() as u64,
+                    );
+                }
+                vec![(); heads.len()]
             }
         },
     )
@@ -413,7 +420,7 @@ impl<S: EventStore, R: CommandRecords> App<S, R> {
                         &[],
                         envelopes.len() as u64,
                     );
-                    self.record_head(&post, context.now).await;
+                    self.record_head(&post, context.now);
                     let version = post.version();
                     *cached = Some(post);
                     return Ok(written(version));
@@ -451,28 +458,22 @@ impl<S: EventStore, R: CommandRecords> App<S, R> {
     }
 
     /// Keeps the stream registry current. The event store is the truth and the
-    /// registry can be repaired from it, so a failure here does not fail the write.
-    async fn record_head(&self, post: &Post, now: domain::Timestamp) {
+    /// registry can be repaired from it, and nothing in a request reads it, so
+    /// the write is handed to the registry's batch and not waited for: the
+    /// response goes out as soon as the events are durable. The host drains
+    /// these writes when it shuts down; a host that dies first leaves rows
+    /// behind, which `repair-registry` brings up to date.
+    fn record_head(&self, post: &Post, now: domain::Timestamp) {
         let (Some(post_id), Some(author)) = (post.id(), post.author()) else {
             return;
         };
-        let head = StreamHead {
+        self.registry.submit_detached(StreamHead {
             post_id,
             author: author.clone(),
             version: post.version(),
             deleted: post.is_deleted(),
             updated_at: now,
-        };
-        let outcome = self
-            .registry
-            .submit(head)
-            .await
-            .unwrap_or_else(|| Err("interrupted by shutdown".to_owned()));
-        if let Err(error) = outcome {
-            tracing::warn!(%error, %post_id, "stream registry not updated");
-            self.metrics
-                .inc("sourcegram_registry_failures_total", &[], 1);
-        }
+        });
     }
 
     async fn history(&self, post_id: PostId) -> Result<HttpResponse, CommandError> {

@@ -5,13 +5,17 @@
 //! still at the store.
 //!
 //! The batch runs in a task of its own, so a caller that goes away (a client
-//! that hangs up) never cancels the other callers' writes.
+//! that hangs up) never cancels the other callers' writes. A caller that does
+//! not need the output hands its item over without waiting
+//! ([`Batcher::submit_detached`]); [`Batcher::idle`] waits until every item
+//! handed over has been through its batch (a host drains with it on shutdown).
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 type Job<T, O> = (T, oneshot::Sender<O>);
 type Execute<T, O> = dyn Fn(Vec<T>) -> Pin<Box<dyn Future<Output = Vec<O>> + Send>> + Send + Sync;
@@ -32,6 +36,26 @@ pub struct Batcher<T, O> {
     sender: Mutex<Option<mpsc::UnboundedSender<Job<T, O>>>>,
     execute: Arc<Execute<T, O>>,
     limits: BatchLimits,
+    pending: Arc<Pending>,
+}
+
+/// Items handed over and not yet through their batch.
+#[derive(Debug, Default)]
+struct Pending {
+    count: AtomicUsize,
+    drained: Notify,
+}
+
+/// Counts a batch's items as through when dropped: when the batch finished, or
+/// when it was dropped unfinished because its runtime shut down.
+struct Through(Arc<Pending>, usize);
+
+impl Drop for Through {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(self.1, Ordering::AcqRel) == self.1 {
+            self.0.drained.notify_waiters();
+        }
+    }
 }
 
 impl<T, O> std::fmt::Debug for Batcher<T, O> {
@@ -56,6 +80,7 @@ impl<T: Send + 'static, O: Send + 'static> Batcher<T, O> {
             sender: Mutex::new(None),
             execute: Arc::new(move |items| Box::pin(execute(items))),
             limits,
+            pending: Arc::default(),
         }
     }
 
@@ -68,7 +93,28 @@ impl<T: Send + 'static, O: Send + 'static> Batcher<T, O> {
         output.await.ok()
     }
 
+    /// Hands `item` to the next batch without waiting for it; its output is
+    /// dropped. Must be called on a runtime (the batch runs on it).
+    pub fn submit_detached(&self, item: T) {
+        let (reply, _) = oneshot::channel();
+        self.send((item, reply));
+    }
+
+    /// Completes once every item handed over so far has been through its batch.
+    pub async fn idle(&self) {
+        loop {
+            let drained = self.pending.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.pending.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            drained.await;
+        }
+    }
+
     fn send(&self, job: Job<T, O>) {
+        self.pending.count.fetch_add(1, Ordering::AcqRel);
         let mut sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
         let job = match sender.as_ref() {
             Some(live) => match live.send(job) {
@@ -80,7 +126,12 @@ impl<T: Send + 'static, O: Send + 'static> Batcher<T, O> {
         // First use, or the runtime that ran the collector is gone (tests run one
         // runtime each): start a collector on the caller's runtime.
         let (live, jobs) = mpsc::unbounded_channel();
-        tokio::spawn(collect(jobs, Arc::clone(&self.execute), self.limits));
+        tokio::spawn(collect(
+            jobs,
+            Arc::clone(&self.execute),
+            self.limits,
+            Arc::clone(&self.pending),
+        ));
         // The collector was just started with `jobs`, so this cannot fail.
         let _ = live.send(job);
         *sender = Some(live);
@@ -92,6 +143,7 @@ async fn collect<T: Send + 'static, O: Send + 'static>(
     mut jobs: mpsc::UnboundedReceiver<Job<T, O>>,
     execute: Arc<Execute<T, O>>,
     limits: BatchLimits,
+    pending: Arc<Pending>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_in_flight));
     loop {
@@ -110,7 +162,9 @@ async fn collect<T: Send + 'static, O: Send + 'static>(
             }
         }
         let execute = Arc::clone(&execute);
+        let through = Through(Arc::clone(&pending), batch.len());
         tokio::spawn(async move {
+            let _through = through;
             let (items, replies): (Vec<T>, Vec<_>) = batch.into_iter().unzip();
             let count = items.len();
             let outputs = execute(items).await;
@@ -177,6 +231,44 @@ mod tests {
         gone.abort();
         assert_eq!(batcher.submit(2).await, Some(4));
         assert_eq!(batches.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn idle_waits_for_every_item_handed_over_without_waiting() {
+        let (batches, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let batcher = Batcher::new(
+            BatchLimits {
+                max_items: 4,
+                max_in_flight: 1,
+            },
+            {
+                let (batches, done) = (Arc::clone(&batches), Arc::clone(&done));
+                move |items: Vec<u32>| {
+                    let (batches, done) = (Arc::clone(&batches), Arc::clone(&done));
+                    async move {
+                        batches.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        done.fetch_add(items.len(), Ordering::SeqCst);
+                        vec![(); items.len()]
+                    }
+                }
+            },
+        );
+        batcher.idle().await;
+        for i in 0..10 {
+            batcher.submit_detached(i);
+        }
+        assert_eq!(
+            done.load(Ordering::SeqCst),
+            0,
+            "handed over without waiting"
+        );
+        batcher.idle().await;
+        assert_eq!(done.load(Ordering::SeqCst), 10);
+        assert!(
+            batches.load(Ordering::SeqCst) >= 3,
+            "at most 4 items a batch"
+        );
     }
 
     #[test]

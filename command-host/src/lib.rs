@@ -65,7 +65,8 @@ pub struct CommandHostDeps<S, R> {
 }
 
 /// Serves the command host on `listener` and runs the outbox relay until
-/// `shutdown` completes; then drains requests and stops the relay.
+/// `shutdown` completes; then drains requests and registry writes and stops
+/// the relay.
 pub async fn run<S, R>(
     listener: TcpListener,
     deps: CommandHostDeps<S, R>,
@@ -89,7 +90,7 @@ where
     let records = Arc::new(deps.records);
     let app = Arc::new(App {
         store,
-        registry: app::registry_batcher(Arc::clone(&records)),
+        registry: app::registry_batcher(Arc::clone(&records), deps.metrics.clone()),
         records,
         publisher: deps.publisher,
         relay_wake,
@@ -98,17 +99,30 @@ where
         max_body_bytes: deps.server.max_body_bytes,
         streams: StreamSlots::default(),
     });
+    let grace = deps.server.shutdown_grace;
     let served = http::serve(
         listener,
         deps.server,
         deps.metrics,
-        move |request, context| {
+        {
             let app = Arc::clone(&app);
-            async move { app.handle(request, context).await }
+            move |request, context| {
+                let app = Arc::clone(&app);
+                async move { app.handle(request, context).await }
+            }
         },
         shutdown,
     )
     .await;
+    // Registry writes are not waited for by requests; they are by shutdown.
+    if tokio::time::timeout(grace, app.registry.idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "stream registry writes still pending at shutdown; repair-registry brings the registry up to date"
+        );
+    }
     // Sending fails only if the relay already ended, which is what we want anyway.
     let _ = stop_relay.send(true);
     if let Err(error) = relay.await {

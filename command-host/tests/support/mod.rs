@@ -13,6 +13,7 @@ use command_host::http::ServerConfig;
 use command_host::metrics::Metrics;
 use command_host::pg::PgPool;
 use command_host::publisher::KafkaPublisher;
+use command_host::records::CommandRecords;
 use command_host::records::postgres::PostgresCommandRecords;
 use command_host::relay::RelayConfig;
 use command_host::{CommandHostDeps, testkit};
@@ -65,10 +66,22 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts the host on existing storage (e.g. to restart it) and a given broker.
 pub async fn spawn_app_on(pool: PgPool, schema: String, topic: String, brokers: String) -> TestApp {
-    let store = PostgresEventStore::new(pool.clone());
-    store.migrate().await.expect("migrate event store");
     let records = PostgresCommandRecords::new(pool.clone());
     records.migrate().await.expect("migrate command records");
+    spawn_app_with(pool, schema, topic, brokers, records).await
+}
+
+/// Starts the host on existing storage with the given command records (a test
+/// may wrap the PostgreSQL records to hold some of their calls).
+pub async fn spawn_app_with<R: CommandRecords + 'static>(
+    pool: PgPool,
+    schema: String,
+    topic: String,
+    brokers: String,
+    records: R,
+) -> TestApp {
+    let store = PostgresEventStore::new(pool.clone());
+    store.migrate().await.expect("migrate event store");
     let publisher = KafkaPublisher::new(&brokers, &topic).expect("producer");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -1,0 +1,129 @@
+//! The stream registry is written behind the response: a write is answered once
+//! its events are durable, without waiting for its registry row, and a host that
+//! shuts down gracefully writes every pending row before it stops. Real
+//! PostgreSQL and the real broker; a thin wrapper around the PostgreSQL records
+//! holds registry writes until the test lets them through.
+
+mod support;
+
+use std::time::Duration;
+
+use command_host::records::postgres::PostgresCommandRecords;
+use command_host::records::{
+    CommandRecords, IdempotencyClaim, RecordsError, StoredResponse, StreamHead,
+};
+use command_host::testkit;
+use domain::{PostId, Timestamp, UserId};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// The PostgreSQL records; `record_stream_heads` waits until `open` is true.
+#[derive(Clone)]
+struct HeldRecords {
+    inner: PostgresCommandRecords,
+    open: watch::Receiver<bool>,
+}
+
+impl CommandRecords for HeldRecords {
+    async fn claim_idempotency_key(
+        &self,
+        user: &UserId,
+        key: &str,
+        fingerprint: &[u8; 32],
+        now: Timestamp,
+        stale_after_ms: i64,
+    ) -> Result<IdempotencyClaim, RecordsError> {
+        self.inner
+            .claim_idempotency_key(user, key, fingerprint, now, stale_after_ms)
+            .await
+    }
+
+    async fn complete_idempotency_key(
+        &self,
+        user: &UserId,
+        key: &str,
+        response: &StoredResponse,
+    ) -> Result<(), RecordsError> {
+        self.inner
+            .complete_idempotency_key(user, key, response)
+            .await
+    }
+
+    async fn release_idempotency_key(&self, user: &UserId, key: &str) -> Result<(), RecordsError> {
+        self.inner.release_idempotency_key(user, key).await
+    }
+
+    async fn record_stream_head(&self, head: &StreamHead) -> Result<(), RecordsError> {
+        self.record_stream_heads(std::slice::from_ref(head)).await
+    }
+
+    async fn record_stream_heads(&self, heads: &[StreamHead]) -> Result<(), RecordsError> {
+        let mut open = self.open.clone();
+        // The sender lives as long as the test.
+        let _ = open.wait_for(|open| *open).await;
+        self.inner.record_stream_heads(heads).await
+    }
+
+    async fn stream_head(&self, post_id: PostId) -> Result<Option<StreamHead>, RecordsError> {
+        self.inner.stream_head(post_id).await
+    }
+
+    async fn ping(&self) -> Result<(), RecordsError> {
+        self.inner.ping().await
+    }
+}
+
+fn post_id(id: &str) -> PostId {
+    PostId::from_uuid(Uuid::parse_str(id).expect("post id"))
+}
+
+#[tokio::test]
+async fn writes_are_answered_before_their_registry_rows_and_shutdown_writes_them() {
+    let (pool, schema) = testkit::fresh_pg_schema("registry").await;
+    let topic = testkit::fresh_topic("registry", 1).await;
+    let inner = PostgresCommandRecords::new(pool.clone());
+    inner.migrate().await.expect("migrate command records");
+    let (gate, open) = watch::channel(false);
+    let records = HeldRecords {
+        inner: inner.clone(),
+        open,
+    };
+    let app = support::spawn_app_with(pool, schema, topic, testkit::kafka_brokers(), records).await;
+
+    // Answered while its registry row is held back.
+    let first = tokio::time::timeout(Duration::from_secs(10), app.create_post("alice", "first"))
+        .await
+        .expect("a create is answered without waiting for the registry");
+    assert_eq!(
+        inner.stream_head(post_id(&first)).await.expect("head"),
+        None
+    );
+    let second = app.create_post("bob", "second").await;
+
+    // Shutting down waits for the held rows: the rows are let through only if
+    // the host has not stopped within a few seconds (a host that does not wait
+    // stops in about one).
+    let mut stopping = tokio::spawn(app.stop());
+    let stopped_while_held = tokio::time::timeout(Duration::from_secs(3), &mut stopping)
+        .await
+        .is_ok();
+    assert!(
+        !stopped_while_held,
+        "the host stopped with registry writes pending"
+    );
+    gate.send(true).expect("gate");
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("the host stops once the rows are written")
+        .expect("stop task");
+    for (id, author) in [(&first, "alice"), (&second, "bob")] {
+        let head = inner
+            .stream_head(post_id(id))
+            .await
+            .expect("head")
+            .unwrap_or_else(|| panic!("{author}'s post has no registry row after shutdown"));
+        assert_eq!(head.author.as_str(), author);
+        assert_eq!(head.version.get(), 1);
+        assert!(!head.deleted);
+    }
+}
