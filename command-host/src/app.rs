@@ -190,7 +190,7 @@ impl<S: EventStore, R: CommandRecords> App<S, R> {
             Endpoint::Healthz => return Ok(CommandRequest::Healthz),
             Endpoint::Readyz => return Ok(CommandRequest::Readyz),
             Endpoint::Metrics => return Ok(CommandRequest::Metrics),
-            Endpoint::CreatePost => PostId::from_uuid(Uuid::new_v4()),
+            Endpoint::CreatePost => PostId::from_uuid(Uuid::now_v7()),
             Endpoint::EditMessage(id)
             | Endpoint::LikePost(id)
             | Endpoint::UnlikePost(id)
@@ -355,7 +355,7 @@ impl<S: EventStore, R: CommandRecords> App<S, R> {
                 actor: write.actor.clone(),
                 now: clock::now(),
                 post_id: write.post_id,
-                new_comment_id: CommentId::from_uuid(Uuid::new_v4()),
+                new_comment_id: CommentId::from_uuid(Uuid::now_v7()),
             };
             let events = match decide(&post, &write.command, &context) {
                 Ok(events) => events,
@@ -399,7 +399,7 @@ impl<S: EventStore, R: CommandRecords> App<S, R> {
                         write.post_id,
                         version,
                         event,
-                        Uuid::new_v4(),
+                        Uuid::now_v7(),
                         context.now,
                         metadata.clone(),
                     )

@@ -828,3 +828,42 @@ async fn readyz_and_metrics_report_the_dependencies_and_the_work() {
     assert!(delays(&body) >= 2, "no outbox delays observed:\n{body}");
     app.stop().await;
 }
+
+/// Ids the host chooses (posts, comments, events) are UUIDv7: time-ordered, so
+/// the primary-key indexes they go into grow at one end instead of at random
+/// pages.
+#[tokio::test]
+async fn ids_the_host_chooses_are_time_ordered() {
+    let app = spawn_app().await;
+    let first = app.create_post("alice", "first").await;
+    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    let second = app.create_post("alice", "second").await;
+    let comment = app
+        .post_json(
+            &format!("/posts/{second}/comments"),
+            "bob",
+            json!({"text": "hi"}),
+        )
+        .await;
+    assert_eq!(comment.status, StatusCode::CREATED, "{}", comment.body);
+    let comment = comment.json()["comment_id"]
+        .as_str()
+        .expect("comment id")
+        .to_owned();
+    let events = history(&app, &second).await;
+    let mut ids = vec![first.clone(), second.clone(), comment];
+    ids.extend(
+        events
+            .iter()
+            .map(|e| e["event_id"].as_str().expect("event id").to_owned()),
+    );
+    for id in &ids {
+        let uuid = uuid::Uuid::parse_str(id).expect("a UUID");
+        assert_eq!(uuid.get_version_num(), 7, "{id} is not a UUIDv7");
+    }
+    assert!(
+        uuid::Uuid::parse_str(&first).expect("uuid")
+            < uuid::Uuid::parse_str(&second).expect("uuid"),
+        "{first} was created before {second}"
+    );
+}
