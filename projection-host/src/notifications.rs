@@ -11,7 +11,27 @@ use command_host::pg::PgPool;
 use domain::{EventEnvelope, PostEvent, PostId};
 use uuid::Uuid;
 
-use crate::projector::{BatchOutcome, ProjectionError, group_by_stream, pending_events};
+use crate::projector::{BatchOutcome, ProjectionError, group_by_stream, in_order, pending_events};
+
+/// One statement of a batch, with its parameters.
+enum Effect {
+    PostCreated {
+        post: Uuid,
+        author: String,
+    },
+    Notify {
+        event_id: Uuid,
+        kind: &'static str,
+        actor: String,
+        comment: Option<Uuid>,
+        at: SystemTime,
+        post: Uuid,
+    },
+    Progress {
+        post: Uuid,
+        version: i64,
+    },
+}
 
 #[derive(Debug)]
 struct Sql {
@@ -82,46 +102,31 @@ impl Notifications {
             let version: i64 = row.get(1);
             progress.insert(row.get(0), version.max(0).unsigned_abs());
         }
+        // Gaps are healed from the store first; then every statement of the batch
+        // is sent before the first answer is read (pipelined, run in the order
+        // sent), as the read model does.
+        let mut effects = Vec::new();
         for (stream, events) in &by_stream {
             let done = progress.get(&stream.as_uuid()).copied().unwrap_or(0);
             let pending = pending_events(store, *stream, done, events, &mut outcome).await?;
             let post = stream.as_uuid();
             for (envelope, event) in &pending {
-                let at = SystemTime::from(envelope.occurred_at);
+                let notify = |kind, actor: &domain::UserId, comment| Effect::Notify {
+                    event_id: envelope.event_id,
+                    kind,
+                    actor: actor.as_str().to_owned(),
+                    comment,
+                    at: SystemTime::from(envelope.occurred_at),
+                    post,
+                };
                 match event {
-                    PostEvent::PostCreated(e) => {
-                        tx.execute(&post_created, &[&post, &e.author.as_str()])
-                            .await?;
-                    }
-                    PostEvent::PostLiked(e) => {
-                        let none: Option<Uuid> = None;
-                        tx.execute(
-                            &notify,
-                            &[
-                                &envelope.event_id,
-                                &"liked",
-                                &e.user.as_str(),
-                                &none,
-                                &at,
-                                &post,
-                            ],
-                        )
-                        .await?;
-                    }
+                    PostEvent::PostCreated(e) => effects.push(Effect::PostCreated {
+                        post,
+                        author: e.author.as_str().to_owned(),
+                    }),
+                    PostEvent::PostLiked(e) => effects.push(notify("liked", &e.user, None)),
                     PostEvent::CommentAdded(e) => {
-                        let comment = Some(e.comment_id.as_uuid());
-                        tx.execute(
-                            &notify,
-                            &[
-                                &envelope.event_id,
-                                &"commented",
-                                &e.author.as_str(),
-                                &comment,
-                                &at,
-                                &post,
-                            ],
-                        )
-                        .await?;
+                        effects.push(notify("commented", &e.author, Some(e.comment_id.as_uuid())))
                     }
                     _ => {}
                 }
@@ -129,9 +134,31 @@ impl Notifications {
             }
             if let Some((last, _)) = pending.last() {
                 let version = i64::try_from(last.version.get()).unwrap_or(i64::MAX);
-                tx.execute(&set_progress, &[&post, &version]).await?;
+                effects.push(Effect::Progress { post, version });
             }
         }
+        in_order(effects.iter().map(|effect| async {
+            match effect {
+                Effect::PostCreated { post, author } => {
+                    tx.execute(&post_created, &[post, author]).await
+                }
+                Effect::Notify {
+                    event_id,
+                    kind,
+                    actor,
+                    comment,
+                    at,
+                    post,
+                } => {
+                    tx.execute(&notify, &[event_id, kind, actor, comment, at, post])
+                        .await
+                }
+                Effect::Progress { post, version } => {
+                    tx.execute(&set_progress, &[post, version]).await
+                }
+            }
+        }))
+        .await?;
         tx.commit().await?;
         Ok(outcome)
     }
