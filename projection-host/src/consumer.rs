@@ -203,7 +203,43 @@ pub fn stuck_partitions<C: ConsumerContext>(
     timeout: Duration,
 ) -> Result<Vec<(i32, i64, i64)>, KafkaError> {
     let committed = consumer.committed(timeout)?;
-    let mut stuck = Vec::new();
+    behind(consumer, topic, &committed, timeout)
+}
+
+/// Every partition of `topic`, whoever in the group holds it, on which the
+/// broker holds messages past the group's committed offset, as (partition,
+/// committed, high watermark). Asked by a quiet consumer that holds no
+/// partition: if such a partition is still at the same committed offset at
+/// its next check, nobody in the group consumes it (seen as a rebalance that
+/// never finished), and the consumer is replaced so that it joins afresh.
+/// Blocking: three broker round trips.
+pub fn group_lag<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<(i32, i64, i64)>, KafkaError> {
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let mut all = TopicPartitionList::new();
+    for partition in metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions())
+    {
+        all.add_partition(topic, partition.id());
+    }
+    let committed = consumer.committed_offsets(all, timeout)?;
+    behind(consumer, topic, &committed, timeout)
+}
+
+/// The partitions of `committed` whose high watermark is past the offset.
+fn behind<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    topic: &str,
+    committed: &TopicPartitionList,
+    timeout: Duration,
+) -> Result<Vec<(i32, i64, i64)>, KafkaError> {
+    let mut behind = Vec::new();
     for element in committed.elements_for_topic(topic) {
         let (low, high) = consumer.fetch_watermarks(topic, element.partition(), timeout)?;
         let position = match element.offset() {
@@ -212,10 +248,43 @@ pub fn stuck_partitions<C: ConsumerContext>(
             _ => low,
         };
         if high > position {
-            stuck.push((element.partition(), position, high));
+            behind.push((element.partition(), position, high));
         }
     }
-    Ok(stuck)
+    Ok(behind)
+}
+
+/// The partitions behind in `now` that were behind at the same committed
+/// offset in `before`: nobody consumed them in between.
+pub fn without_progress(before: &[(i32, i64, i64)], now: &[(i32, i64, i64)]) -> Vec<i32> {
+    now.iter()
+        .filter(|(partition, committed, _)| {
+            before
+                .iter()
+                .any(|(p, c, _)| p == partition && c == committed)
+        })
+        .map(|(partition, ..)| *partition)
+        .collect()
+}
+
+/// What a quiet consumer found when it asked the broker.
+enum Check {
+    /// It holds partitions: those behind the committed offset.
+    Assigned(Vec<(i32, i64, i64)>),
+    /// It holds none: the group's partitions behind the committed offset.
+    Unassigned(Vec<(i32, i64, i64)>),
+}
+
+fn check<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Check, KafkaError> {
+    if consumer.assignment()?.count() == 0 {
+        group_lag(consumer, topic, timeout).map(Check::Unassigned)
+    } else {
+        stuck_partitions(consumer, topic, timeout).map(Check::Assigned)
+    }
 }
 
 /// The consume loop of one consumer, until shutdown or until it is stuck.
@@ -231,6 +300,8 @@ async fn consume<S: EventStore>(
     let name = projection.name();
     let mut failing = false;
     let mut quiet_since = tokio::time::Instant::now();
+    // The group's lagging partitions at the last check made holding none.
+    let mut unassigned_lag = Vec::new();
     loop {
         if *shutdown.borrow() {
             return Ok(Ended::Shutdown);
@@ -242,20 +313,35 @@ async fn consume<S: EventStore>(
                 let asked = Arc::clone(consumer);
                 let topic = config.topic.clone();
                 let answer = tokio::task::spawn_blocking(move || {
-                    stuck_partitions(&*asked, &topic, Duration::from_secs(5))
+                    check(&*asked, &topic, Duration::from_secs(5))
                 })
                 .await;
                 match answer {
-                    Ok(Ok(stuck)) if !stuck.is_empty() => {
-                        tracing::warn!(
-                            projection = name,
-                            ?stuck,
-                            "the consumer receives nothing while its partitions hold \
-                             messages (partition, committed, high watermark); replacing it"
-                        );
-                        return Ok(Ended::Stuck);
+                    Ok(Ok(Check::Assigned(stuck))) => {
+                        unassigned_lag.clear();
+                        if !stuck.is_empty() {
+                            tracing::warn!(
+                                projection = name,
+                                ?stuck,
+                                "the consumer receives nothing while its partitions hold \
+                                 messages (partition, committed, high watermark); replacing it"
+                            );
+                            return Ok(Ended::Stuck);
+                        }
                     }
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(Check::Unassigned(lag))) => {
+                        let stalled = without_progress(&unassigned_lag, &lag);
+                        if !stalled.is_empty() {
+                            tracing::warn!(
+                                projection = name,
+                                ?stalled,
+                                "the consumer holds no partition while nobody in its group \
+                                 consumes these; replacing it so that it joins afresh"
+                            );
+                            return Ok(Ended::Stuck);
+                        }
+                        unassigned_lag = lag;
+                    }
                     Ok(Err(error)) => {
                         tracing::debug!(%error, projection = name, "cannot ask the broker for offsets");
                     }
@@ -334,6 +420,7 @@ async fn consume<S: EventStore>(
             tracing::debug!(%error, projection = name, "offset commit failed");
         }
         quiet_since = tokio::time::Instant::now();
+        unassigned_lag.clear();
     }
 }
 
@@ -422,6 +509,24 @@ fn record(metrics: &Metrics, name: &'static str, outcome: BatchOutcome, batch: &
                 ("partition", partition.to_string()),
             ],
             (now - newest.unix_millis()).max(0) as f64,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_progress;
+
+    #[test]
+    fn only_partitions_behind_at_the_same_offset_twice_are_without_progress() {
+        let before = [(0, 10, 20), (1, 5, 9), (2, 7, 8)];
+        // 0 moved on, 1 did not, 2 caught up, 3 is behind for the first time.
+        let now = [(0, 15, 25), (1, 5, 12), (3, 0, 4)];
+        assert_eq!(without_progress(&before, &now), vec![1]);
+        assert_eq!(
+            without_progress(&[], &now),
+            Vec::<i32>::new(),
+            "a first check never counts"
         );
     }
 }

@@ -13,7 +13,7 @@ use command_host::publisher::KafkaPublisher;
 use command_host::testkit;
 use projection_host::consumer::{Projection, run_consumer, stuck_partitions};
 use projection_host::projector::ReadModel;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use support::world;
 use tokio::sync::watch;
@@ -136,6 +136,80 @@ async fn a_stuck_consumer_is_replaced_and_the_model_stays_exact() {
     assert!(
         w.converges(&w.read_model, CONVERGE).await,
         "the redelivered events changed nothing"
+    );
+    stop.send(true).expect("stop");
+    task.await.expect("consumer task").expect("consumer");
+}
+
+#[tokio::test]
+async fn a_consumer_holding_nothing_while_its_group_stands_still_is_replaced() {
+    let mut w = world().await;
+    let topic = testkit::fresh_topic("stuck", 1).await;
+    let publisher = KafkaPublisher::new(&testkit::kafka_brokers(), &topic).expect("producer");
+    let group = testkit::unique_name("wedged");
+
+    // A member that takes the only partition and is then never polled again:
+    // librdkafka's thread keeps it in the group, but it consumes nothing and
+    // cannot take part in a rebalance, so the group's next rebalance does not
+    // finish and a newcomer is left holding nothing.
+    let wedged: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", testkit::kafka_brokers())
+        .set("group.id", &group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    wedged.subscribe(&[&topic]).expect("subscribe");
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    while wedged.assignment().expect("assignment").count() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first member got the partition"
+        );
+        let _ = wedged.poll(Duration::ZERO);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let events = w.write(5, 5).await;
+    publisher.publish(&events).await.expect("publish");
+
+    let model = ReadModel::open(w.pool.clone(), &w.read_model)
+        .await
+        .expect("open");
+    let metrics = Metrics::new();
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(run_consumer(
+        projection_host::consumer::ConsumerConfig {
+            topic: topic.clone(),
+            stall_after: Duration::from_secs(2),
+            ..w.consumer_config(&group)
+        },
+        Arc::new(Projection::ReadModel(model)),
+        Arc::clone(&w.store),
+        metrics.clone(),
+        Default::default(),
+        stopped,
+        Default::default(),
+    ));
+    let replaced = testkit::eventually(CONVERGE, || {
+        let metrics = metrics.clone();
+        async move {
+            (read_model_counter(&metrics, "sourcegram_consumer_restarts_total") >= 1).then_some(())
+        }
+    })
+    .await;
+    assert!(
+        replaced.is_some(),
+        "a consumer holding nothing in a group that does not move was left alone:\n{}",
+        metrics.render()
+    );
+
+    // Once the wedged member leaves, the group settles and the model is exact.
+    tokio::task::spawn_blocking(move || drop(wedged))
+        .await
+        .expect("close the wedged member");
+    assert!(
+        w.converges(&w.read_model, CONVERGE).await,
+        "the model converges once the group can rebalance"
     );
     stop.send(true).expect("stop");
     task.await.expect("consumer task").expect("consumer");
