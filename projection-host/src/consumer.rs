@@ -122,9 +122,12 @@ pub async fn run_consumer<S: EventStore>(
     mut shutdown: watch::Receiver<bool>,
     joined: Arc<AtomicBool>,
 ) -> Result<(), KafkaError> {
+    // Replacing a consumer in a group that stands still drops static membership
+    // for good (see `Ended::GroupStalled`).
+    let mut membership = config.clone();
     loop {
         let consumer = Arc::new(create_consumer(
-            &config,
+            &membership,
             projection.name(),
             Arc::clone(&joined),
         )?);
@@ -143,6 +146,14 @@ pub async fn run_consumer<S: EventStore>(
         let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
         match ended {
             Ended::Shutdown => return Ok(()),
+            Ended::GroupStalled => {
+                membership.instance_id = None;
+                metrics.inc(
+                    "sourcegram_consumer_restarts_total",
+                    &[("projection", projection.name().to_owned())],
+                    1,
+                );
+            }
             Ended::Stuck => metrics.inc(
                 "sourcegram_consumer_restarts_total",
                 &[("projection", projection.name().to_owned())],
@@ -155,7 +166,15 @@ pub async fn run_consumer<S: EventStore>(
 /// Why [`consume`] returned.
 enum Ended {
     Shutdown,
+    /// Its partitions hold messages it does not receive: replaced by a
+    /// consumer with the same instance id, which takes its place at once.
     Stuck,
+    /// It holds no partition and nobody in the group consumes: a rebalance is
+    /// waiting for a member that will not answer. On tansu such a member is
+    /// only ever expired when a member without `group.instance.id` joins or
+    /// heartbeats, so the replacement joins without one (dynamic membership,
+    /// kept from then on; it leaves the group cleanly when the host stops).
+    GroupStalled,
 }
 
 fn create_consumer(
@@ -336,9 +355,10 @@ async fn consume<S: EventStore>(
                                 projection = name,
                                 ?stalled,
                                 "the consumer holds no partition while nobody in its group \
-                                 consumes these; replacing it so that it joins afresh"
+                                 consumes these; replacing it with one that joins without \
+                                 an instance id"
                             );
-                            return Ok(Ended::Stuck);
+                            return Ok(Ended::GroupStalled);
                         }
                         unassigned_lag = lag;
                     }

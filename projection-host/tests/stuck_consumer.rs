@@ -11,7 +11,7 @@ use std::time::Duration;
 use command_host::metrics::Metrics;
 use command_host::publisher::KafkaPublisher;
 use command_host::testkit;
-use projection_host::consumer::{Projection, run_consumer, stuck_partitions};
+use projection_host::consumer::{ConsumerConfig, Projection, run_consumer, stuck_partitions};
 use projection_host::projector::ReadModel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -33,6 +33,31 @@ fn consumer(group: &str) -> StreamConsumer {
 
 fn read_model_counter(metrics: &Metrics, name: &'static str) -> u64 {
     metrics.counter(name, &[("projection", "read_model".to_owned())])
+}
+
+/// The read-model consumer with `config`.
+async fn spawn_read_model(
+    w: &support::World,
+    config: ConsumerConfig,
+    metrics: &Metrics,
+) -> (
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<Result<(), rdkafka::error::KafkaError>>,
+) {
+    let model = ReadModel::open(w.pool.clone(), &w.read_model)
+        .await
+        .expect("open");
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(run_consumer(
+        config,
+        Arc::new(Projection::ReadModel(model)),
+        Arc::clone(&w.store),
+        metrics.clone(),
+        Default::default(),
+        stopped,
+        Default::default(),
+    ));
+    (stop, task)
 }
 
 #[tokio::test]
@@ -79,25 +104,18 @@ async fn a_stuck_consumer_is_replaced_and_the_model_stays_exact() {
     let publisher = KafkaPublisher::new(&testkit::kafka_brokers(), &topic).expect("producer");
     let events = w.write(10, 40).await;
     publisher.publish(&events).await.expect("publish");
-    let model = ReadModel::open(w.pool.clone(), &w.read_model)
-        .await
-        .expect("open");
     let group = testkit::unique_name("stuck");
     let metrics = Metrics::new();
-    let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(run_consumer(
-        projection_host::consumer::ConsumerConfig {
+    let (stop, task) = spawn_read_model(
+        &w,
+        ConsumerConfig {
             topic: topic.clone(),
             stall_after: Duration::from_secs(2),
             ..w.consumer_config(&group)
         },
-        Arc::new(Projection::ReadModel(model)),
-        Arc::clone(&w.store),
-        metrics.clone(),
-        Default::default(),
-        stopped,
-        Default::default(),
-    ));
+        &metrics,
+    )
+    .await;
     assert!(w.converges(&w.read_model, CONVERGE).await);
     assert_eq!(
         read_model_counter(&metrics, "sourcegram_consumer_restarts_total"),
@@ -142,74 +160,64 @@ async fn a_stuck_consumer_is_replaced_and_the_model_stays_exact() {
 }
 
 #[tokio::test]
-async fn a_consumer_holding_nothing_while_its_group_stands_still_is_replaced() {
+async fn a_consumer_holding_nothing_while_its_group_stands_still_rejoins_without_an_instance_id() {
     let mut w = world().await;
     let topic = testkit::fresh_topic("stuck", 1).await;
     let publisher = KafkaPublisher::new(&testkit::kafka_brokers(), &topic).expect("producer");
     let group = testkit::unique_name("wedged");
 
-    // A member that takes the only partition and is then never polled again:
-    // librdkafka's thread keeps it in the group, but it consumes nothing and
-    // cannot take part in a rebalance, so the group's next rebalance does not
-    // finish and a newcomer is left holding nothing.
-    let wedged: BaseConsumer = ClientConfig::new()
+    // A static member takes the only partition, then goes away without leaving
+    // the group (a static member does not leave when it closes, as a killed
+    // process does not): the group's next rebalance waits for it, and on tansu
+    // nothing expires it until a member without an instance id turns up.
+    let gone: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", testkit::kafka_brokers())
         .set("group.id", &group)
+        .set("group.instance.id", testkit::unique_name("gone"))
+        .set("session.timeout.ms", "6000")
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .create()
         .expect("consumer");
-    wedged.subscribe(&[&topic]).expect("subscribe");
+    gone.subscribe(&[&topic]).expect("subscribe");
     let deadline = tokio::time::Instant::now() + CONVERGE;
-    while wedged.assignment().expect("assignment").count() == 0 {
+    while gone.assignment().expect("assignment").count() == 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the first member got the partition"
         );
-        let _ = wedged.poll(Duration::ZERO);
+        let _ = gone.poll(Duration::ZERO);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    tokio::task::spawn_blocking(move || drop(gone))
+        .await
+        .expect("close the first member");
     let events = w.write(5, 5).await;
     publisher.publish(&events).await.expect("publish");
 
-    let model = ReadModel::open(w.pool.clone(), &w.read_model)
-        .await
-        .expect("open");
+    // A static consumer joins: it holds nothing while the group waits, is
+    // replaced by one without an instance id, whose join lets the broker
+    // expire the member that is gone, and the group settles.
     let metrics = Metrics::new();
-    let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(run_consumer(
-        projection_host::consumer::ConsumerConfig {
+    let (stop, task) = spawn_read_model(
+        &w,
+        ConsumerConfig {
             topic: topic.clone(),
+            instance_id: Some(testkit::unique_name("static")),
             stall_after: Duration::from_secs(2),
             ..w.consumer_config(&group)
         },
-        Arc::new(Projection::ReadModel(model)),
-        Arc::clone(&w.store),
-        metrics.clone(),
-        Default::default(),
-        stopped,
-        Default::default(),
-    ));
-    let replaced = testkit::eventually(CONVERGE, || {
-        let metrics = metrics.clone();
-        async move {
-            (read_model_counter(&metrics, "sourcegram_consumer_restarts_total") >= 1).then_some(())
-        }
-    })
+        &metrics,
+    )
     .await;
     assert!(
-        replaced.is_some(),
-        "a consumer holding nothing in a group that does not move was left alone:\n{}",
+        w.converges(&w.read_model, CONVERGE).await,
+        "the group never settled:\n{}",
         metrics.render()
     );
-
-    // Once the wedged member leaves, the group settles and the model is exact.
-    tokio::task::spawn_blocking(move || drop(wedged))
-        .await
-        .expect("close the wedged member");
     assert!(
-        w.converges(&w.read_model, CONVERGE).await,
-        "the model converges once the group can rebalance"
+        read_model_counter(&metrics, "sourcegram_consumer_restarts_total") >= 1,
+        "the group settled without the consumer being replaced"
     );
     stop.send(true).expect("stop");
     task.await.expect("consumer task").expect("consumer");
