@@ -101,6 +101,8 @@ impl<T: Send + 'static, O: Send + 'static> Batcher<T, O> {
     }
 
     /// Completes once every item handed over so far has been through its batch.
+    /// Items still queued when the runtime running the batches shut down are
+    /// never through, so a caller bounds this wait (the host: its shutdown grace).
     pub async fn idle(&self) {
         loop {
             let drained = self.pending.drained.notified();
