@@ -145,13 +145,13 @@ async fn publish_backlog<S: EventStore>(
         metrics.inc("sourcegram_events_published_total", &[], batch.len() as u64);
         // How long each event waited in the outbox: from the command that made
         // it until the broker acknowledged it. The projection's lag starts here.
-        let now = crate::clock::now().unix_millis();
+        let now = crate::clock::now();
         metrics.observe_many(
             "sourcegram_outbox_delay_seconds",
             &[],
             batch
                 .iter()
-                .map(|e| (now - e.occurred_at.unix_millis()).max(0) as f64 / 1000.0),
+                .map(|e| now.millis_since(e.occurred_at) as f64 / 1000.0),
         );
     }
 }

@@ -19,6 +19,12 @@ impl Timestamp {
         self.0
     }
 
+    /// Milliseconds from `earlier` to this instant; 0 if `earlier` is not
+    /// earlier (clocks of different hosts may disagree a little).
+    pub fn millis_since(self, earlier: Timestamp) -> u64 {
+        u64::try_from(self.0.saturating_sub(earlier.0)).unwrap_or(0)
+    }
+
     /// Parses RFC 3339 in UTC: `YYYY-MM-DDTHH:MM:SS[.fraction](Z|+00:00)`.
     /// Other offsets are refused rather than silently converted.
     pub fn parse_rfc3339(raw: &str) -> Result<Self, String> {
@@ -160,6 +166,16 @@ impl From<std::time::SystemTime> for Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn millis_since_is_never_negative() {
+        let (earlier, later) = (
+            Timestamp::from_unix_millis(1_000),
+            Timestamp::from_unix_millis(1_250),
+        );
+        assert_eq!(later.millis_since(earlier), 250);
+        assert_eq!(earlier.millis_since(later), 0);
+    }
 
     fn check(millis: i64, text: &str) {
         assert_eq!(Timestamp::from_unix_millis(millis).to_string(), text);

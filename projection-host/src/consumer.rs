@@ -510,7 +510,7 @@ fn record(metrics: &Metrics, name: &'static str, outcome: BatchOutcome, batch: &
         outcome.healed as u64,
     );
     metrics.inc("sourcegram_projection_batches_total", &label, 1);
-    let now = command_host::clock::now().unix_millis();
+    let now = command_host::clock::now();
     // End-to-end lag of every event: from the command that made it to its
     // projection (append, outbox relay, broker, this batch).
     metrics.observe_many(
@@ -519,7 +519,7 @@ fn record(metrics: &Metrics, name: &'static str, outcome: BatchOutcome, batch: &
         batch
             .envelopes
             .iter()
-            .map(|e| (now - e.occurred_at.unix_millis()).max(0) as f64 / 1000.0),
+            .map(|e| now.millis_since(e.occurred_at) as f64 / 1000.0),
     );
     for (partition, newest) in &batch.newest_per_partition {
         metrics.set_gauge(
@@ -528,7 +528,7 @@ fn record(metrics: &Metrics, name: &'static str, outcome: BatchOutcome, batch: &
                 ("projection", name.to_owned()),
                 ("partition", partition.to_string()),
             ],
-            (now - newest.unix_millis()).max(0) as f64,
+            now.millis_since(*newest) as f64,
         );
     }
 }
