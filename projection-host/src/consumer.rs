@@ -109,12 +109,11 @@ impl ConsumerContext for Membership {
 /// replay can pause the projector by taking it for writing. `joined` turns true
 /// once the group has given this consumer its partitions (possibly none).
 ///
-/// A consumer found stuck (see [`stuck_partitions`]) is closed and replaced by a
-/// new one with the same group and instance id, which rejoins the group and
-/// resumes from the committed offsets.
+/// A consumer found stuck (see [`Ended`]) is closed and replaced by a new one in
+/// the same group, which rejoins and resumes from the committed offsets.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_consumer<S: EventStore>(
-    config: ConsumerConfig,
+    mut config: ConsumerConfig,
     projection: Arc<Projection>,
     store: Arc<S>,
     metrics: Metrics,
@@ -122,12 +121,9 @@ pub async fn run_consumer<S: EventStore>(
     mut shutdown: watch::Receiver<bool>,
     joined: Arc<AtomicBool>,
 ) -> Result<(), KafkaError> {
-    // Replacing a consumer in a group that stands still drops static membership
-    // for good (see `Ended::GroupStalled`).
-    let mut membership = config.clone();
     loop {
         let consumer = Arc::new(create_consumer(
-            &membership,
+            &config,
             projection.name(),
             Arc::clone(&joined),
         )?);
@@ -146,20 +142,15 @@ pub async fn run_consumer<S: EventStore>(
         let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
         match ended {
             Ended::Shutdown => return Ok(()),
-            Ended::GroupStalled => {
-                membership.instance_id = None;
-                metrics.inc(
-                    "sourcegram_consumer_restarts_total",
-                    &[("projection", projection.name().to_owned())],
-                    1,
-                );
-            }
-            Ended::Stuck => metrics.inc(
-                "sourcegram_consumer_restarts_total",
-                &[("projection", projection.name().to_owned())],
-                1,
-            ),
+            // Static membership is dropped for good (see `Ended::GroupStalled`).
+            Ended::GroupStalled => config.instance_id = None,
+            Ended::Stuck => {}
         }
+        metrics.inc(
+            "sourcegram_consumer_restarts_total",
+            &[("projection", projection.name().to_owned())],
+            1,
+        );
     }
 }
 
