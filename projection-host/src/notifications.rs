@@ -11,7 +11,9 @@ use command_host::pg::PgPool;
 use domain::{EventEnvelope, PostEvent, PostId};
 use uuid::Uuid;
 
-use crate::projector::{BatchOutcome, ProjectionError, group_by_stream, in_order, pending_events};
+use crate::projector::{
+    BatchOutcome, ProjectionError, group_by_stream, in_order, keyed_transaction, pending_events,
+};
 
 /// One statement of a batch, with its parameters.
 enum Effect {
@@ -95,7 +97,7 @@ impl Notifications {
         let set_progress = conn.prepared(&self.sql.set_progress).await?;
         let post_created = conn.prepared(&self.sql.post_created).await?;
         let notify = conn.prepared(&self.sql.notify).await?;
-        let tx = conn.client().transaction().await?;
+        let tx = keyed_transaction(&mut conn).await?;
         let ids: Vec<Uuid> = by_stream.keys().map(PostId::as_uuid).collect();
         let mut progress: BTreeMap<Uuid, u64> = BTreeMap::new();
         for row in tx.query(&lock, &[&ids]).await? {

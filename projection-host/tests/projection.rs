@@ -324,3 +324,103 @@ async fn a_failed_replay_leaves_the_live_model_untouched() {
     assert_eq!(posts.len(), 30);
     assert!(w.store.ping().await.is_ok());
 }
+
+/// A read model whose table was analyzed while it held three posts, then grew
+/// to 20,000: batches on a connection that had planned its statements back then
+/// must still find their rows by key, not read the whole table for each batch.
+#[tokio::test]
+async fn batches_find_rows_by_key_after_the_table_outgrew_its_statistics() {
+    let mut w = world().await;
+    // One connection, so every batch runs on the statements it prepared.
+    let pool = PgPool::new(w.pool.config().clone(), 1);
+    let model = ReadModel::open(pool.clone(), &w.read_model)
+        .await
+        .expect("open");
+    let rm = w.read_model.clone();
+    let (admin, connection) =
+        tokio_postgres::connect(&testkit::postgres_url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+    tokio::spawn(connection);
+    admin
+        .batch_execute(&format!(
+            "ALTER TABLE {rm}.posts SET (autovacuum_enabled = false)"
+        ))
+        .await
+        .expect("keep autovacuum off the table");
+    let mut posts = Vec::new();
+    for author in ["alice", "bob", "carol"] {
+        let (id, created) = w.create(author).await;
+        model.apply_batch(&*w.store, &created).await.expect("apply");
+        posts.push(id);
+    }
+    admin
+        .batch_execute(&format!("ANALYZE {rm}.posts"))
+        .await
+        .expect("analyze");
+    // More than five executions of each statement: the connection now uses
+    // generic plans, made for a table of three rows.
+    let likers = [
+        "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "oscar",
+    ];
+    for liker in likers {
+        let liked = w.command(posts[0], PostCommand::LikePost, liker).await;
+        model.apply_batch(&*w.store, &liked).await.expect("apply");
+    }
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO {rm}.posts (id, author, message, created_at, version)
+             SELECT gen_random_uuid(), 'filler', 'm', now(), 1 FROM generate_series(1, 20000)"
+        ))
+        .await
+        .expect("grow the table");
+    let mut conn = pool.get().await.expect("connection");
+    let backend: i32 = conn
+        .client()
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("pid")
+        .get(0);
+    drop(conn);
+    for liker in likers {
+        let liked = w.command(posts[1], PostCommand::LikePost, liker).await;
+        model.apply_batch(&*w.store, &liked).await.expect("apply");
+    }
+    // The backend reports its table statistics when it exits.
+    drop(model);
+    drop(pool);
+    let gone = testkit::eventually(Duration::from_secs(10), || async {
+        let row = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+                &[&backend],
+            )
+            .await
+            .expect("activity");
+        (row.get::<_, i64>(0) == 0).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "the pool's connection did not close");
+    let read: i64 = testkit::eventually(Duration::from_secs(10), || async {
+        admin
+            .batch_execute("SELECT pg_stat_clear_snapshot()")
+            .await
+            .expect("clear");
+        let row = admin
+            .query_one(
+                "SELECT seq_tup_read, n_tup_upd FROM pg_stat_user_tables
+                 WHERE schemaname = $1 AND relname = 'posts'",
+                &[&rm],
+            )
+            .await
+            .expect("table statistics");
+        // Sixteen likes, each updating its post: the backend's report is in.
+        (row.get::<_, i64>(1) >= 16).then(|| row.get(0))
+    })
+    .await
+    .expect("the backend's statistics were never reported");
+    assert!(
+        read < 20_000,
+        "batches read {read} rows by sequential scan: a plan made for the small table was kept"
+    );
+}
