@@ -59,10 +59,12 @@ pub struct ConsumerConfig {
     pub group: String,
     /// Most events applied in one transaction.
     pub max_batch: usize,
-    /// How long a batch waits to fill once its first event arrived.
+    /// How long a batch waits to fill once its first event arrived. Zero: a
+    /// batch is what has arrived by then (a fetch's messages arrive together).
     pub max_wait: Duration,
     /// The consumer's `fetch.wait.max.ms`: how long the broker may hold a fetch
-    /// open. Short means low lag; long means fewer fetches for the broker.
+    /// open. Short means low lag; long means fewer fetches for the broker
+    /// (tansu holds every fetch this long, with messages or without).
     pub fetch_wait: Duration,
     /// `group.instance.id`: unique per running instance, stable across its
     /// restarts. `None` means dynamic membership.

@@ -56,6 +56,7 @@ async fn serve() -> Result<(), String> {
             stall_after: config.stall_after,
         },
         notifications_group: config.notifications_group,
+        notifications_fetch_wait: config.notifications_fetch_wait,
         admin_token: config.admin_token,
         server: ServerConfig::default(),
         metrics: Metrics::new(),
