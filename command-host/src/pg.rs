@@ -19,6 +19,7 @@ pub struct PgPool {
 
 struct Inner {
     config: Config,
+    max_size: usize,
     idle: Mutex<Vec<PgConn>>,
     permits: Arc<Semaphore>,
 }
@@ -113,6 +114,7 @@ impl PgPool {
         Self {
             inner: Arc::new(Inner {
                 config,
+                max_size: max_size.max(1),
                 idle: Mutex::new(Vec::new()),
                 permits: Arc::new(Semaphore::new(max_size.max(1))),
             }),
@@ -126,6 +128,19 @@ impl PgPool {
 
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// A new pool of the same size and database whose connections start with
+    /// the server setting `name = value` (after any options already given).
+    pub fn with_setting(&self, name: &str, value: &str) -> Self {
+        let mut config = self.inner.config.clone();
+        let setting = format!("-c {name}={value}");
+        let options = match config.get_options() {
+            Some(given) if !given.trim().is_empty() => format!("{given} {setting}"),
+            _ => setting,
+        };
+        config.options(options);
+        Self::new(config, self.inner.max_size)
     }
 
     /// Waits for a free slot, then hands out an idle connection or opens one.
@@ -165,5 +180,33 @@ impl PgPool {
             client,
             statements: HashMap::new(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PgPool;
+
+    #[test]
+    fn a_setting_is_added_after_the_options_already_given() {
+        let pool = PgPool::from_url(
+            "postgres://u:p@127.0.0.1:5432/db?options=-c%20search_path%3Dmine",
+            3,
+        )
+        .expect("url");
+        let keyed = pool.with_setting("enable_seqscan", "off");
+        assert_eq!(
+            keyed.config().get_options(),
+            Some("-c search_path=mine -c enable_seqscan=off")
+        );
+        assert_eq!(pool.config().get_options(), Some("-c search_path=mine"));
+        let plain = PgPool::from_url("postgres://u:p@127.0.0.1:5432/db", 3).expect("url");
+        assert_eq!(
+            plain
+                .with_setting("enable_seqscan", "off")
+                .config()
+                .get_options(),
+            Some("-c enable_seqscan=off")
+        );
     }
 }

@@ -491,3 +491,68 @@ async fn bad_input_is_400_and_the_host_keeps_serving() {
         metrics.body
     );
 }
+
+/// A read model analyzed while it held three posts, then grown to 20,000: the
+/// host's connections planned their reads back then, and must still find a
+/// post by its key rather than read the whole table for every request.
+#[tokio::test]
+async fn reads_find_posts_by_key_after_the_table_outgrew_its_statistics() {
+    let app = spawn_app(Duration::from_secs(1)).await;
+    let admin = app.pool.get().await.expect("conn");
+    admin
+        .batch_execute(&format!(
+            "ALTER TABLE {}.posts SET (autovacuum_enabled = false)",
+            app.rm
+        ))
+        .await
+        .expect("keep autovacuum off the table");
+    let mut posts = Vec::new();
+    for (i, author) in ["alice", "bob", "carol"].into_iter().enumerate() {
+        posts.push(app.post(author, BASE + i as i64, 0, 0, 1).await);
+    }
+    admin
+        .batch_execute(&format!("ANALYZE {}.posts", app.rm))
+        .await
+        .expect("analyze");
+    // One request at a time, so they reuse a connection: after five, it runs
+    // generic plans made for a table of three rows.
+    for _ in 0..20 {
+        let answer = app.get(&format!("/posts/{}", posts[0]), &[]).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    }
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO {}.posts (id, author, message, created_at, version)
+             SELECT gen_random_uuid(), 'filler', 'm', now(), 1 FROM generate_series(1, 20000)",
+            app.rm
+        ))
+        .await
+        .expect("grow the table");
+    for _ in 0..20 {
+        let answer = app.get(&format!("/posts/{}", posts[1]), &[]).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    }
+    // Idle backends report their table statistics within about ten seconds.
+    let read: i64 = testkit::eventually(Duration::from_secs(20), || async {
+        admin
+            .batch_execute("SELECT pg_stat_clear_snapshot()")
+            .await
+            .expect("clear");
+        let row = admin
+            .query_one(
+                "SELECT seq_tup_read, seq_scan + coalesce(idx_scan, 0) FROM pg_stat_user_tables
+                 WHERE schemaname = $1 AND relname = 'posts'",
+                &[&app.rm],
+            )
+            .await
+            .expect("table statistics");
+        // Forty requests, each reading the table once, by index or not.
+        (row.get::<_, i64>(1) >= 40).then(|| row.get(0))
+    })
+    .await
+    .expect("the host's statistics were never reported");
+    assert!(
+        read < 20_000,
+        "requests read {read} rows by sequential scan: a plan made for the small table was kept"
+    );
+}
