@@ -130,3 +130,41 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The test PostgreSQL URL with `schema` as its `search_path`, for code that
+/// opens its own pool from a URL, as the hosts do.
+pub fn postgres_url_in(schema: &str) -> String {
+    let base = postgres_url();
+    let separator = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{separator}options=-c%20search_path%3D{schema}")
+}
+
+/// How many rows of `schema.table` were read by sequential scan, once the
+/// statistics show at least `scans` scans of it (sequential or by index):
+/// backends report their table statistics when idle (within about ten
+/// seconds) or when they exit. `None` if they never do within 20 s. For tests
+/// that a statement reads by key even where stale statistics would make the
+/// planner scan.
+pub async fn rows_read_by_seq_scan(
+    client: &tokio_postgres::Client,
+    schema: &str,
+    table: &str,
+    scans: i64,
+) -> Option<i64> {
+    eventually(Duration::from_secs(20), || async {
+        client
+            .batch_execute("SELECT pg_stat_clear_snapshot()")
+            .await
+            .expect("clear the statistics snapshot");
+        let row = client
+            .query_one(
+                "SELECT seq_tup_read, seq_scan + coalesce(idx_scan, 0) FROM pg_stat_user_tables
+                 WHERE schemaname = $1 AND relname = $2",
+                &[&schema, &table],
+            )
+            .await
+            .expect("table statistics");
+        (row.get::<_, i64>(1) >= scans).then(|| row.get(0))
+    })
+    .await
+}

@@ -659,3 +659,85 @@ async fn postgres_a_store_with_publish_flags_moves_what_it_had_not_published_to_
         5
     );
 }
+
+/// The PostgreSQL event store as the hosts open it, on a table analyzed while
+/// it held three events and then grown to 20,000: appends (whose version check
+/// reads the stream's newest version) and loads planned back then must still
+/// find a stream's events by key, not read the whole table each time.
+#[tokio::test]
+async fn postgres_finds_streams_by_key_after_the_table_outgrew_its_statistics() {
+    let (admin_pool, schema) = testkit::fresh_pg_schema("plans").await;
+    // One connection, so every call runs on the statements it prepared.
+    let store = AnyEventStore::connect(&testkit::postgres_url_in(&schema), 1)
+        .await
+        .expect("connect");
+    let admin = admin_pool.get().await.expect("conn");
+    admin
+        .batch_execute(&format!(
+            "ALTER TABLE {schema}.events SET (autovacuum_enabled = false)"
+        ))
+        .await
+        .expect("keep autovacuum off the table");
+    let streams: Vec<PostId> = (0..3).map(|_| new_stream()).collect();
+    for stream in &streams {
+        store
+            .append_to_stream(*stream, Version::new(0), &batch(*stream, 1, 1))
+            .await
+            .expect("append");
+    }
+    admin
+        .batch_execute(&format!("ANALYZE {schema}.events"))
+        .await
+        .expect("analyze");
+    let mut calls = 0;
+    // More than five of each: the connection now runs generic plans made for a
+    // table of three rows.
+    for version in 2..=9 {
+        store
+            .append_to_stream(
+                streams[0],
+                Version::new(version - 1),
+                &batch(streams[0], version, 1),
+            )
+            .await
+            .expect("append");
+        store
+            .load_stream(streams[0], Version::new(1))
+            .await
+            .expect("load");
+        calls += 2;
+    }
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO {schema}.events (stream_id, version, event_id, stream_type, event_type, schema, occurred_at, metadata, data)
+             SELECT gen_random_uuid(), 1, gen_random_uuid(), 'post', 'PostLiked', 1, now(), '{{}}', '{{}}'
+             FROM generate_series(1, 20000)"
+        ))
+        .await
+        .expect("grow the table");
+    for version in 2..=9 {
+        store
+            .append_to_stream(
+                streams[1],
+                Version::new(version - 1),
+                &batch(streams[1], version, 1),
+            )
+            .await
+            .expect("append");
+        store
+            .load_stream(streams[1], Version::new(1))
+            .await
+            .expect("load");
+        calls += 2;
+    }
+    // The backend reports its table statistics when it exits.
+    drop(store);
+    // Every append and load above reads the table at least once.
+    let read = testkit::rows_read_by_seq_scan(&admin, &schema, "events", calls)
+        .await
+        .expect("the store's statistics were never reported");
+    assert!(
+        read < 20_000,
+        "the store read {read} rows by sequential scan: a plan made for the small table was kept"
+    );
+}

@@ -268,3 +268,61 @@ conformance!(stream_heads, |records| stream_heads_never_move_back(
 conformance!(stream_heads_batched, |records| {
     stream_heads_in_one_call_each_land_and_never_move_back(&*records).await
 });
+
+/// The PostgreSQL records as the hosts open them, on a registry analyzed while
+/// it held three rows and then grown to 20,000: lookups planned back then must
+/// still find a post's row by key, not read the whole table each time.
+#[tokio::test]
+async fn postgres_finds_registry_rows_by_key_after_the_table_outgrew_its_statistics() {
+    let (admin_pool, schema) = testkit::fresh_pg_schema("plans").await;
+    // One connection, so every call runs on the statements it prepared.
+    let records = AnyCommandRecords::connect(&testkit::postgres_url_in(&schema), 1)
+        .await
+        .expect("connect");
+    let admin = admin_pool.get().await.expect("conn");
+    admin
+        .batch_execute(&format!(
+            "ALTER TABLE {schema}.stream_registry SET (autovacuum_enabled = false)"
+        ))
+        .await
+        .expect("keep autovacuum off the table");
+    let posts: Vec<PostId> = (0..3).map(|_| PostId::from_uuid(Uuid::new_v4())).collect();
+    for post in &posts {
+        let head = StreamHead {
+            post_id: *post,
+            author: user("alice"),
+            version: Version::new(1),
+            deleted: false,
+            updated_at: now(),
+        };
+        records.record_stream_head(&head).await.expect("record");
+    }
+    admin
+        .batch_execute(&format!("ANALYZE {schema}.stream_registry"))
+        .await
+        .expect("analyze");
+    // More than five lookups: the connection now runs a generic plan made for
+    // a table of three rows.
+    for _ in 0..8 {
+        assert!(records.stream_head(posts[0]).await.expect("head").is_some());
+    }
+    admin
+        .batch_execute(&format!(
+            "INSERT INTO {schema}.stream_registry (post_id, author, version, deleted, updated_at)
+             SELECT gen_random_uuid(), 'filler', 1, false, now() FROM generate_series(1, 20000)"
+        ))
+        .await
+        .expect("grow the table");
+    for _ in 0..8 {
+        assert!(records.stream_head(posts[1]).await.expect("head").is_some());
+    }
+    // The backend reports its table statistics when it exits.
+    drop(records);
+    let read = testkit::rows_read_by_seq_scan(&admin, &schema, "stream_registry", 16)
+        .await
+        .expect("the records' statistics were never reported");
+    assert!(
+        read < 20_000,
+        "the records read {read} rows by sequential scan: a plan made for the small table was kept"
+    );
+}

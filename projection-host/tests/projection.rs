@@ -401,24 +401,10 @@ async fn batches_find_rows_by_key_after_the_table_outgrew_its_statistics() {
     })
     .await;
     assert!(gone.is_some(), "the pool's connection did not close");
-    let read: i64 = testkit::eventually(Duration::from_secs(10), || async {
-        admin
-            .batch_execute("SELECT pg_stat_clear_snapshot()")
-            .await
-            .expect("clear");
-        let row = admin
-            .query_one(
-                "SELECT seq_tup_read, n_tup_upd FROM pg_stat_user_tables
-                 WHERE schemaname = $1 AND relname = 'posts'",
-                &[&rm],
-            )
-            .await
-            .expect("table statistics");
-        // Sixteen likes, each updating its post: the backend's report is in.
-        (row.get::<_, i64>(1) >= 16).then(|| row.get(0))
-    })
-    .await
-    .expect("the backend's statistics were never reported");
+    // Every batch above locks its post: sixteen scans of the table at least.
+    let read = testkit::rows_read_by_seq_scan(&admin, &rm, "posts", 16)
+        .await
+        .expect("the backend's statistics were never reported");
     assert!(
         read < 20_000,
         "batches read {read} rows by sequential scan: a plan made for the small table was kept"

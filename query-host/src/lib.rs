@@ -95,13 +95,8 @@ pub async fn run(
         changes.clone(),
         listening,
     ));
-    // Every read finds its rows through an index (by key, or in an index's
-    // order). A connection keeps a prepared statement's generic plan until the
-    // table is analyzed again, and a read model analyzed while nearly empty
-    // (just deployed) gets sequential-scan plans that then read the whole
-    // table for every request as it grows, until autovacuum analyzes it again.
-    // With sequential scans off, plans use the indexes whatever the statistics.
-    let pool = deps.pool.with_setting("enable_seqscan", "off");
+    // Every read finds its rows by key or in an index's order.
+    let pool = command_host::pg::keyed(&deps.pool);
     let app = Arc::new(App {
         reads: Reads::new(pool, &deps.read_model_schema, &deps.notifications_schema),
         token_key: deps.token_key,

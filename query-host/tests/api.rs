@@ -532,25 +532,10 @@ async fn reads_find_posts_by_key_after_the_table_outgrew_its_statistics() {
         let answer = app.get(&format!("/posts/{}", posts[1]), &[]).await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     }
-    // Idle backends report their table statistics within about ten seconds.
-    let read: i64 = testkit::eventually(Duration::from_secs(20), || async {
-        admin
-            .batch_execute("SELECT pg_stat_clear_snapshot()")
-            .await
-            .expect("clear");
-        let row = admin
-            .query_one(
-                "SELECT seq_tup_read, seq_scan + coalesce(idx_scan, 0) FROM pg_stat_user_tables
-                 WHERE schemaname = $1 AND relname = 'posts'",
-                &[&app.rm],
-            )
-            .await
-            .expect("table statistics");
-        // Forty requests, each reading the table once, by index or not.
-        (row.get::<_, i64>(1) >= 40).then(|| row.get(0))
-    })
-    .await
-    .expect("the host's statistics were never reported");
+    // Forty requests, each reading the table once, by index or not.
+    let read = testkit::rows_read_by_seq_scan(&admin, &app.rm, "posts", 40)
+        .await
+        .expect("the host's statistics were never reported");
     assert!(
         read < 20_000,
         "requests read {read} rows by sequential scan: a plan made for the small table was kept"

@@ -134,7 +134,7 @@ impl AnyEventStore {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = crate::pg::PgPool::from_url(url, pool_size)
                 .map_err(|e| StoreError::Unavailable(format!("bad PostgreSQL URL: {e}")))?;
-            let store = postgres::PostgresEventStore::new(pool);
+            let store = postgres::PostgresEventStore::new(crate::pg::keyed(&pool));
             store.migrate().await?;
             return Ok(Self::Postgres(store));
         }

@@ -122,7 +122,7 @@ impl AnyCommandRecords {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = crate::pg::PgPool::from_url(url, pool_size)
                 .map_err(|e| RecordsError::Unavailable(format!("bad PostgreSQL URL: {e}")))?;
-            let records = postgres::PostgresCommandRecords::new(pool);
+            let records = postgres::PostgresCommandRecords::new(crate::pg::keyed(&pool));
             records.migrate().await?;
             return Ok(Self::Postgres(records));
         }
