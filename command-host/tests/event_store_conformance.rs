@@ -689,24 +689,29 @@ async fn postgres_finds_streams_by_key_after_the_table_outgrew_its_statistics() 
         .batch_execute(&format!("ANALYZE {schema}.events"))
         .await
         .expect("analyze");
-    let mut calls = 0;
+    // Eight appends to `stream` (versions 2 to 9), each followed by a load.
+    let append_and_load = |stream: PostId| {
+        let store = &store;
+        async move {
+            for version in 2..=9 {
+                store
+                    .append_to_stream(
+                        stream,
+                        Version::new(version - 1),
+                        &batch(stream, version, 1),
+                    )
+                    .await
+                    .expect("append");
+                store
+                    .load_stream(stream, Version::new(1))
+                    .await
+                    .expect("load");
+            }
+        }
+    };
     // More than five of each: the connection now runs generic plans made for a
     // table of three rows.
-    for version in 2..=9 {
-        store
-            .append_to_stream(
-                streams[0],
-                Version::new(version - 1),
-                &batch(streams[0], version, 1),
-            )
-            .await
-            .expect("append");
-        store
-            .load_stream(streams[0], Version::new(1))
-            .await
-            .expect("load");
-        calls += 2;
-    }
+    append_and_load(streams[0]).await;
     admin
         .batch_execute(&format!(
             "INSERT INTO {schema}.events (stream_id, version, event_id, stream_type, event_type, schema, occurred_at, metadata, data)
@@ -715,25 +720,11 @@ async fn postgres_finds_streams_by_key_after_the_table_outgrew_its_statistics() 
         ))
         .await
         .expect("grow the table");
-    for version in 2..=9 {
-        store
-            .append_to_stream(
-                streams[1],
-                Version::new(version - 1),
-                &batch(streams[1], version, 1),
-            )
-            .await
-            .expect("append");
-        store
-            .load_stream(streams[1], Version::new(1))
-            .await
-            .expect("load");
-        calls += 2;
-    }
+    append_and_load(streams[1]).await;
     // The backend reports its table statistics when it exits.
     drop(store);
     // Every append and load above reads the table at least once.
-    let read = testkit::rows_read_by_seq_scan(&admin, &schema, "events", calls)
+    let read = testkit::rows_read_by_seq_scan(&admin, &schema, "events", 32)
         .await
         .expect("the store's statistics were never reported");
     assert!(
