@@ -139,13 +139,32 @@ pub fn postgres_url_in(schema: &str) -> String {
     format!("{base}{separator}options=-c%20search_path%3D{schema}")
 }
 
+/// Asserts that no statement read the whole of `schema.table`, grown to `rows`
+/// rows, by sequential scan: fewer than `rows` rows were read that way, once
+/// the statistics show at least `scans` scans of it (sequential or by index).
+/// For tests that statements find rows by key even where stale statistics
+/// would make the planner scan.
+pub async fn assert_read_by_key(
+    client: &tokio_postgres::Client,
+    schema: &str,
+    table: &str,
+    scans: i64,
+    rows: i64,
+) {
+    let read = rows_read_by_seq_scan(client, schema, table, scans)
+        .await
+        .unwrap_or_else(|| panic!("the statistics of {schema}.{table} were never reported"));
+    assert!(
+        read < rows,
+        "{read} rows of {table} were read by sequential scan: a plan made while the table was small was kept"
+    );
+}
+
 /// How many rows of `schema.table` were read by sequential scan, once the
-/// statistics show at least `scans` scans of it (sequential or by index):
-/// backends report their table statistics when idle (within about ten
-/// seconds) or when they exit. `None` if they never do within 20 s. For tests
-/// that a statement reads by key even where stale statistics would make the
-/// planner scan.
-pub async fn rows_read_by_seq_scan(
+/// statistics show at least `scans` scans of it: backends report their table
+/// statistics when idle (within about ten seconds) or when they exit. `None`
+/// if they never do within 20 s.
+async fn rows_read_by_seq_scan(
     client: &tokio_postgres::Client,
     schema: &str,
     table: &str,
