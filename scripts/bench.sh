@@ -15,6 +15,7 @@
 #   BENCH_SECONDS (10)  length of each load
 #   BENCH_REPLAY_EVENTS (200000)  events generated for the replay benchmark
 #   BENCH_LIVE_LOW_RATE (200)  the second, low rate of the live-pipeline run
+#   BENCH_PARTITIONS (3)  partitions of the benchmark's topics, as scripts/services.sh
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$here/.."
@@ -46,7 +47,8 @@ psql_() { psql "$POSTGRES_URL" -qAtX "$@"; }
 psql_ -c "CREATE SCHEMA $schema"
 store_url="$POSTGRES_URL?options=-csearch_path%3D$schema"
 topic="bench-$schema"
-"$TANSU_BIN" topic create "$topic" --partitions 6 --broker "tcp://$KAFKA_BROKERS" >/dev/null 2>&1 || true
+partitions="${BENCH_PARTITIONS:-3}"
+"$TANSU_BIN" topic create "$topic" --partitions "$partitions" --broker "tcp://$KAFKA_BROKERS" >/dev/null 2>&1 || true
 
 # wrk's output: requests/s, p99 in ms, and non-2xx count.
 wrk_run() { # connections url script -> "rps p99ms errors"
@@ -75,7 +77,7 @@ select_tps=$(pgbench_tps 64 "$work/select.sql")
 
 say "baseline: broker produce"
 produce_rate=$("$bin/examples/produce_rate" "$KAFKA_BROKERS" "$topic-raw" 50000 2>/dev/null || echo 0)
-[[ "$produce_rate" == 0 ]] && { "$TANSU_BIN" topic create "$topic-raw" --partitions 6 --broker "tcp://$KAFKA_BROKERS" >/dev/null 2>&1; produce_rate=$("$bin/examples/produce_rate" "$KAFKA_BROKERS" "$topic-raw" 50000); }
+[[ "$produce_rate" == 0 ]] && { "$TANSU_BIN" topic create "$topic-raw" --partitions "$partitions" --broker "tcp://$KAFKA_BROKERS" >/dev/null 2>&1; produce_rate=$("$bin/examples/produce_rate" "$KAFKA_BROKERS" "$topic-raw" 50000); }
 
 # --- hosts ------------------------------------------------------------------
 # Each host is measured on its own, like its baseline: nothing else of
@@ -218,7 +220,7 @@ live_run() { # name rate; sets live_result="rps events caught_up p50 p99"
   eval "$("$here/services.sh" start)"
   psql_ -c "CREATE SCHEMA $live_schema"
   local url="$POSTGRES_URL?options=-csearch_path%3D$live_schema"
-  "$TANSU_BIN" topic create "$topic-$name" --partitions 6 --broker "tcp://$KAFKA_BROKERS" >/dev/null 2>&1 || true
+  "$TANSU_BIN" topic create "$topic-$name" --partitions "$partitions" --broker "tcp://$KAFKA_BROKERS" >/dev/null 2>&1 || true
   start command-host 18091 EVENT_STORE_URL="$url" RECORDS_URL="$url" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic-$name" PG_POOL_SIZE=32
   start projection-host 18093 EVENT_STORE_URL="$url" READ_MODEL_URL="$POSTGRES_URL" PROJECTION_INSTANCE_ID="bench-$name" \
     READ_MODEL_SCHEMA="${live_schema}_rm" NOTIFICATIONS_SCHEMA="${live_schema}_nt" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic-$name" \

@@ -20,7 +20,11 @@ KAFKA_PORT="${SOURCEGRAM_KAFKA_PORT:-9092}"
 PG_PORT="${SOURCEGRAM_PG_PORT:-5432}"
 PG_VERSION=15
 TOPIC="${KAFKA_TOPIC:-post-events}"
-PARTITIONS="${SOURCEGRAM_PARTITIONS:-6}"
+# tansu pays for each partition on every produce and fetch request (a few SQLite
+# queries each), so partitions cost broker CPU whether they carry events or not:
+# 3 still lets up to three instances of a projection share the work
+# (docs/projection.md has the measurements).
+PARTITIONS="${SOURCEGRAM_PARTITIONS:-3}"
 POSTGRES_URL="postgres://sourcegram:sourcegram@127.0.0.1:$PG_PORT/sourcegram"
 KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
 
