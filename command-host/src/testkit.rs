@@ -131,6 +131,33 @@ where
     }
 }
 
+/// Settings of a consumer in `group` on the test broker that reads a topic from
+/// its start and commits nothing by itself; callers add what they need.
+pub fn consumer_config(group: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", kafka_brokers())
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false");
+    config
+}
+
+/// Analyzes `schema.table` now and keeps autovacuum from analyzing it again,
+/// so its statistics stay those of its present size while the test grows it.
+pub async fn analyze_and_hold_statistics(
+    client: &tokio_postgres::Client,
+    schema: &str,
+    table: &str,
+) {
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE {schema}.{table} SET (autovacuum_enabled = false); ANALYZE {schema}.{table}"
+        ))
+        .await
+        .expect("analyze and hold the statistics");
+}
+
 /// The test PostgreSQL URL with `schema` as its `search_path`, for code that
 /// opens its own pool from a URL, as the hosts do.
 pub fn postgres_url_in(schema: &str) -> String {

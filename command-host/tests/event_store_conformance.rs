@@ -672,12 +672,6 @@ async fn postgres_finds_streams_by_key_after_the_table_outgrew_its_statistics() 
         .await
         .expect("connect");
     let admin = admin_pool.get().await.expect("conn");
-    admin
-        .batch_execute(&format!(
-            "ALTER TABLE {schema}.events SET (autovacuum_enabled = false)"
-        ))
-        .await
-        .expect("keep autovacuum off the table");
     let streams: Vec<PostId> = (0..3).map(|_| new_stream()).collect();
     for stream in &streams {
         store
@@ -685,10 +679,7 @@ async fn postgres_finds_streams_by_key_after_the_table_outgrew_its_statistics() 
             .await
             .expect("append");
     }
-    admin
-        .batch_execute(&format!("ANALYZE {schema}.events"))
-        .await
-        .expect("analyze");
+    testkit::analyze_and_hold_statistics(&admin, &schema, "events").await;
     // Eight appends to `stream` (versions 2 to 9), each followed by a load.
     let append_and_load = |stream: PostId| {
         let store = &store;

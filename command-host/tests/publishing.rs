@@ -13,7 +13,6 @@ use command_host::event_store::{EventStore, ReadAllCursor};
 use command_host::testkit;
 use domain::EventEnvelope;
 use hyper::{Method, StatusCode};
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use serde_json::json;
@@ -128,11 +127,8 @@ async fn consume_all(
     topic: &str,
     expected: usize,
 ) -> Vec<(String, EventEnvelope, String)> {
-    let consumer: StreamConsumer = ClientConfig::new()
+    let consumer: StreamConsumer = testkit::consumer_config(&testkit::unique_name("verify"))
         .set("bootstrap.servers", brokers)
-        .set("group.id", testkit::unique_name("verify"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "20")
         .create()
         .expect("consumer");

@@ -15,7 +15,6 @@ use command_host::relay::{RelayConfig, run_relay};
 use command_host::testkit;
 use domain::event::PostLiked;
 use domain::{EventEnvelope, EventMetadata, PostEvent, PostId, Timestamp, UserId, Version};
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use tokio::sync::{Notify, watch};
@@ -134,11 +133,8 @@ async fn the_next_batch_is_published_while_the_last_one_is_being_marked() {
     });
     let brokers = testkit::kafka_brokers();
     let topic = testkit::fresh_topic("relay", 1).await;
-    let consumer: StreamConsumer = ClientConfig::new()
+    let consumer: StreamConsumer = testkit::consumer_config(&testkit::unique_name("relay-verify"))
         .set("bootstrap.servers", &brokers)
-        .set("group.id", testkit::unique_name("relay-verify"))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "20")
         .create()
         .expect("consumer");

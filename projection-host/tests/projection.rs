@@ -342,22 +342,13 @@ async fn batches_find_rows_by_key_after_the_table_outgrew_its_statistics() {
             .await
             .expect("connect");
     tokio::spawn(connection);
-    admin
-        .batch_execute(&format!(
-            "ALTER TABLE {rm}.posts SET (autovacuum_enabled = false)"
-        ))
-        .await
-        .expect("keep autovacuum off the table");
     let mut posts = Vec::new();
     for author in ["alice", "bob", "carol"] {
         let (id, created) = w.create(author).await;
         model.apply_batch(&*w.store, &created).await.expect("apply");
         posts.push(id);
     }
-    admin
-        .batch_execute(&format!("ANALYZE {rm}.posts"))
-        .await
-        .expect("analyze");
+    testkit::analyze_and_hold_statistics(&admin, &rm, "posts").await;
     // More than five executions of each statement: the connection now uses
     // generic plans, made for a table of three rows.
     let likers = [

@@ -14,18 +14,14 @@ use command_host::testkit;
 use projection_host::consumer::{ConsumerConfig, Projection, run_consumer, stuck_partitions};
 use projection_host::projector::ReadModel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, StreamConsumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use support::world;
 use tokio::sync::watch;
 
 const CONVERGE: Duration = Duration::from_secs(30);
 
 fn consumer(group: &str) -> StreamConsumer {
-    ClientConfig::new()
-        .set("bootstrap.servers", testkit::kafka_brokers())
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
+    testkit::consumer_config(group)
         .set("fetch.wait.max.ms", "20")
         .create()
         .expect("consumer")
@@ -170,13 +166,9 @@ async fn a_consumer_holding_nothing_while_its_group_stands_still_rejoins_without
     // the group (a static member does not leave when it closes, as a killed
     // process does not): the group's next rebalance waits for it, and on tansu
     // nothing expires it until a member without an instance id turns up.
-    let gone: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", testkit::kafka_brokers())
-        .set("group.id", &group)
+    let gone: BaseConsumer = testkit::consumer_config(&group)
         .set("group.instance.id", testkit::unique_name("gone"))
         .set("session.timeout.ms", "6000")
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
         .create()
         .expect("consumer");
     gone.subscribe(&[&topic]).expect("subscribe");

@@ -499,21 +499,11 @@ async fn bad_input_is_400_and_the_host_keeps_serving() {
 async fn reads_find_posts_by_key_after_the_table_outgrew_its_statistics() {
     let app = spawn_app(Duration::from_secs(1)).await;
     let admin = app.pool.get().await.expect("conn");
-    admin
-        .batch_execute(&format!(
-            "ALTER TABLE {}.posts SET (autovacuum_enabled = false)",
-            app.rm
-        ))
-        .await
-        .expect("keep autovacuum off the table");
     let mut posts = Vec::new();
     for (i, author) in ["alice", "bob", "carol"].into_iter().enumerate() {
         posts.push(app.post(author, BASE + i as i64, 0, 0, 1).await);
     }
-    admin
-        .batch_execute(&format!("ANALYZE {}.posts", app.rm))
-        .await
-        .expect("analyze");
+    testkit::analyze_and_hold_statistics(&admin, &app.rm, "posts").await;
     // One request at a time, so they reuse a connection: after five, it runs
     // generic plans made for a table of three rows.
     for _ in 0..20 {
