@@ -45,12 +45,14 @@ fn optional_service(var: &str, name: &str, suite: &str) -> Option<String> {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
             // Written to the process's stderr directly: the test harness captures
-            // `eprintln!`, and a skip must never be silent.
+            // `eprintln!`, and a skip must never be silent. One write of the whole
+            // line: `writeln!` writes it in pieces, between which libtest's own
+            // output from other threads landed and split it.
             use std::io::Write as _;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED: {suite}: {var} is not set, so the {name} adapter was NOT tested here"
+            let line = format!(
+                "SKIPPED: {suite}: {var} is not set, so the {name} adapter was NOT tested here\n"
             );
+            let _ = std::io::stderr().write_all(line.as_bytes());
             None
         }
     }
