@@ -8,7 +8,8 @@
 #   query host    GET /posts/{id}, GET /posts        vs  pgbench point selects/s
 #   replay        events/s rebuilt                   vs  COPY rows/s of the same rows
 #   outbox        (baseline only) broker produce msgs/s with the relay's settings
-#   live pipeline lag p99 (command to projection) at half the create rate
+#   live pipeline lag p99 (command to projection) at half and a quarter of the
+#                 create rate (creates on a fixed schedule), and at a low rate
 #
 # Each host runs alone during its own load, as its baseline does.
 # Prints one Markdown table. Loopback only; every load is bounded in time.
@@ -103,8 +104,29 @@ for line in io.lines(os.getenv("TOKENS")) do tokens[#tokens + 1] = line end
 local f = os.getenv("IDS") and io.open(os.getenv("IDS"))
 if f then f:close(); for line in io.lines(os.getenv("IDS")) do ids[#ids + 1] = line end end
 local mode = os.getenv("MODE")
-local pause = tonumber(os.getenv("DELAY_MS") or "0")
-if pause > 0 then delay = function() return pause end end
+-- RATE: requests per second in all, sent on a fixed schedule (open loop).
+-- Each of wrk's two threads takes every other slot of the schedule; a
+-- response frees its connection for the next free slot, so a slow response
+-- does not push the following requests back, as it would with a fixed pause
+-- per connection (which lowers the load exactly when the system is slow, and
+-- hides the tail that real, independent clients would see).
+local rate = tonumber(os.getenv("RATE") or "0")
+if rate > 0 then
+  local ffi = require("ffi")
+  ffi.cdef[[ typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+             int clock_gettime(int clock, bench_timespec *ts); ]]
+  local ts = ffi.new("bench_timespec")
+  local function now_ms()
+    ffi.C.clock_gettime(1, ts) -- CLOCK_MONOTONIC
+    return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+  end
+  local period, next_at = 2 * 1000 / rate, nil
+  delay = function()
+    local now = now_ms()
+    next_at = math.max((next_at or now) + period, now)
+    return next_at - now
+  end
+end
 request = function()
   local token = tokens[math.random(#tokens)]
   if mode == "create" then
@@ -207,13 +229,21 @@ copy_rate=$(( rows * 1000 / (copy_ms > 0 ? copy_ms : 1) ))
 rm -f "$work/events.copy"
 
 # --- live pipeline ----------------------------------------------------------
-# Paced creates (wrk's per-request delay) into a fresh event store and topic,
+# Creates on a fixed schedule (open loop: see RATE in load.lua) into a fresh
+# event store and topic,
 # with the projection host consuming live, each run on a broker with a fresh
 # store (a grown tansu store is slower). The lag of each event (command to projection)
 # lands in the projection host's histogram; its p99 is read from the buckets.
 # Two rates: half the create rate measured above (the target's load) and
 # BENCH_LIVE_LOW_RATE (200/s), a rate the broker here keeps up with.
-live_run() { # name rate; sets live_result="rps events caught_up p50 p99"
+# The machine's CPU (all cores, every process: load generator, PostgreSQL,
+# broker, hosts) over the load, from /proc/stat: "busy total" ticks.
+cpu_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8}' /proc/stat; }
+cpu_busy() { # "busy total" before, after -> percent busy
+  awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " ");
+    t = y[2] - x[2]; if (t > 0) printf "%d%%", 100 * (y[1] - x[1]) / t; else print "n/a" }'
+}
+live_run() { # name rate; sets live_result="rps events caught_up cpu p50 p99"
   local name=$1 rate=$2 live_schema="${schema}_$1"
   "$here/services.sh" stop-broker >/dev/null
   rm -rf "$SOURCEGRAM_STATE_DIR/tansu"
@@ -242,9 +272,10 @@ live_run() { # name rate; sets live_result="rps events caught_up p50 p99"
     sleep 0.1
   done
   curl -fsS http://127.0.0.1:18093/metrics >"$work/lag-before"
-  local connections=64 delay_ms rps p99 errors events caught_up=no
-  delay_ms=$(( rate > 0 ? connections * 1000 / rate : 1000 ))
-  read -r rps p99 errors < <(DELAY_MS=$delay_ms MODE=create wrk_run "$connections" http://127.0.0.1:18091 "$work/load.lua")
+  local connections=64 rps p99 errors events caught_up=no busy_before busy
+  busy_before=$(cpu_ticks)
+  read -r rps p99 errors < <(RATE=$rate MODE=create wrk_run "$connections" http://127.0.0.1:18091 "$work/load.lua")
+  busy=$(cpu_busy "$busy_before" "$(cpu_ticks)")
   events=$(psql_ -c "SELECT count(*) FROM $live_schema.events")
   for _ in $(seq 1 1200); do
     projected=$(metric 18093 'sourcegram_events_projected_total{projection="read_model"}')
@@ -266,16 +297,20 @@ live_run() { # name rate; sets live_result="rps events caught_up p50 p99"
       for (i = 1; i <= n; i++) if (count[i] >= 0.99 * total) { p99 = show(bound[i]); break }
       print p50, p99 }' "$work/lag-before" "$work/lag-after")
   stop_last; stop_last
-  live_result="$rps $events $caught_up $lag"
+  live_result="$rps $events $caught_up $busy $lag"
 }
 live_half=$(( create_rps / 2 ))
+live_quarter=$(( create_rps / 4 ))
 live_low="${BENCH_LIVE_LOW_RATE:-200}"
 say "live pipeline: about $live_half creates/s (half the create rate) with the projection host consuming"
 live_run half "$live_half"
-read -r half_rps half_events half_caught half_p50 half_p99 <<<"$live_result"
+read -r half_rps half_events half_caught half_cpu half_p50 half_p99 <<<"$live_result"
+say "live pipeline: about $live_quarter creates/s (a quarter of the create rate)"
+live_run quarter "$live_quarter"
+read -r quarter_rps quarter_events quarter_caught quarter_cpu quarter_p50 quarter_p99 <<<"$live_result"
 say "live pipeline: about $live_low creates/s"
 live_run low "$live_low"
-read -r low_rps low_events low_caught low_p50 low_p99 <<<"$live_result"
+read -r low_rps low_events low_caught low_cpu low_p50 low_p99 <<<"$live_result"
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 cat <<EOF
@@ -289,10 +324,12 @@ cat <<EOF
 | GET /posts?limit=20, 64 connections | $list_rps req/s (non-2xx: $list_err) | $list_p99 ms | pgbench point select: $select_tps/s | $(ratio "$list_rps" "$select_tps") |
 | replay, $replay_total events | $replay_rate events/s, peak RSS $replay_rss_mb MB | | COPY of $rows event rows: $copy_rate rows/s | $(ratio "$replay_rate" "$copy_rate") |
 | outbox during the write loads | ${published:-0} of $total events published by the end of the loads | | broker produce (relay settings): $produce_rate msgs/s | |
-| live pipeline at half the create rate | $half_rps creates/s, $half_events events, caught up within 120 s: $half_caught; lag p50 $half_p50 | lag $half_p99 | | |
-| live pipeline at $live_low creates/s | $low_rps creates/s, $low_events events, caught up within 120 s: $low_caught; lag p50 $low_p50 | lag $low_p99 | | |
+| live pipeline at half the create rate | $half_rps creates/s, $half_events events, caught up within 120 s: $half_caught; machine CPU busy $half_cpu; lag p50 $half_p50 | lag $half_p99 | | |
+| live pipeline at a quarter of the create rate | $quarter_rps creates/s, $quarter_events events, caught up within 120 s: $quarter_caught; machine CPU busy $quarter_cpu; lag p50 $quarter_p50 | lag $quarter_p99 | | |
+| live pipeline at $live_low creates/s | $low_rps creates/s, $low_events events, caught up within 120 s: $low_caught; machine CPU busy $low_cpu; lag p50 $low_p50 | lag $low_p99 | | |
 
 EOF
 psql_ -c "DROP SCHEMA $schema CASCADE; DROP SCHEMA ${schema}_rm CASCADE; DROP SCHEMA ${schema}_nt CASCADE; DROP SCHEMA ${schema}_held CASCADE;
           DROP SCHEMA ${schema}_half CASCADE; DROP SCHEMA ${schema}_half_rm CASCADE; DROP SCHEMA ${schema}_half_nt CASCADE;
+          DROP SCHEMA ${schema}_quarter CASCADE; DROP SCHEMA ${schema}_quarter_rm CASCADE; DROP SCHEMA ${schema}_quarter_nt CASCADE;
           DROP SCHEMA ${schema}_low CASCADE; DROP SCHEMA ${schema}_low_rm CASCADE; DROP SCHEMA ${schema}_low_nt CASCADE" 2>/dev/null || true
