@@ -29,6 +29,7 @@ cleanup() {
   # Writers still running (a drill failed midway) must not outlive the drill.
   touch "$work/stop"
   kill $(jobs -p) 2>/dev/null || true
+  stack_drop_schemas
   stack_down
   if [[ -n "${DRILL_KEEP:-}" ]]; then say "kept $work"; else rm -rf "$work"; fi
 }

@@ -13,6 +13,7 @@ stack_init "${HOSTILE_KAFKA_PORT:-19096}" 18381
 say() { printf 'hostile: %s\n' "$*" >&2; }
 trap 'say "failed at line $LINENO: $BASH_COMMAND"' ERR
 cleanup() {
+  stack_drop_schemas
   stack_down
   rm -rf "$work"
 }

@@ -30,6 +30,14 @@ stack_up() {
   bin="$CARGO_TARGET_DIR/$SOURCEGRAM_PROFILE"
 }
 
+# stack_drop_schemas: drops the schemas stack_up made (the drills keep them
+# with DRILL_KEEP set, for inspection).
+stack_drop_schemas() {
+  [[ -n "${schema:-}" && -z "${DRILL_KEEP:-}" ]] || return 0
+  psql "$POSTGRES_URL" -qAtX -c "DROP SCHEMA IF EXISTS $schema CASCADE; DROP SCHEMA IF EXISTS ${schema}_rm CASCADE;
+    DROP SCHEMA IF EXISTS ${schema}_nt CASCADE" >/dev/null 2>&1 || true
+}
+
 # stack_down: stops what stack_up started.
 stack_down() {
   "$lib_dir/down.sh" >/dev/null 2>&1 || true

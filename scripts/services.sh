@@ -8,6 +8,9 @@
 #   scripts/services.sh stop-broker    stop only the broker this script started
 #   scripts/services.sh restart-broker stop and start the broker (its data survives)
 #   scripts/services.sh status         what is up
+#   scripts/services.sh prune          drop the schemas tests, drills and benches left
+#                                      (tests keep theirs for inspection); run it when
+#                                      no tests run against the same database
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -193,6 +196,18 @@ case "${1:-start}" in
     fi
     stop_broker
     start_broker
+    ;;
+  prune)
+    # Names the tests make (prefix, "_", 32 hex digits) and the scripts make
+    # (drill_, hostile_, bench_ and a timestamp, with their suffixes).
+    pattern='^[a-z0-9_]+_[0-9a-f]{32}$|^(drill|hostile|bench)_[0-9]+(_[a-z]+)?$'
+    start_postgres >/dev/null
+    count=$(psql "$POSTGRES_URL" -qAtX -c "SELECT count(*) FROM pg_namespace WHERE nspname ~ '$pattern'")
+    # One session, one statement (and transaction) per schema.
+    psql "$POSTGRES_URL" -qAtX -c "SELECT format('DROP SCHEMA %I CASCADE;', nspname)
+                                   FROM pg_namespace WHERE nspname ~ '$pattern'" |
+      PGOPTIONS='-c client_min_messages=warning' psql "$POSTGRES_URL" -qAtX -v ON_ERROR_STOP=1 >/dev/null
+    say "dropped $count schemas"
     ;;
   status)
     if wait_for_port "$PG_PORT" 0; then echo "postgres: up on 127.0.0.1:$PG_PORT"; else echo "postgres: down"; fi
