@@ -15,24 +15,14 @@ use crate::projector::{
     BatchOutcome, ProjectionError, group_by_stream, in_order, keyed_transaction, pending_events,
 };
 
-/// One statement of a batch, with its parameters.
-enum Effect {
-    PostCreated {
-        post: Uuid,
-        author: String,
-    },
-    Notify {
-        event_id: Uuid,
-        kind: &'static str,
-        actor: String,
-        comment: Option<Uuid>,
-        at: SystemTime,
-        post: Uuid,
-    },
-    Progress {
-        post: Uuid,
-        version: i64,
-    },
+/// A notification of a batch, with its parameters.
+struct Notify {
+    event_id: Uuid,
+    kind: &'static str,
+    actor: String,
+    comment: Option<Uuid>,
+    at: SystemTime,
+    post: Uuid,
 }
 
 #[derive(Debug)]
@@ -62,12 +52,16 @@ impl Notifications {
                 lock_progress: format!(
                     "SELECT stream_id, version FROM {s}.progress WHERE stream_id = ANY($1) ORDER BY stream_id FOR UPDATE"
                 ),
+                // The progress of every stream of a batch, and every new post's
+                // author, each in one statement.
                 set_progress: format!(
-                    "INSERT INTO {s}.progress (stream_id, version) VALUES ($1, $2)
+                    "INSERT INTO {s}.progress (stream_id, version)
+                     SELECT * FROM unnest($1::uuid[], $2::bigint[])
                      ON CONFLICT (stream_id) DO UPDATE SET version = EXCLUDED.version"
                 ),
                 post_created: format!(
-                    "INSERT INTO {s}.post_authors (post_id, author) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+                    "INSERT INTO {s}.post_authors (post_id, author)
+                     SELECT * FROM unnest($1::uuid[], $2::text[]) ON CONFLICT DO NOTHING"
                 ),
                 // Nobody is told about their own likes and comments.
                 notify: format!(
@@ -104,16 +98,20 @@ impl Notifications {
             let version: i64 = row.get(1);
             progress.insert(row.get(0), version.max(0).unsigned_abs());
         }
-        // Gaps are healed from the store first; then every statement of the batch
-        // is sent before the first answer is read (pipelined, run in the order
-        // sent), as the read model does.
-        let mut effects = Vec::new();
+        // Gaps are healed from the store first. Then the batch's new posts are
+        // recorded in one statement (a create is its stream's first event, so
+        // its author is known before any like or comment of the same batch),
+        // the notifications follow, all sent before the first answer is read
+        // (pipelined, run in the order sent), and the streams' progress last,
+        // in one statement.
+        let (mut authors, mut notifies) = ((Vec::new(), Vec::new()), Vec::new());
+        let mut progress_rows = (Vec::new(), Vec::new());
         for (stream, events) in &by_stream {
             let done = progress.get(&stream.as_uuid()).copied().unwrap_or(0);
             let pending = pending_events(store, *stream, done, events, &mut outcome).await?;
             let post = stream.as_uuid();
             for (envelope, event) in &pending {
-                let notify = |kind, actor: &domain::UserId, comment| Effect::Notify {
+                let notify = |kind, actor: &domain::UserId, comment| Notify {
                     event_id: envelope.event_id,
                     kind,
                     actor: actor.as_str().to_owned(),
@@ -122,45 +120,40 @@ impl Notifications {
                     post,
                 };
                 match event {
-                    PostEvent::PostCreated(e) => effects.push(Effect::PostCreated {
-                        post,
-                        author: e.author.as_str().to_owned(),
-                    }),
-                    PostEvent::PostLiked(e) => effects.push(notify("liked", &e.user, None)),
+                    PostEvent::PostCreated(e) => {
+                        authors.0.push(post);
+                        authors.1.push(e.author.as_str().to_owned());
+                    }
+                    PostEvent::PostLiked(e) => notifies.push(notify("liked", &e.user, None)),
                     PostEvent::CommentAdded(e) => {
-                        effects.push(notify("commented", &e.author, Some(e.comment_id.as_uuid())))
+                        notifies.push(notify("commented", &e.author, Some(e.comment_id.as_uuid())))
                     }
                     _ => {}
                 }
                 outcome.applied += 1;
             }
             if let Some((last, _)) = pending.last() {
-                let version = i64::try_from(last.version.get()).unwrap_or(i64::MAX);
-                effects.push(Effect::Progress { post, version });
+                progress_rows.0.push(post);
+                progress_rows
+                    .1
+                    .push(i64::try_from(last.version.get()).unwrap_or(i64::MAX));
             }
         }
-        in_order(effects.iter().map(|effect| async {
-            match effect {
-                Effect::PostCreated { post, author } => {
-                    tx.execute(&post_created, &[post, author]).await
-                }
-                Effect::Notify {
-                    event_id,
-                    kind,
-                    actor,
-                    comment,
-                    at,
-                    post,
-                } => {
-                    tx.execute(&notify, &[event_id, kind, actor, comment, at, post])
-                        .await
-                }
-                Effect::Progress { post, version } => {
-                    tx.execute(&set_progress, &[post, version]).await
-                }
-            }
+        if !authors.0.is_empty() {
+            tx.execute(&post_created, &[&authors.0, &authors.1]).await?;
+        }
+        in_order(notifies.iter().map(|n| async {
+            tx.execute(
+                &notify,
+                &[&n.event_id, &n.kind, &n.actor, &n.comment, &n.at, &n.post],
+            )
+            .await
         }))
         .await?;
+        if !progress_rows.0.is_empty() {
+            tx.execute(&set_progress, &[&progress_rows.0, &progress_rows.1])
+                .await?;
+        }
         tx.commit().await?;
         Ok(outcome)
     }

@@ -60,8 +60,12 @@ impl Sql {
     fn new(s: &str) -> Self {
         Self {
             lock_versions: format!("SELECT id, version FROM {s}.posts WHERE id = ANY($1) ORDER BY id FOR UPDATE"),
+            // Every new post of a batch in one statement (a create is always
+            // its stream's first event, so writing them first keeps each
+            // stream's order).
             post_created: format!(
-                "INSERT INTO {s}.posts (id, author, message, created_at, version) VALUES ($1, $2, $3, $4, $5)"
+                "INSERT INTO {s}.posts (id, author, message, created_at, version)
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[])"
             ),
             message_edited: format!("UPDATE {s}.posts SET message = $2, edited_at = $3, version = $4 WHERE id = $1"),
             post_liked: format!(
@@ -153,11 +157,17 @@ impl ReadModel {
             to_apply.extend(pending);
         }
         outcome.applied = to_apply.len();
-        // One statement per event, all sent before the first answer is read
-        // (pipelined on the connection), so a batch costs about one round trip
-        // instead of one per event. The server runs them in the order sent.
+        // New posts first, all in one statement: a create is its stream's
+        // first event, so nothing of the same stream can come before it.
+        let (created, changed): (Vec<_>, Vec<_>) = to_apply
+            .iter()
+            .partition(|(_, event)| matches!(event, PostEvent::PostCreated(_)));
+        insert_created(&tx, &statements, &created).await?;
+        // Then one statement per other event, all sent before the first answer
+        // is read (pipelined on the connection), so they cost about one round
+        // trip instead of one per event. The server runs them in the order sent.
         in_order(
-            to_apply
+            changed
                 .iter()
                 .map(|(envelope, event)| write_effect(&tx, &statements, envelope, event)),
         )
@@ -285,6 +295,34 @@ where
     Ok(done.into_iter().flatten().collect())
 }
 
+/// Inserts the posts `created` (each a `PostCreated` event) in one statement.
+async fn insert_created(
+    tx: &tokio_postgres::Transaction<'_>,
+    statements: &Statements,
+    created: &[&(EventEnvelope, PostEvent)],
+) -> Result<(), tokio_postgres::Error> {
+    let mut ids = Vec::with_capacity(created.len());
+    let (mut authors, mut messages) = (Vec::new(), Vec::new());
+    let (mut times, mut versions) = (Vec::new(), Vec::new());
+    for (envelope, event) in created {
+        if let PostEvent::PostCreated(e) = event {
+            ids.push(envelope.stream_id.as_uuid());
+            authors.push(e.author.as_str());
+            messages.push(e.message.as_str());
+            times.push(SystemTime::from(e.created_at));
+            versions.push(i64::try_from(envelope.version.get()).unwrap_or(i64::MAX));
+        }
+    }
+    if !ids.is_empty() {
+        tx.execute(
+            &statements.post_created,
+            &[&ids, &authors, &messages, &times, &versions],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 async fn write_effect(
     tx: &tokio_postgres::Transaction<'_>,
     statements: &Statements,
@@ -296,16 +334,8 @@ async fn write_effect(
     let at = |t: domain::Timestamp| SystemTime::from(t);
     let sql = statements;
     match event {
-        PostEvent::PostCreated(e) => {
-            let params: [&(dyn ToSql + Sync); 5] = [
-                &id,
-                &e.author.as_str(),
-                &e.message.as_str(),
-                &at(e.created_at),
-                &version,
-            ];
-            tx.execute(&sql.post_created, &params).await
-        }
+        // Written by `insert_created`, before the batch's other events.
+        PostEvent::PostCreated(_) => Ok(0),
         PostEvent::MessageEdited(e) => {
             tx.execute(
                 &sql.message_edited,
