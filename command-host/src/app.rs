@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -120,8 +121,11 @@ pub(crate) fn registry_batcher<R: CommandRecords + 'static>(
 ) -> Batcher<StreamHead, ()> {
     Batcher::new(
         BatchLimits {
-            max_items: 128,
+            max_items: 512,
             max_in_flight: 1,
+            // Nobody waits for these rows: gather up to 20 ms of them per
+            // statement (under load, 4-5 heads a statement without it).
+            linger: Duration::from_millis(20),
         },
         move |heads: Vec<StreamHead>| {
             let (records, metrics) = (Arc::clone(&records), metrics.clone());

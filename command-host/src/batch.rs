@@ -14,6 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
@@ -28,6 +29,11 @@ pub struct BatchLimits {
     /// Batches at the store at the same time; further items wait and form the
     /// next batch.
     pub max_in_flight: usize,
+    /// How long a batch keeps collecting after its first item (up to
+    /// `max_items`). Zero for writes a caller waits on; longer for detached
+    /// items nobody waits for, so that they cost the store fewer, bigger
+    /// statements and commits.
+    pub linger: Duration,
 }
 
 /// Hands items to an `execute` function in batches. `execute` must answer with
@@ -75,6 +81,7 @@ impl<T: Send + 'static, O: Send + 'static> Batcher<T, O> {
         let limits = BatchLimits {
             max_items: limits.max_items.max(1),
             max_in_flight: limits.max_in_flight.max(1),
+            ..limits
         };
         Self {
             sender: Mutex::new(None),
@@ -157,10 +164,15 @@ async fn collect<T: Send + 'static, O: Send + 'static>(
             return;
         };
         let mut batch = vec![first];
+        let until = tokio::time::Instant::now() + limits.linger;
         while batch.len() < limits.max_items {
             match jobs.try_recv() {
                 Ok(job) => batch.push(job),
-                Err(_) => break,
+                Err(_) if limits.linger.is_zero() => break,
+                Err(_) => match tokio::time::timeout_at(until, jobs.recv()).await {
+                    Ok(Some(job)) => batch.push(job),
+                    Ok(None) | Err(_) => break,
+                },
             }
         }
         let execute = Arc::clone(&execute);
@@ -191,6 +203,7 @@ mod tests {
             BatchLimits {
                 max_items: 100,
                 max_in_flight: 1,
+                linger: Duration::ZERO,
             },
             move |items: Vec<u32>| {
                 let batches = Arc::clone(&batches);
@@ -242,6 +255,7 @@ mod tests {
             BatchLimits {
                 max_items: 4,
                 max_in_flight: 1,
+                linger: Duration::ZERO,
             },
             {
                 let (batches, done) = (Arc::clone(&batches), Arc::clone(&done));
@@ -282,6 +296,38 @@ mod tests {
                 .build()
                 .expect("runtime");
             assert_eq!(runtime.block_on(batcher.submit(3)), Some(6));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lingering_batch_gathers_items_that_arrive_while_it_waits() {
+        let batch_sizes = Arc::new(Mutex::new(Vec::new()));
+        let lingering = |linger| {
+            let sizes = Arc::clone(&batch_sizes);
+            Batcher::new(
+                BatchLimits {
+                    max_items: 100,
+                    max_in_flight: 1,
+                    linger,
+                },
+                move |items: Vec<u32>| {
+                    sizes.lock().unwrap().push(items.len());
+                    async move { vec![(); items.len()] }
+                },
+            )
+        };
+        for (linger, expected) in [
+            (Duration::ZERO, vec![1, 1, 1, 1]),
+            (Duration::from_millis(200), vec![4]),
+        ] {
+            batch_sizes.lock().unwrap().clear();
+            let batcher = lingering(linger);
+            for i in 0..4 {
+                batcher.submit_detached(i);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            batcher.idle().await;
+            assert_eq!(*batch_sizes.lock().unwrap(), expected, "linger {linger:?}");
         }
     }
 }

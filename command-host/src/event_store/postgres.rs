@@ -141,6 +141,7 @@ impl PostgresEventStore {
             BatchLimits {
                 max_items: APPEND_BATCH_ITEMS,
                 max_in_flight: APPEND_BATCHES_IN_FLIGHT,
+                linger: std::time::Duration::ZERO,
             },
             {
                 let (pool, statements) = (pool.clone(), Arc::clone(&statements));
