@@ -104,8 +104,9 @@ impl Notifications {
         // the notifications follow, all sent before the first answer is read
         // (pipelined, run in the order sent), and the streams' progress last,
         // in one statement.
-        let (mut authors, mut notifies) = ((Vec::new(), Vec::new()), Vec::new());
-        let mut progress_rows = (Vec::new(), Vec::new());
+        let (mut new_posts, mut authors) = (Vec::new(), Vec::new());
+        let (mut streams, mut versions) = (Vec::new(), Vec::new());
+        let mut notifies = Vec::new();
         for (stream, events) in &by_stream {
             let done = progress.get(&stream.as_uuid()).copied().unwrap_or(0);
             let pending = pending_events(store, *stream, done, events, &mut outcome).await?;
@@ -121,8 +122,8 @@ impl Notifications {
                 };
                 match event {
                     PostEvent::PostCreated(e) => {
-                        authors.0.push(post);
-                        authors.1.push(e.author.as_str().to_owned());
+                        new_posts.push(post);
+                        authors.push(e.author.as_str().to_owned());
                     }
                     PostEvent::PostLiked(e) => notifies.push(notify("liked", &e.user, None)),
                     PostEvent::CommentAdded(e) => {
@@ -133,14 +134,12 @@ impl Notifications {
                 outcome.applied += 1;
             }
             if let Some((last, _)) = pending.last() {
-                progress_rows.0.push(post);
-                progress_rows
-                    .1
-                    .push(i64::try_from(last.version.get()).unwrap_or(i64::MAX));
+                streams.push(post);
+                versions.push(i64::try_from(last.version.get()).unwrap_or(i64::MAX));
             }
         }
-        if !authors.0.is_empty() {
-            tx.execute(&post_created, &[&authors.0, &authors.1]).await?;
+        if !new_posts.is_empty() {
+            tx.execute(&post_created, &[&new_posts, &authors]).await?;
         }
         in_order(notifies.iter().map(|n| async {
             tx.execute(
@@ -150,9 +149,8 @@ impl Notifications {
             .await
         }))
         .await?;
-        if !progress_rows.0.is_empty() {
-            tx.execute(&set_progress, &[&progress_rows.0, &progress_rows.1])
-                .await?;
+        if !streams.is_empty() {
+            tx.execute(&set_progress, &[&streams, &versions]).await?;
         }
         tx.commit().await?;
         Ok(outcome)
