@@ -243,7 +243,22 @@ cpu_busy() { # "busy total" before, after -> percent busy
   awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " ");
     t = y[2] - x[2]; if (t > 0) printf "%d%%", 100 * (y[1] - x[1]) / t; else print "n/a" }'
 }
-live_run() { # name rate; sets live_result="rps events caught_up cpu p50 p99"
+# p50 and p99 of a histogram over the load, as bucket bounds: the growth of
+# each bucket whose line starts with $1 between two /metrics snapshots.
+quantiles() { # bucket-line-prefix before after -> "p50 p99"
+  awk -v prefix="$1" '
+    function show(b) { return b == "+Inf" ? ">5000ms" : "<=" b * 1000 "ms" }
+    index($1, prefix) == 1 {
+      le = $1; sub(/.*le="/, "", le); sub(/".*/, "", le)
+      if (FILENAME ~ /before/) { was[le] = $2 } else { n++; bound[n] = le; count[n] = $2 - was[le] } }
+    END {
+      total = count[n]
+      if (n == 0 || total <= 0) { print "none none"; exit }
+      for (i = 1; i <= n; i++) if (count[i] >= 0.5 * total) { p50 = show(bound[i]); break }
+      for (i = 1; i <= n; i++) if (count[i] >= 0.99 * total) { p99 = show(bound[i]); break }
+      print p50, p99 }' "$2" "$3"
+}
+live_run() { # name rate; sets live_result="rps events caught_up cpu p50 p99 outbox_p50 outbox_p99 transit_p50 transit_p99"
   local name=$1 rate=$2 live_schema="${schema}_$1"
   "$here/services.sh" stop-broker >/dev/null
   rm -rf "$SOURCEGRAM_STATE_DIR/tansu"
@@ -272,6 +287,7 @@ live_run() { # name rate; sets live_result="rps events caught_up cpu p50 p99"
     sleep 0.1
   done
   curl -fsS http://127.0.0.1:18093/metrics >"$work/lag-before"
+  curl -fsS http://127.0.0.1:18091/metrics >"$work/outbox-before"
   local connections=64 rps p99 errors events caught_up=no busy_before busy
   busy_before=$(cpu_ticks)
   read -r rps p99 errors < <(RATE=$rate MODE=create wrk_run "$connections" http://127.0.0.1:18091 "$work/load.lua")
@@ -282,35 +298,29 @@ live_run() { # name rate; sets live_result="rps events caught_up cpu p50 p99"
     (( ${projected:-0} >= events )) && { caught_up=yes; break; }
     sleep 0.1
   done
-  local lag
+  local lag outbox transit
   curl -fsS http://127.0.0.1:18093/metrics >"$work/lag-after"
-  lag=$(awk '
-    function show(b) { return b == "+Inf" ? ">5000ms" : "<=" b * 1000 "ms" }
-    /^sourcegram_projection_lag_seconds_bucket\{projection="read_model",/ {
-      le = $1; sub(/.*le="/, "", le); sub(/".*/, "", le)
-      if (FILENAME ~ /before/) { was[le] = $2 } else { n++; bound[n] = le; count[n] = $2 - was[le] } }
-    /^sourcegram_projection_lag_seconds_count\{projection="read_model"\}/ {
-      if (FILENAME ~ /before/) { was_total = $2 } else { total = $2 - was_total } }
-    END {
-      if (total <= 0) { print "none none"; exit }
-      for (i = 1; i <= n; i++) if (count[i] >= 0.5 * total) { p50 = show(bound[i]); break }
-      for (i = 1; i <= n; i++) if (count[i] >= 0.99 * total) { p99 = show(bound[i]); break }
-      print p50, p99 }' "$work/lag-before" "$work/lag-after")
+  curl -fsS http://127.0.0.1:18091/metrics >"$work/outbox-after"
+  lag=$(quantiles 'sourcegram_projection_lag_seconds_bucket{projection="read_model",' "$work/lag-before" "$work/lag-after")
+  # Where the lag went: command to the broker's acknowledgement (the outbox),
+  # the relay's producer to the read model's consumer (the broker).
+  outbox=$(quantiles 'sourcegram_outbox_delay_seconds_bucket{' "$work/outbox-before" "$work/outbox-after")
+  transit=$(quantiles 'sourcegram_broker_transit_seconds_bucket{projection="read_model",' "$work/lag-before" "$work/lag-after")
   stop_last; stop_last
-  live_result="$rps $events $caught_up $busy $lag"
+  live_result="$rps $events $caught_up $busy $lag $outbox $transit"
 }
 live_half=$(( create_rps / 2 ))
 live_quarter=$(( create_rps / 4 ))
 live_low="${BENCH_LIVE_LOW_RATE:-200}"
 say "live pipeline: about $live_half creates/s (half the create rate) with the projection host consuming"
 live_run half "$live_half"
-read -r half_rps half_events half_caught half_cpu half_p50 half_p99 <<<"$live_result"
+read -r half_rps half_events half_caught half_cpu half_p50 half_p99 half_outbox50 half_outbox99 half_transit50 half_transit99 <<<"$live_result"
 say "live pipeline: about $live_quarter creates/s (a quarter of the create rate)"
 live_run quarter "$live_quarter"
-read -r quarter_rps quarter_events quarter_caught quarter_cpu quarter_p50 quarter_p99 <<<"$live_result"
+read -r quarter_rps quarter_events quarter_caught quarter_cpu quarter_p50 quarter_p99 quarter_outbox50 quarter_outbox99 quarter_transit50 quarter_transit99 <<<"$live_result"
 say "live pipeline: about $live_low creates/s"
 live_run low "$live_low"
-read -r low_rps low_events low_caught low_cpu low_p50 low_p99 <<<"$live_result"
+read -r low_rps low_events low_caught low_cpu low_p50 low_p99 low_outbox50 low_outbox99 low_transit50 low_transit99 <<<"$live_result"
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 cat <<EOF
@@ -324,9 +334,9 @@ cat <<EOF
 | GET /posts?limit=20, 64 connections | $list_rps req/s (non-2xx: $list_err) | $list_p99 ms | pgbench point select: $select_tps/s | $(ratio "$list_rps" "$select_tps") |
 | replay, $replay_total events | $replay_rate events/s, peak RSS $replay_rss_mb MB | | COPY of $rows event rows: $copy_rate rows/s | $(ratio "$replay_rate" "$copy_rate") |
 | outbox during the write loads | ${published:-0} of $total events published by the end of the loads | | broker produce (relay settings): $produce_rate msgs/s | |
-| live pipeline at half the create rate | $half_rps creates/s, $half_events events, caught up within 120 s: $half_caught; machine CPU busy $half_cpu; lag p50 $half_p50 | lag $half_p99 | | |
-| live pipeline at a quarter of the create rate | $quarter_rps creates/s, $quarter_events events, caught up within 120 s: $quarter_caught; machine CPU busy $quarter_cpu; lag p50 $quarter_p50 | lag $quarter_p99 | | |
-| live pipeline at $live_low creates/s | $low_rps creates/s, $low_events events, caught up within 120 s: $low_caught; machine CPU busy $low_cpu; lag p50 $low_p50 | lag $low_p99 | | |
+| live pipeline at half the create rate | $half_rps creates/s, $half_events events, caught up within 120 s: $half_caught; machine CPU busy $half_cpu; lag p50 $half_p50; of which outbox (command to broker ack) p50 $half_outbox50, p99 $half_outbox99, broker (producer to consumer) p50 $half_transit50, p99 $half_transit99 | lag $half_p99 | | |
+| live pipeline at a quarter of the create rate | $quarter_rps creates/s, $quarter_events events, caught up within 120 s: $quarter_caught; machine CPU busy $quarter_cpu; lag p50 $quarter_p50; of which outbox (command to broker ack) p50 $quarter_outbox50, p99 $quarter_outbox99, broker (producer to consumer) p50 $quarter_transit50, p99 $quarter_transit99 | lag $quarter_p99 | | |
+| live pipeline at $live_low creates/s | $low_rps creates/s, $low_events events, caught up within 120 s: $low_caught; machine CPU busy $low_cpu; lag p50 $low_p50; of which outbox (command to broker ack) p50 $low_outbox50, p99 $low_outbox99, broker (producer to consumer) p50 $low_transit50, p99 $low_transit99 | lag $low_p99 | | |
 
 EOF
 psql_ -c "DROP SCHEMA $schema CASCADE; DROP SCHEMA ${schema}_rm CASCADE; DROP SCHEMA ${schema}_nt CASCADE; DROP SCHEMA ${schema}_held CASCADE;

@@ -442,6 +442,9 @@ struct Batch {
     envelopes: Vec<EventEnvelope>,
     next_offsets: BTreeMap<i32, i64>,
     newest_per_partition: BTreeMap<i32, domain::Timestamp>,
+    /// Per message: when the relay's producer created it (its Kafka
+    /// timestamp) and when this consumer received it.
+    transit: Vec<(domain::Timestamp, domain::Timestamp)>,
     received: usize,
 }
 
@@ -452,6 +455,12 @@ impl Batch {
 
     fn add(&mut self, message: &impl Message, metrics: &Metrics, name: &'static str) {
         self.received += 1;
+        if let Some(created) = message.timestamp().to_millis() {
+            self.transit.push((
+                domain::Timestamp::from_unix_millis(created),
+                command_host::clock::now(),
+            ));
+        }
         let next = self.next_offsets.entry(message.partition()).or_default();
         *next = (*next).max(message.offset() + 1);
         match message
@@ -513,6 +522,17 @@ fn record(metrics: &Metrics, name: &'static str, outcome: BatchOutcome, batch: &
             .envelopes
             .iter()
             .map(|e| now.millis_since(e.occurred_at) as f64 / 1000.0),
+    );
+    // The broker's share of that lag: from the relay's producer creating the
+    // message (its Kafka timestamp, just before the broker took it) until
+    // this consumer received it.
+    metrics.observe_many(
+        "sourcegram_broker_transit_seconds",
+        &[("projection", name.to_owned())],
+        batch
+            .transit
+            .iter()
+            .map(|(created, received)| received.millis_since(*created) as f64 / 1000.0),
     );
     for (partition, newest) in &batch.newest_per_partition {
         metrics.set_gauge(

@@ -127,6 +127,15 @@ async fn admin_replay_needs_the_token_and_reports_progress() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_default();
     assert!(lagged >= 1.0, "no lag observed:\n{metrics}");
+    // And the broker's share of it, from the relay's producer to this consumer.
+    let transited: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("sourcegram_broker_transit_seconds_count{projection=\"read_model\"} ")
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_default();
+    assert!(transited >= 1.0, "no broker transit observed:\n{metrics}");
     assert_eq!(
         call(addr, Method::GET, "/nowhere", None).await.0,
         StatusCode::NOT_FOUND
