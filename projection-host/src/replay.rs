@@ -226,6 +226,15 @@ impl<S: EventStore + 'static> Replayer<S> {
             buffer.push(rows);
         }
         buffer.copy_into(&self.pool, &next).await?;
+        // Statistics, as long-lived tables have: without them the first plans
+        // made on the swapped-in tables assume they are nearly empty.
+        self.pool
+            .get()
+            .await?
+            .batch_execute(&format!(
+                "ANALYZE {next}.posts; ANALYZE {next}.comments; ANALYZE {next}.likes"
+            ))
+            .await?;
 
         // Phase 2: catch up with what was appended during phase 1, while the live
         // projector keeps running.

@@ -288,6 +288,23 @@ async fn a_replay_during_writes_swaps_in_a_model_equal_to_the_store() {
         .await
         .expect("schemas");
     assert!(leftovers.is_empty(), "temporary schemas are dropped");
+    // The swapped-in tables come with statistics (a manual ANALYZE; autovacuum's
+    // would show as last_autoanalyze).
+    let unanalyzed = conn
+        .query(
+            "SELECT relname FROM pg_stat_user_tables WHERE schemaname = $1 AND last_analyze IS NULL",
+            &[&w.read_model],
+        )
+        .await
+        .expect("statistics");
+    assert!(
+        unanalyzed.is_empty(),
+        "tables swapped in without statistics: {:?}",
+        unanalyzed
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+    );
     stop.send(true).expect("stop");
     task.await.expect("consumer");
 }
