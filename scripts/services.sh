@@ -202,12 +202,12 @@ case "${1:-start}" in
     # (drill_, hostile_, bench_ and a timestamp, with their suffixes).
     pattern='^[a-z0-9_]+_[0-9a-f]{32}$|^(drill|hostile|bench)_[0-9]+(_[a-z]+)?$'
     start_postgres >/dev/null
-    count=$(psql "$POSTGRES_URL" -qAtX -c "SELECT count(*) FROM pg_namespace WHERE nspname ~ '$pattern'")
+    drops=$(psql "$POSTGRES_URL" -qAtX -c "SELECT format('DROP SCHEMA %I CASCADE;', nspname)
+                                           FROM pg_namespace WHERE nspname ~ '$pattern'")
     # One session, one statement (and transaction) per schema.
-    psql "$POSTGRES_URL" -qAtX -c "SELECT format('DROP SCHEMA %I CASCADE;', nspname)
-                                   FROM pg_namespace WHERE nspname ~ '$pattern'" |
-      PGOPTIONS='-c client_min_messages=warning' psql "$POSTGRES_URL" -qAtX -v ON_ERROR_STOP=1 >/dev/null
-    say "dropped $count schemas"
+    [[ -z "$drops" ]] || PGOPTIONS='-c client_min_messages=warning' \
+      psql "$POSTGRES_URL" -qAtX -v ON_ERROR_STOP=1 <<<"$drops" >/dev/null
+    say "dropped $(grep -c . <<<"$drops" || true) schemas"
     ;;
   status)
     if wait_for_port "$PG_PORT" 0; then echo "postgres: up on 127.0.0.1:$PG_PORT"; else echo "postgres: down"; fi
