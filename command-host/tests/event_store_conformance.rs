@@ -292,6 +292,53 @@ async fn the_outbox_hands_out_unpublished_events_oldest_first(store: &impl Event
 /// Two writers (two hosts) race on 30 streams while each also appends to 30
 /// streams of its own: each contested stream has one winner and one conflict,
 /// and every uncontested append goes in.
+async fn events_are_found_by_their_user_and_idempotency_key(store: &impl EventStore) {
+    let user = |name: &str| UserId::parse(name).expect("valid");
+    let key = testkit::unique_name("key");
+    let stream = new_stream();
+    let keyed = |version: u64, who: &str, key: Option<&str>| {
+        let mut event = liked(stream, version, who);
+        event.metadata.idempotency_key = key.map(str::to_owned);
+        event
+    };
+    // One command's two events under the key, then others' and unkeyed ones.
+    let events = vec![
+        keyed(1, "alice", None),
+        keyed(2, "alice", Some(&key)),
+        keyed(3, "alice", Some(&key)),
+        keyed(4, "bob", Some(&key)),
+        keyed(5, "alice", Some("another")),
+    ];
+    store
+        .append_to_stream(stream, Version::EMPTY, &events)
+        .await
+        .expect("append");
+    let found = store
+        .find_by_idempotency_key(&user("alice"), &key)
+        .await
+        .expect("find");
+    assert_eq!(
+        found,
+        events[1..3],
+        "alice's events under the key, in order"
+    );
+    assert_eq!(
+        store
+            .find_by_idempotency_key(&user("bob"), &key)
+            .await
+            .expect("find"),
+        events[3..4]
+    );
+    assert!(
+        store
+            .find_by_idempotency_key(&user("carol"), &key)
+            .await
+            .expect("find")
+            .is_empty(),
+        "keys are per user"
+    );
+}
+
 async fn two_writers_racing_on_many_streams<S: EventStore + 'static>(a: Arc<S>, b: Arc<S>) {
     let contested: Vec<PostId> = (0..30).map(|_| new_stream()).collect();
     for stream in &contested {
@@ -416,6 +463,9 @@ conformance!(stale_versions, |store| {
 });
 conformance!(read_all, |store| {
     read_all_streams_every_event_once_in_order(store).await
+});
+conformance!(idempotency_keys, |store| {
+    events_are_found_by_their_user_and_idempotency_key(&*store).await
 });
 conformance!(outbox, |store| {
     the_outbox_hands_out_unpublished_events_oldest_first(&*store).await

@@ -52,6 +52,14 @@ impl EventStore for HeldStore {
         self.inner.load_stream(stream_id, from).await
     }
 
+    async fn find_by_idempotency_key(
+        &self,
+        user: &UserId,
+        key: &str,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        self.inner.find_by_idempotency_key(user, key).await
+    }
+
     async fn read_all(
         &self,
         cursor: &ReadAllCursor,

@@ -7,7 +7,7 @@ pub mod postgres;
 
 use std::future::Future;
 
-use domain::{EventEnvelope, PostId, Version};
+use domain::{EventEnvelope, PostId, UserId, Version};
 
 /// Why the event store refused or failed a call.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -81,6 +81,16 @@ pub trait EventStore: Send + Sync {
         &self,
         stream_id: PostId,
         from: Version,
+    ) -> impl Future<Output = Result<Vec<EventEnvelope>, StoreError>> + Send;
+
+    /// The events `user` appended under idempotency key `key`, in stream and
+    /// version order: one command's events, since a key names one request.
+    /// This is how a retry learns that its first attempt was appended, even
+    /// when the host died before it could record the answer.
+    fn find_by_idempotency_key(
+        &self,
+        user: &UserId,
+        key: &str,
     ) -> impl Future<Output = Result<Vec<EventEnvelope>, StoreError>> + Send;
 
     /// Reads every stream, a page at a time, ordered by (stream_id, version), so a
@@ -170,6 +180,17 @@ impl EventStore for AnyEventStore {
         match self {
             Self::Postgres(store) => store.load_stream(stream_id, from).await,
             Self::Mongo(store) => store.load_stream(stream_id, from).await,
+        }
+    }
+
+    async fn find_by_idempotency_key(
+        &self,
+        user: &UserId,
+        key: &str,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        match self {
+            Self::Postgres(store) => store.find_by_idempotency_key(user, key).await,
+            Self::Mongo(store) => store.find_by_idempotency_key(user, key).await,
         }
     }
 

@@ -10,7 +10,7 @@ use mongodb::error::{Error as MongoError, ErrorKind, TRANSIENT_TRANSACTION_ERROR
 use mongodb::options::IndexOptions;
 use mongodb::{Client, Collection, IndexModel};
 
-use domain::{EventEnvelope, EventMetadata, PostId, Timestamp, Version};
+use domain::{EventEnvelope, EventMetadata, PostId, Timestamp, UserId, Version};
 
 use super::{EventStore, ReadAllCursor, ReadAllPage, StoreError};
 
@@ -126,6 +126,15 @@ impl MongoEventStore {
             .create_index(
                 IndexModel::builder()
                     .keys(doc! { "published": 1, "stream_id": 1, "version": 1 })
+                    .build(),
+            )
+            .await
+            .map_err(unavailable)?;
+        // A retry finds what its first attempt appended by the key in the metadata.
+        self.events
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "metadata.user": 1, "metadata.idempotency_key": 1 })
                     .build(),
             )
             .await
@@ -246,6 +255,19 @@ impl EventStore for MongoEventStore {
         self.find_all(
             doc! { "stream_id": stream_id.to_string(), "version": { "$gte": version_of(from.get()) } },
             doc! { "version": 1 },
+            None,
+        )
+        .await
+    }
+
+    async fn find_by_idempotency_key(
+        &self,
+        user: &UserId,
+        key: &str,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        self.find_all(
+            doc! { "metadata.user": user.as_str(), "metadata.idempotency_key": key },
+            doc! { "stream_id": 1, "version": 1 },
             None,
         )
         .await

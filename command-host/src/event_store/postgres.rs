@@ -12,7 +12,7 @@ use tokio_postgres::Row;
 use tokio_postgres::error::SqlState;
 use uuid::Uuid;
 
-use domain::{EventEnvelope, EventMetadata, PostId, Timestamp, Version};
+use domain::{EventEnvelope, EventMetadata, PostId, Timestamp, UserId, Version};
 
 use super::{EventStore, ReadAllCursor, ReadAllPage, StoreError};
 use crate::batch::{BatchLimits, Batcher};
@@ -40,6 +40,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     PRIMARY KEY (stream_id, version)
 );
 CREATE INDEX IF NOT EXISTS outbox_position ON outbox (position);
+-- A retry finds what its first attempt appended by the key in the metadata;
+-- only keyed writes have an entry.
+CREATE INDEX IF NOT EXISTS events_idempotency_key
+    ON events ((metadata->>'user'), (metadata->>'idempotency_key'))
+    WHERE metadata->>'idempotency_key' IS NOT NULL;
 DO $$
 BEGIN
     -- Stores made before the outbox table kept a `published` flag on each event
@@ -83,6 +88,10 @@ const APPEND_BATCHES_IN_FLIGHT: usize = 1;
 
 const LOAD: &str = "SELECT event_id, stream_id, stream_type, version, event_type, schema, occurred_at, metadata, data
 FROM events WHERE stream_id = $1 AND version >= $2 ORDER BY version";
+const BY_IDEMPOTENCY_KEY: &str = "SELECT event_id, stream_id, stream_type, version, event_type, schema, occurred_at, metadata, data
+FROM events WHERE metadata->>'user' = $1 AND metadata->>'idempotency_key' = $2
+  AND metadata->>'idempotency_key' IS NOT NULL
+ORDER BY stream_id, version";
 const READ_ALL_FIRST: &str = "SELECT event_id, stream_id, stream_type, version, event_type, schema, occurred_at, metadata, data
 FROM events ORDER BY stream_id, version LIMIT $1";
 const READ_ALL_AFTER: &str = "SELECT event_id, stream_id, stream_type, version, event_type, schema, occurred_at, metadata, data
@@ -376,6 +385,15 @@ impl EventStore for PostgresEventStore {
         from: Version,
     ) -> Result<Vec<EventEnvelope>, StoreError> {
         self.query_envelopes(LOAD, &[&stream_id.as_uuid(), &version_param(from)])
+            .await
+    }
+
+    async fn find_by_idempotency_key(
+        &self,
+        user: &UserId,
+        key: &str,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        self.query_envelopes(BY_IDEMPOTENCY_KEY, &[&user.as_str(), &key])
             .await
     }
 
