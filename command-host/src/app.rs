@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use domain::{
     CommandContext, CommentId, CommentText, EventEnvelope, EventMetadata, Message, Post,
-    PostCommand, PostId, UserId, Version, apply, decide,
+    PostCommand, PostEvent, PostId, UserId, Version, apply, decide,
 };
 
 use crate::auth::{self, TokenKey};
@@ -289,13 +289,36 @@ impl<S: EventStore, R: CommandRecords> App<S, R> {
             )
             .await?;
         match claim {
-            IdempotencyClaim::Claimed => {}
+            IdempotencyClaim::Claimed => {
+                // The claim may have been taken over from a request whose host died
+                // after appending and before recording its answer. Its events carry
+                // the key, so the store tells: answer as the first attempt did.
+                if let Some(stored) = self.first_outcome(&write, &key).await? {
+                    self.records
+                        .complete_idempotency_key(&write.actor, &key, &stored)
+                        .await?;
+                    self.metrics
+                        .inc("sourcegram_idempotent_replays_total", &[], 1);
+                    return Ok(replayed_response(&stored));
+                }
+            }
             IdempotencyClaim::Completed(stored) => {
                 self.metrics
                     .inc("sourcegram_idempotent_replays_total", &[], 1);
                 return Ok(replayed_response(&stored));
             }
-            IdempotencyClaim::InProgress => return Err(CommandError::IdempotencyInProgress),
+            IdempotencyClaim::InProgress => {
+                // Once the first attempt's events are durable its answer is known,
+                // whether or not its host lives to record it.
+                return match self.first_outcome(&write, &key).await? {
+                    Some(stored) => {
+                        self.metrics
+                            .inc("sourcegram_idempotent_replays_total", &[], 1);
+                        Ok(replayed_response(&stored))
+                    }
+                    None => Err(CommandError::IdempotencyInProgress),
+                };
+            }
             IdempotencyClaim::Mismatch => return Err(CommandError::IdempotencyMismatch),
         }
         let stored = match self.write(&write).await {
@@ -328,6 +351,40 @@ impl<S: EventStore, R: CommandRecords> App<S, R> {
         Ok(stored_to_response(&stored))
     }
 
+    /// The answer a keyed request got (or would have got) from the events it
+    /// appended, if any carry its key. A key names one request (its claim holds
+    /// the request's fingerprint), and a request appends once, to one stream.
+    async fn first_outcome(
+        &self,
+        write: &WriteRequest,
+        key: &str,
+    ) -> Result<Option<StoredResponse>, CommandError> {
+        let events = self
+            .store
+            .find_by_idempotency_key(&write.actor, key)
+            .await?;
+        let Some(last) = events.last() else {
+            return Ok(None);
+        };
+        let comment_id = match &write.command {
+            PostCommand::AddComment { .. } => {
+                events.iter().find_map(|envelope| match envelope.decode() {
+                    Ok(PostEvent::CommentAdded(added)) => Some(added.comment_id),
+                    _ => None,
+                })
+            }
+            PostCommand::EditComment { comment_id, .. }
+            | PostCommand::RemoveComment { comment_id } => Some(*comment_id),
+            _ => None,
+        };
+        Ok(Some(stored_response(&Written {
+            status: success_status(&write.command),
+            post_id: last.stream_id,
+            comment_id,
+            version: last.version,
+        })))
+    }
+
     /// load → decide → append, retried against fresh state when another writer won.
     async fn write(&self, write: &WriteRequest) -> Result<Written, WriteFailure> {
         use WriteFailure::{MaybeAppended, NothingAppended};
@@ -335,38 +392,24 @@ impl<S: EventStore, R: CommandRecords> App<S, R> {
         let mut cached = slot.lock().await;
         let creating = matches!(write.command, PostCommand::CreatePost { .. });
         for _attempt in 0..MAX_ATTEMPTS {
-            let mut post = match cached.take() {
-                Some(post) => post,
+            // Whether `post` is known to be the store's latest state: just loaded,
+            // or checked against the store since it was cached.
+            let (mut post, mut confirmed) = match cached.take() {
+                Some(post) => (post, false),
                 // A new post's id was generated for this request: nothing to load.
-                None if creating => Post::default(),
-                None => self
-                    .load_post(write.post_id)
-                    .await
-                    .map_err(NothingAppended)?,
+                None if creating => (Post::default(), true),
+                None => (
+                    self.load_post(write.post_id)
+                        .await
+                        .map_err(NothingAppended)?,
+                    true,
+                ),
             };
-            if let Some(expected) = write.if_match
-                && post.exists()
-                && !post.is_deleted()
-                && post.version() != expected
-            {
-                let current = post.version();
-                *cached = Some(post);
-                return Err(NothingAppended(CommandError::PreconditionFailed {
-                    current,
-                }));
-            }
             let context = CommandContext {
                 actor: write.actor.clone(),
                 now: clock::now(),
                 post_id: write.post_id,
                 new_comment_id: CommentId::from_uuid(Uuid::now_v7()),
-            };
-            let events = match decide(&post, &write.command, &context) {
-                Ok(events) => events,
-                Err(error) => {
-                    *cached = Some(post);
-                    return Err(NothingAppended(error.into()));
-                }
             };
             let comment_id = match &write.command {
                 PostCommand::AddComment { .. } => Some(context.new_comment_id),
@@ -375,20 +418,37 @@ impl<S: EventStore, R: CommandRecords> App<S, R> {
                 _ => None,
             };
             let written = |version| Written {
-                status: if creating || matches!(write.command, PostCommand::AddComment { .. }) {
-                    StatusCode::CREATED
-                } else {
-                    StatusCode::OK
-                },
+                status: success_status(&write.command),
                 post_id: write.post_id,
                 comment_id,
                 version,
             };
-            if events.is_empty() {
+            let events = loop {
+                let verdict = match judge(&post, write, &context) {
+                    Ok(events) if !events.is_empty() => break events,
+                    verdict => verdict,
+                };
+                // An answer that appends nothing (a refusal, a 412, a repeated like)
+                // is only as true as the state it was decided on, and another host
+                // may have written since this one cached the post: such an answer
+                // is given only once the store shows nothing newer.
+                if !confirmed {
+                    confirmed = true;
+                    if self
+                        .catch_up(write.post_id, &mut post)
+                        .await
+                        .map_err(NothingAppended)?
+                    {
+                        continue;
+                    }
+                }
                 let version = post.version();
                 *cached = Some(post);
-                return Ok(written(version));
-            }
+                return match verdict {
+                    Ok(_) => Ok(written(version)),
+                    Err(error) => Err(NothingAppended(error)),
+                };
+            };
             let metadata = EventMetadata {
                 user: write.actor.clone(),
                 request_id: write.request_id,
@@ -449,14 +509,25 @@ impl<S: EventStore, R: CommandRecords> App<S, R> {
         Err(NothingAppended(CommandError::Conflict))
     }
 
+    /// Applies the events appended to `post` since its version, if any; says
+    /// whether there were some. One indexed read that finds nothing when the
+    /// state is current.
+    async fn catch_up(&self, post_id: PostId, post: &mut Post) -> Result<bool, CommandError> {
+        let envelopes = self
+            .store
+            .load_stream(post_id, post.version().next())
+            .await?;
+        for envelope in &envelopes {
+            apply(post, &decode(post_id, envelope)?);
+        }
+        Ok(!envelopes.is_empty())
+    }
+
     async fn load_post(&self, post_id: PostId) -> Result<Post, CommandError> {
         let envelopes = self.store.load_stream(post_id, Version::new(1)).await?;
         let mut post = Post::default();
         for envelope in &envelopes {
-            let event = envelope.decode().map_err(|e| {
-                StoreError::Corrupt(format!("{post_id} v{}: {e}", envelope.version))
-            })?;
-            apply(&mut post, &event);
+            apply(&mut post, &decode(post_id, envelope)?);
         }
         Ok(post)
     }
@@ -515,6 +586,32 @@ impl<S: EventStore, R: CommandRecords> App<S, R> {
         }
         http::metrics_response(&self.metrics)
     }
+}
+
+/// What a write would do to `post`: the events to append (none for a no-op),
+/// or why it is refused. `If-Match` is checked first; a post that does not
+/// exist or is deleted answers 404 or 410 whatever the precondition.
+fn judge(
+    post: &Post,
+    write: &WriteRequest,
+    context: &CommandContext,
+) -> Result<Vec<PostEvent>, CommandError> {
+    if let Some(expected) = write.if_match
+        && post.exists()
+        && !post.is_deleted()
+        && post.version() != expected
+    {
+        return Err(CommandError::PreconditionFailed {
+            current: post.version(),
+        });
+    }
+    Ok(decide(post, &write.command, context)?)
+}
+
+fn decode(post_id: PostId, envelope: &EventEnvelope) -> Result<PostEvent, StoreError> {
+    envelope
+        .decode()
+        .map_err(|e| StoreError::Corrupt(format!("{post_id} v{}: {e}", envelope.version)))
 }
 
 fn parse_message(body: &[u8]) -> Result<Message, CommandError> {
@@ -578,6 +675,14 @@ fn fingerprint(method: &Method, path: &str, body: &[u8]) -> [u8; 32] {
     hash.update(b"\n");
     hash.update(body);
     hash.finalize().into()
+}
+
+/// 201 for what creates a resource (a post, a comment), 200 for the rest.
+fn success_status(command: &PostCommand) -> StatusCode {
+    match command {
+        PostCommand::CreatePost { .. } | PostCommand::AddComment { .. } => StatusCode::CREATED,
+        _ => StatusCode::OK,
+    }
 }
 
 fn written_body(written: &Written) -> serde_json::Value {
