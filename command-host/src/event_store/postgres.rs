@@ -33,18 +33,31 @@ CREATE TABLE IF NOT EXISTS events (
     data        jsonb       NOT NULL,
     PRIMARY KEY (stream_id, version)
 );
+-- A retry finds what its first attempt appended by the key in the metadata;
+-- only keyed writes have an entry. Indexes are made only when missing: even
+-- `CREATE INDEX IF NOT EXISTS` locks its table against writes first, and a
+-- host starting while others append must not queue behind (or deadlock with)
+-- their appends. Tables are locked in the appends' order: events, then outbox.
+DO $$
+BEGIN
+    IF to_regclass(quote_ident(current_schema()) || '.events_idempotency_key') IS NULL THEN
+        CREATE INDEX events_idempotency_key
+            ON events ((metadata->>'user'), (metadata->>'idempotency_key'))
+            WHERE metadata->>'idempotency_key' IS NOT NULL;
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS outbox (
     position    bigint      NOT NULL,
     stream_id   uuid        NOT NULL,
     version     bigint      NOT NULL,
     PRIMARY KEY (stream_id, version)
 );
-CREATE INDEX IF NOT EXISTS outbox_position ON outbox (position);
--- A retry finds what its first attempt appended by the key in the metadata;
--- only keyed writes have an entry.
-CREATE INDEX IF NOT EXISTS events_idempotency_key
-    ON events ((metadata->>'user'), (metadata->>'idempotency_key'))
-    WHERE metadata->>'idempotency_key' IS NOT NULL;
+DO $$
+BEGIN
+    IF to_regclass(quote_ident(current_schema()) || '.outbox_position') IS NULL THEN
+        CREATE INDEX outbox_position ON outbox (position);
+    END IF;
+END $$;
 DO $$
 BEGIN
     -- Stores made before the outbox table kept a `published` flag on each event
