@@ -4,12 +4,85 @@ lib_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # A process that has exited but not yet been reaped (a zombie) counts as gone.
 alive() { local s; s=$(ps -o stat= -p "$1" 2>/dev/null) && [[ -n "$s" && "$s" != Z* ]]; }
 
+# The Kafka version scripts/kafka/pom.xml pins, and the directory its jars are
+# copied to (outside the clone, so every clone and every state directory shares
+# them). scripts/services.sh fills it; the functions below only read it.
+kafka_version() { sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$lib_dir/kafka/pom.xml"; }
+kafka_home() { echo "${SOURCEGRAM_CACHE_DIR:-$HOME/.cache/sourcegram}/kafka-$(kafka_version)"; }
+
+# kafka_tool <main class> args...: runs one of Kafka's command-line tools (there
+# are no bin/*.sh scripts without the release tarball), e.g.
+# org.apache.kafka.tools.TopicCommand. The JVM flags trade peak speed for a
+# quicker start, which is all a tool that runs for a second needs; its log
+# goes to stderr at WARN.
+kafka_tool() {
+  local home; home="$(kafka_home)"
+  if [[ ! -f "$home/lib.complete" ]]; then
+    echo "Kafka's jars are not in $home/lib; run scripts/services.sh start first" >&2
+    return 1
+  fi
+  if [[ ! -f "$home/tools-log4j2.properties" ]]; then
+    cat >"$home/tools-log4j2.properties" <<'EOF'
+status = warn
+appender.stderr.type = Console
+appender.stderr.name = stderr
+appender.stderr.target = SYSTEM_ERR
+appender.stderr.layout.type = PatternLayout
+appender.stderr.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = warn
+rootLogger.appenderRef.stderr.ref = stderr
+EOF
+  fi
+  java -Xshare:auto -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -Xmx256m \
+    -Dlog4j2.configurationFile="$home/tools-log4j2.properties" -cp "$home/lib/*" "$@"
+}
+
+# The broker the topic functions talk to: $KAFKA_BROKERS as scripts/services.sh
+# prints it, else the one on SOURCEGRAM_KAFKA_PORT.
+kafka_brokers() { echo "${KAFKA_BROKERS:-127.0.0.1:${SOURCEGRAM_KAFKA_PORT:-9092}}"; }
+
+# create_topic <name> <partitions>: creates the topic unless it exists. The
+# broker creates none on use (auto.create.topics.enable=false).
+create_topic() {
+  kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$(kafka_brokers)" \
+    --create --if-not-exists --topic "$1" --partitions "$2" --replication-factor 1 >/dev/null
+}
+
+# delete_topic <name>: deletes the topic and its data.
+delete_topic() {
+  kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$(kafka_brokers)" \
+    --delete --topic "$1" >/dev/null
+}
+
+# kafka_answers <host> <port>: succeeds when a Kafka broker there answers a
+# metadata request naming at least one broker. An open port alone proves
+# little: a starting broker accepts connections before it serves requests, and
+# another program may hold the port. The request is written by hand (Metadata
+# v4: the oldest version Kafka 4 still serves, and one without the compact
+# encodings of later versions) so that checking costs no JVM start.
+kafka_answers() {
+  local answer
+  # 17 bytes: api key 3 (Metadata), version 4, correlation id 0x5347, client id
+  # "sg", topics null (all of them), no topic creation. The answer starts with
+  # its size, the same correlation id, the throttle time and the broker count.
+  # shellcheck disable=SC2016 # the inner shell expands $0 and $1, the host and port
+  answer=$(timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1" || exit 1
+    printf "\x00\x00\x00\x11\x00\x03\x00\x04\x00\x00\x53\x47\x00\x02sg\xff\xff\xff\xff\x00" >&3
+    head -c 16 <&3 | od -An -tx1' "$1" "$2" 2>/dev/null) || return 1
+  answer=$(tr -d ' \n' <<<"$answer")
+  [[ ${#answer} == 32 && ${answer:8:8} == 00005347 && ${answer:24:8} != 00000000 ]]
+}
+
 # stack_init <kafka port> <first of three HTTP ports>: a work directory ($work)
 # and the environment of a stack of its own: state, broker and host ports, profile.
+# The broker's controller takes the port after its own; callers space their
+# broker ports two apart (19092 bench, 19094 fault drills, 19096 hostile drill,
+# 19098 broker restart check), clear of the stacks' HTTP ports (18xxx).
 stack_init() {
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sourcegram/target}"
   work="$(mktemp -d)"
   export SOURCEGRAM_STATE_DIR="$work/state" SOURCEGRAM_KAFKA_PORT="$1"
+  export SOURCEGRAM_KAFKA_CONTROLLER_PORT="$(($1 + 1))"
   export COMMAND_PORT="$2" QUERY_PORT="$(($2 + 1))" PROJECTION_PORT="$(($2 + 2))"
   export SOURCEGRAM_PROFILE="${SOURCEGRAM_PROFILE:-release}"
 }

@@ -1,32 +1,35 @@
 #!/usr/bin/env bash
 # Starts (installing first, if missing) the real services Sourcegram's hosts and
-# tests use, on loopback only: PostgreSQL from Debian's packages and tansu, a
-# Kafka-protocol broker built from crates.io. Running it twice is harmless.
+# tests use, on loopback only: PostgreSQL from Debian's packages and Apache Kafka,
+# one combined broker and controller run from the project's own jars (see
+# scripts/kafka/pom.xml). Running it twice is harmless.
 #
 #   scripts/services.sh [start]        install if missing, start, create what the hosts need
 #   scripts/services.sh stop           stop only what this script started
 #   scripts/services.sh stop-broker    stop only the broker this script started
 #   scripts/services.sh restart-broker stop and start the broker (its data survives)
 #   scripts/services.sh status         what is up
-#   scripts/services.sh prune          drop the schemas tests, drills and benches left
-#                                      (tests keep theirs for inspection); run it when
-#                                      no tests run against the same database
+#   scripts/services.sh prune          drop the schemas and topics that tests, drills and
+#                                      benches left (scripts/test.sh cleans up after
+#                                      itself; a bare cargo test does not); run it when
+#                                      no tests run against the same services
+#   scripts/services.sh fetch-broker   only fetch Kafka's jars; prints their directory
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 CACHE_DIR="${SOURCEGRAM_CACHE_DIR:-$HOME/.cache/sourcegram}"
 STATE_DIR="${SOURCEGRAM_STATE_DIR:-$CACHE_DIR/state}"
-TANSU_ROOT="$CACHE_DIR/tansu"
-TANSU_BIN="${SOURCEGRAM_TANSU_BIN:-$TANSU_ROOT/bin/tansu}"
-TANSU_VERSION="0.6.0"
+KAFKA_VERSION="$(kafka_version)"
+KAFKA_HOME="$(kafka_home)"
+KAFKA_STATE="$STATE_DIR/kafka"
 KAFKA_PORT="${SOURCEGRAM_KAFKA_PORT:-9092}"
+CONTROLLER_PORT="${SOURCEGRAM_KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}"
 PG_PORT="${SOURCEGRAM_PG_PORT:-5432}"
 PG_VERSION=15
 TOPIC="${KAFKA_TOPIC:-post-events}"
-# tansu pays for each partition on every produce and fetch request (a few SQLite
-# queries each), so partitions cost broker CPU whether they carry events or not:
-# 3 still lets up to three instances of a projection share the work
-# (docs/projection.md has the measurements).
+# Three partitions let up to three instances of a projection host share the
+# work, and keep the broker's per-partition cost (files, fetch sessions,
+# replica state) small on a 2-core machine.
 PARTITIONS="${SOURCEGRAM_PARTITIONS:-3}"
 POSTGRES_URL="postgres://sourcegram:sourcegram@127.0.0.1:$PG_PORT/sourcegram"
 KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
@@ -51,7 +54,9 @@ apt_install() { # packages...
 }
 
 install_build_tools() {
-  # rdkafka builds its bundled librdkafka with these.
+  # The hosts' build compiles the bundled librdkafka with these, and the
+  # scripts talk to the hosts with curl. Nothing here needs them, but every
+  # caller of `start` goes on to build or call the hosts.
   local missing=()
   command -v cc >/dev/null || missing+=(build-essential)
   command -v make >/dev/null || missing+=(make)
@@ -90,75 +95,180 @@ SQL
   su postgres -c "psql -qAt -p $PG_PORT -d sourcegram -c 'SET client_min_messages = warning; CREATE EXTENSION IF NOT EXISTS pgcrypto'" >/dev/null
 }
 
-install_tansu() {
-  if [[ -x "$TANSU_BIN" ]]; then return; fi
-  install_build_tools
-  say "building tansu $TANSU_VERSION into $TANSU_ROOT (once; takes 10-20 minutes on 2 cores)"
-  mkdir -p "$CACHE_DIR/logs"
-  cargo install "tansu@$TANSU_VERSION" --locked --features libsql --root "$TANSU_ROOT" \
-    >"$CACHE_DIR/logs/tansu-build.log" 2>&1 || { tail -30 "$CACHE_DIR/logs/tansu-build.log" >&2; exit 1; }
+install_java() {
+  local missing=()
+  command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+  command -v mvn >/dev/null || missing+=(maven)
+  if ((${#missing[@]})); then apt_install "${missing[@]}"; fi
 }
 
+# Kafka's jars, fetched once into $KAFKA_HOME/lib. The marker holds the
+# checksum of the pom they came from: a fetch cut short leaves no marker and is
+# redone, and so is one from a pom that has changed since.
+fetch_kafka() {
+  local pom="$lib_dir/kafka/pom.xml" sum
+  sum=$(sha256sum "$pom" | cut -d' ' -f1)
+  if [[ -f "$KAFKA_HOME/lib.complete" && "$(cat "$KAFKA_HOME/lib.complete")" == "$sum" ]]; then return; fi
+  install_java
+  say "fetching Apache Kafka $KAFKA_VERSION's jars into $KAFKA_HOME/lib (once; about 55 MB)"
+  rm -rf "${KAFKA_HOME:?}/lib" "$KAFKA_HOME/lib.complete"
+  mkdir -p "$KAFKA_HOME"
+  if ! mvn -B -q -f "$pom" dependency:copy-dependencies -DincludeScope=runtime \
+    -DoutputDirectory="$KAFKA_HOME/lib" >"$KAFKA_HOME/fetch.log" 2>&1; then
+    tail -30 "$KAFKA_HOME/fetch.log" >&2
+    say "fetching Kafka's jars failed (the whole log: $KAFKA_HOME/fetch.log)"
+    exit 1
+  fi
+  echo "$sum" >"$KAFKA_HOME/lib.complete"
+}
+
+# The pid of the broker this script started under $STATE_DIR, if it still runs.
+# The command line is checked too, so a pid reused by another process after a
+# reboot is not taken for the broker.
 broker_pid() {
-  local pidfile="$STATE_DIR/tansu/tansu.pid"
-  [[ -f "$pidfile" ]] && alive "$(cat "$pidfile")" && cat "$pidfile"
+  local pidfile="$KAFKA_STATE/kafka.pid" pid
+  [[ -f "$pidfile" ]] || return 1
+  pid=$(cat "$pidfile")
+  alive "$pid" || return 1
+  [[ "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" == *"kafka.Kafka $KAFKA_STATE/server.properties"* ]] || return 1
+  echo "$pid"
+}
+
+# The broker's configuration, written on every start so that a change of ports
+# takes effect; the data directory and the cluster id stay.
+write_broker_config() {
+  mkdir -p "$KAFKA_STATE/data"
+  cat >"$KAFKA_STATE/server.properties" <<EOF
+# Written by scripts/services.sh on every start; edits here are overwritten.
+# One node that is both broker and controller (KRaft), on loopback only.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$KAFKA_STATE/data
+# A single node holds the only copy of everything, internal topics included.
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+# A consumer group's first member gets its partitions at once instead of after 3 s.
+group.initial.rebalance.delay.ms=0
+# Topics exist only when created on purpose: a misspelt topic fails loudly.
+auto.create.topics.enable=false
+# Tests delete the topics they create.
+delete.topic.enable=true
+EOF
+  cat >"$KAFKA_STATE/log4j2.properties" <<EOF
+# Written by scripts/services.sh on every start. The broker's log, in a file
+# of at most 4 x 20 MB. Partition state changes and request traces, one line
+# per partition or request, stay at WARN: tests create many topics. So do the
+# dumps of every setting each client and server logs as it starts (about two
+# thousand lines a start); server.properties above says what was set.
+status = warn
+appender.file.type = RollingFile
+appender.file.name = file
+appender.file.fileName = $KAFKA_STATE/kafka.log
+appender.file.filePattern = $KAFKA_STATE/kafka.log.%i
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+appender.file.policies.type = Policies
+appender.file.policies.size.type = SizeBasedTriggeringPolicy
+appender.file.policies.size.size = 20MB
+appender.file.strategy.type = DefaultRolloverStrategy
+appender.file.strategy.max = 3
+rootLogger.level = info
+rootLogger.appenderRef.file.ref = file
+logger.statechange.name = state.change.logger
+logger.statechange.level = warn
+logger.request.name = kafka.request.logger
+logger.request.level = warn
+logger.config.name = org.apache.kafka.common.config.AbstractConfig
+logger.config.level = warn
+EOF
+}
+
+# Formats the data directory once, with a cluster id kept in the state
+# directory; -g leaves a directory that is formatted already alone.
+format_storage() {
+  [[ -f "$KAFKA_STATE/data/meta.properties" ]] && return 0
+  local id_file="$KAFKA_STATE/cluster-id"
+  if [[ ! -s "$id_file" ]]; then
+    kafka_tool kafka.tools.StorageTool random-uuid >"$id_file.new"
+    mv "$id_file.new" "$id_file"
+  fi
+  say "formatting the broker's storage under $KAFKA_STATE/data (cluster $(cat "$id_file"))"
+  kafka_tool kafka.tools.StorageTool format -t "$(cat "$id_file")" -c "$KAFKA_STATE/server.properties" -g >/dev/null
+}
+
+# Waits until the broker answers a metadata request; fails as soon as the
+# process it started has exited.
+wait_for_broker() { # pid seconds
+  local deadline=$((SECONDS + $2))
+  until kafka_answers 127.0.0.1 "$KAFKA_PORT"; do
+    if [[ -n "$1" ]] && ! alive "$1"; then return 1; fi
+    if ((SECONDS >= deadline)); then return 1; fi
+    sleep 0.5
+  done
 }
 
 start_broker() {
-  install_tansu
-  mkdir -p "$STATE_DIR/tansu"
-  if broker_pid >/dev/null; then
+  fetch_kafka
+  mkdir -p "$KAFKA_STATE"
+  local pid=""
+  if pid=$(broker_pid); then
     :
+  elif kafka_answers 127.0.0.1 "$KAFKA_PORT"; then
+    say "a Kafka broker not started from $STATE_DIR answers on $KAFKA_PORT; using it as the broker"
   elif wait_for_port "$KAFKA_PORT" 0; then
-    say "something else already listens on $KAFKA_PORT; using it as the broker"
+    say "something that does not answer as a Kafka broker listens on $KAFKA_PORT; stop it or set SOURCEGRAM_KAFKA_PORT"
+    exit 1
   else
-    say "starting tansu on 127.0.0.1:$KAFKA_PORT"
-    (
-      cd "$STATE_DIR/tansu"
-      nohup "$TANSU_BIN" broker \
-        --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-        --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-        --storage-engine sqlite://tansu.db >>tansu.log 2>&1 &
-      echo $! >tansu.pid
-    )
+    write_broker_config
+    format_storage
+    say "starting Apache Kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT (controller on $CONTROLLER_PORT)"
+    # The JVM's own output (a crash before logging starts, say) goes to
+    # kafka.out; the broker's log goes to kafka.log.
+    nohup java -Xms256m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+      -Dlog4j2.configurationFile="$KAFKA_STATE/log4j2.properties" -cp "$KAFKA_HOME/lib/*" \
+      kafka.Kafka "$KAFKA_STATE/server.properties" >>"$KAFKA_STATE/kafka.out" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid" >"$KAFKA_STATE/kafka.pid"
   fi
-  wait_for_port "$KAFKA_PORT" 30 || { say "the broker did not answer on port $KAFKA_PORT"; tail -20 "$STATE_DIR/tansu/tansu.log" >&2; exit 1; }
-  index_broker_store
-  if ! "$TANSU_BIN" topic list --broker "tcp://127.0.0.1:$KAFKA_PORT" 2>/dev/null | grep -q "\"name\":\"$TOPIC\""; then
-    "$TANSU_BIN" topic create "$TOPIC" --partitions "$PARTITIONS" --broker "tcp://127.0.0.1:$KAFKA_PORT" >/dev/null 2>&1 ||
-      say "topic $TOPIC: create answered an error (it may exist already)"
-  fi
-}
-
-# tansu 0.6's SQLite schema has no index on its `header` table, and every
-# fetched message looks its headers up by (topition, offset_id): each fetch then
-# scans every header the broker ever stored, so consumers slow down as the store
-# grows (and, with them, the producers they share the database with). The index
-# below turns that scan into a lookup. tansu creates its tables when it starts;
-# an index it does not know about changes nothing else for it.
-index_broker_store() {
-  local db="$STATE_DIR/tansu/tansu.db"
-  [[ -f "$db" ]] || return 0
-  command -v sqlite3 >/dev/null || apt_install sqlite3
-  for _ in $(seq 1 50); do
-    if sqlite3 -cmd '.timeout 5000' "$db" \
-      'CREATE INDEX IF NOT EXISTS header_topition_offset ON header (topition, offset_id)' 2>/dev/null; then
-      return 0
+  if ! wait_for_broker "$pid" 60; then
+    if [[ -n "$pid" ]] && ! alive "$pid"; then
+      say "the broker exited while starting"
+    else
+      say "the broker did not answer a metadata request on port $KAFKA_PORT within 60 s"
     fi
-    sleep 0.1
-  done
-  say "could not index the broker's header table; consumers will slow down as the store grows"
+    tail -5 "$KAFKA_STATE/kafka.out" >&2 2>/dev/null || true
+    grep -E '\] (ERROR|FATAL) ' "$KAFKA_STATE/kafka.log" 2>/dev/null | tail -5 >&2 || true
+    exit 1
+  fi
+  KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT" create_topic "$TOPIC" "$PARTITIONS" ||
+    { say "could not create topic $TOPIC"; exit 1; }
 }
 
+# A clean stop (SIGTERM) lets the broker close its logs, so the next start
+# skips recovering them; one that has not stopped after 30 s is killed.
 stop_broker() {
   local pid
   if pid=$(broker_pid); then
-    say "stopping tansu (pid $pid)"
+    say "stopping Kafka (pid $pid)"
     kill -TERM "$pid"
-    for _ in $(seq 1 50); do alive "$pid" || break; sleep 0.1; done
-    alive "$pid" && kill -KILL "$pid"
-    rm -f "$STATE_DIR/tansu/tansu.pid"
+    for _ in $(seq 1 300); do alive "$pid" || break; sleep 0.1; done
+    if alive "$pid"; then
+      say "Kafka did not stop within 30 s; killing it"
+      kill -KILL "$pid"
+      # Until it is gone it holds its ports, and the next start would fail.
+      for _ in $(seq 1 50); do alive "$pid" || break; sleep 0.1; done
+    fi
   fi
+  rm -f "$KAFKA_STATE/kafka.pid"
 }
 
 print_urls() {
@@ -166,12 +276,14 @@ print_urls() {
 POSTGRES_URL=$POSTGRES_URL
 KAFKA_BROKERS=$KAFKA_BROKERS
 KAFKA_TOPIC=$TOPIC
+SOURCEGRAM_KAFKA_LIB=$KAFKA_HOME/lib
 EOF2
 }
 
 mkdir -p "$STATE_DIR"
 case "${1:-start}" in
   start)
+    install_build_tools
     start_postgres
     start_broker
     print_urls
@@ -186,6 +298,10 @@ case "${1:-start}" in
     ;;
   stop-broker)
     stop_broker
+    ;;
+  fetch-broker)
+    fetch_kafka
+    echo "$KAFKA_HOME/lib"
     ;;
   restart-broker)
     # Only a broker this script started (same state directory) can be restarted;
@@ -208,13 +324,32 @@ case "${1:-start}" in
     [[ -z "$drops" ]] || PGOPTIONS='-c client_min_messages=warning' \
       psql "$POSTGRES_URL" -qAtX -v ON_ERROR_STOP=1 <<<"$drops" >/dev/null
     say "dropped $(grep -c . <<<"$drops" || true) schemas"
+    # And the topics tests make (prefix, "-", 32 hex digits), in one call.
+    start_broker >/dev/null
+    topics=$(kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$KAFKA_BROKERS" --list |
+      grep -E '^[a-z0-9-]+-[0-9a-f]{32}$' || true)
+    [[ -z "$topics" ]] || kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$KAFKA_BROKERS" \
+      --delete --topic "^($(paste -sd'|' <<<"$topics"))\$" >/dev/null
+    say "deleted $(grep -c . <<<"$topics" || true) topics"
     ;;
   status)
     if wait_for_port "$PG_PORT" 0; then echo "postgres: up on 127.0.0.1:$PG_PORT"; else echo "postgres: down"; fi
-    if wait_for_port "$KAFKA_PORT" 0; then echo "broker: up on 127.0.0.1:$KAFKA_PORT${pid:+}"; else echo "broker: down"; fi
+    if pid=$(broker_pid); then
+      if kafka_answers 127.0.0.1 "$KAFKA_PORT"; then
+        echo "broker: up on 127.0.0.1:$KAFKA_PORT (Kafka $KAFKA_VERSION, pid $pid, data in $KAFKA_STATE/data)"
+      else
+        echo "broker: starting or stuck (pid $pid runs, but 127.0.0.1:$KAFKA_PORT answers no metadata request; see $KAFKA_STATE/kafka.log)"
+      fi
+    elif kafka_answers 127.0.0.1 "$KAFKA_PORT"; then
+      echo "broker: up on 127.0.0.1:$KAFKA_PORT (a Kafka broker this script did not start from $STATE_DIR)"
+    elif wait_for_port "$KAFKA_PORT" 0; then
+      echo "broker: down (something listens on 127.0.0.1:$KAFKA_PORT but answers no Kafka metadata request)"
+    else
+      echo "broker: down"
+    fi
     ;;
   *)
-    sed -n '2,10p' "$0" >&2
+    sed -n '2,16p' "$0" >&2
     exit 2
     ;;
 esac

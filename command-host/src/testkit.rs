@@ -216,3 +216,216 @@ async fn rows_read_by_seq_scan(
     })
     .await
 }
+
+/// Where the Kafka broker's jars are: `SOURCEGRAM_KAFKA_LIB`, or the newest
+/// complete download `scripts/services.sh` made under `~/.cache/sourcegram`.
+pub fn kafka_lib_dir() -> std::path::PathBuf {
+    if let Ok(dir) = std::env::var("SOURCEGRAM_KAFKA_LIB")
+        && !dir.is_empty()
+    {
+        return dir.into();
+    }
+    let cache = std::path::PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+        .join(".cache/sourcegram");
+    let mut downloads: Vec<std::path::PathBuf> = std::fs::read_dir(&cache)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|entry| entry.path())
+                .filter(|path| {
+                    path.file_name()
+                        .is_some_and(|name| name.to_string_lossy().starts_with("kafka-"))
+                        && path.join("lib.complete").exists()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    downloads.sort();
+    downloads
+        .pop()
+        .map(|dir| dir.join("lib"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no Kafka jars under {}: run scripts/services.sh",
+                cache.display()
+            )
+        })
+}
+
+/// A Kafka broker of a test's own (KRaft, broker and controller in one process)
+/// on two free loopback ports, run from the jars `scripts/services.sh` fetched.
+/// Tests that stop the broker use one, so that no other test is disturbed. Its
+/// data directory survives its restarts; the process and the directory go when
+/// it is dropped.
+#[derive(Debug)]
+pub struct PrivateKafka {
+    dir: std::path::PathBuf,
+    port: u16,
+    child: Option<tokio::process::Child>,
+}
+
+impl PrivateKafka {
+    /// Formats a fresh data directory and starts the broker; returns once it
+    /// answers a metadata request.
+    pub async fn start() -> Self {
+        // Both listeners held at once, so the two ports differ.
+        let (broker, controller) = (free_listener(), free_listener());
+        let port = broker.local_addr().expect("bound").port();
+        let controller_port = controller.local_addr().expect("bound").port();
+        drop((broker, controller));
+        let dir = std::env::temp_dir().join(unique_name("sourcegram_kafka"));
+        std::fs::create_dir_all(&dir).expect("broker directory");
+        let properties = format!(
+            "process.roles=broker,controller\n\
+             node.id=1\n\
+             controller.quorum.voters=1@127.0.0.1:{controller_port}\n\
+             listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}\n\
+             advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+             controller.listener.names=CONTROLLER\n\
+             inter.broker.listener.name=PLAINTEXT\n\
+             listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n\
+             log.dirs={}\n\
+             num.partitions=1\n\
+             offsets.topic.replication.factor=1\n\
+             offsets.topic.num.partitions=3\n\
+             transaction.state.log.replication.factor=1\n\
+             transaction.state.log.min.isr=1\n\
+             share.coordinator.state.topic.replication.factor=1\n\
+             share.coordinator.state.topic.min.isr=1\n\
+             group.initial.rebalance.delay.ms=0\n\
+             auto.create.topics.enable=false\n",
+            dir.join("data").display()
+        );
+        std::fs::write(dir.join("server.properties"), properties).expect("write properties");
+        let formatted = Self::java(&dir)
+            .args(["kafka.tools.StorageTool", "format", "-t"])
+            .arg(cluster_id())
+            .args(["-c", "server.properties"])
+            .status()
+            .await
+            .expect("run the storage formatter");
+        assert!(formatted.success(), "format the private broker's storage");
+        let mut kafka = Self {
+            dir,
+            port,
+            child: None,
+        };
+        kafka.restart().await;
+        kafka
+    }
+
+    fn java(dir: &std::path::Path) -> tokio::process::Command {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("kafka.log"))
+            .expect("broker log");
+        let mut command = tokio::process::Command::new("java");
+        command
+            .args(["-Xms128m", "-Xmx384m", "-XX:+UseSerialGC", "-cp"])
+            .arg(format!("{}/*", kafka_lib_dir().display()))
+            .current_dir(dir)
+            .stdout(log.try_clone().expect("broker log"))
+            .stderr(log)
+            .kill_on_drop(true);
+        command
+    }
+
+    /// `host:port` for `bootstrap.servers`.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the broker on its data; returns once it answers metadata.
+    pub async fn restart(&mut self) {
+        let child = Self::java(&self.dir)
+            .args(["kafka.Kafka", "server.properties"])
+            .spawn()
+            .unwrap_or_else(|e| panic!("java is required to run a private Kafka broker: {e}"));
+        self.child = Some(child);
+        let brokers = self.brokers();
+        let answered = eventually(Duration::from_secs(90), || {
+            let brokers = brokers.clone();
+            async move {
+                tokio::task::spawn_blocking(move || broker_answers(&brokers))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+        })
+        .await;
+        assert!(
+            answered.is_some(),
+            "the private broker did not answer within 90 s; its log is {}",
+            self.dir.join("kafka.log").display()
+        );
+    }
+
+    /// Kills the broker (SIGKILL), as a crash would.
+    pub async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().await.expect("kill the broker");
+        }
+    }
+
+    /// Stops the broker the way an operator does (SIGTERM), and waits for it.
+    pub async fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().expect("a running broker has a pid").to_string();
+            let sent = tokio::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .await;
+            assert!(
+                sent.is_ok_and(|s| s.success()),
+                "send SIGTERM to the broker"
+            );
+            child.wait().await.expect("the broker exits");
+        }
+    }
+}
+
+impl Drop for PrivateKafka {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_listener() -> std::net::TcpListener {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port")
+}
+
+/// Whether the broker at `brokers` answers a metadata request (blocking).
+fn broker_answers(brokers: &str) -> Option<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .ok()?;
+    let metadata = consumer.fetch_metadata(None, Duration::from_secs(2)).ok()?;
+    (!metadata.brokers().is_empty()).then_some(())
+}
+
+/// A Kafka cluster id: 16 random bytes in URL-safe base64 without padding.
+fn cluster_id() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes = Uuid::new_v4().into_bytes();
+    let mut bits = 0u32;
+    let mut held = 0;
+    let mut out = String::with_capacity(22);
+    for byte in bytes {
+        bits = (bits << 8) | u32::from(byte);
+        held += 8;
+        while held >= 6 {
+            held -= 6;
+            out.push(char::from(ALPHABET[((bits >> held) & 63) as usize]));
+        }
+    }
+    if held > 0 {
+        out.push(char::from(ALPHABET[((bits << (6 - held)) & 63) as usize]));
+    }
+    out
+}

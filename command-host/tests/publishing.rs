@@ -6,7 +6,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use command_host::event_store::{EventStore, ReadAllCursor};
@@ -17,107 +16,6 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use serde_json::json;
 use support::{TestApp, spawn_app, spawn_app_on};
-
-/// A broker process of this test's own, on a free loopback port, with its data
-/// in a directory that survives its restart.
-struct PrivateBroker {
-    dir: PathBuf,
-    port: u16,
-    child: Option<tokio::process::Child>,
-}
-
-fn tansu_binary() -> PathBuf {
-    match std::env::var("SOURCEGRAM_TANSU_BIN") {
-        Ok(path) if !path.is_empty() => PathBuf::from(path),
-        _ => PathBuf::from(std::env::var("HOME").expect("HOME is set"))
-            .join(".cache/sourcegram/tansu/bin/tansu"),
-    }
-}
-
-impl PrivateBroker {
-    async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let dir = std::env::temp_dir().join(testkit::unique_name("sourcegram_broker"));
-        std::fs::create_dir_all(&dir).expect("broker directory");
-        let mut broker = Self {
-            dir,
-            port,
-            child: None,
-        };
-        broker.restart().await;
-        broker
-    }
-
-    fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    async fn restart(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let binary = tansu_binary();
-        let child = tokio::process::Command::new(&binary)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(&self.dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "the broker binary {} is required (scripts/services.sh installs it): {e}",
-                    binary.display()
-                )
-            });
-        self.child = Some(child);
-        let port = self.port;
-        testkit::eventually(Duration::from_secs(20), || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(|_| ())
-        })
-        .await
-        .expect("private broker listens");
-    }
-
-    async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().await.expect("stop the broker");
-        }
-    }
-
-    /// Stops the broker the way an operator does (SIGTERM), and waits for it.
-    async fn terminate(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = child.id().expect("running broker has a pid").to_string();
-            let sent = tokio::process::Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .await;
-            assert!(
-                sent.is_ok_and(|s| s.success()),
-                "send SIGTERM to the broker"
-            );
-            child.wait().await.expect("broker exits");
-        }
-    }
-}
-
-impl Drop for PrivateBroker {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// Every message on `topic`, read from the start until `expected` arrived and
 /// nothing more came for a second. Returns (key, envelope, type header) in
@@ -292,7 +190,7 @@ async fn every_appended_event_is_published_once_in_order_per_key() {
 
 #[tokio::test]
 async fn writes_during_a_broker_outage_are_published_when_it_returns() {
-    let mut broker = PrivateBroker::start().await;
+    let mut broker = testkit::PrivateKafka::start().await;
     let topic = testkit::unique_name("outage").replace('_', "-");
     testkit::create_topic(&broker.brokers(), &topic, 3)
         .await
@@ -326,7 +224,7 @@ async fn writes_during_a_broker_outage_are_published_when_it_returns() {
 
 #[tokio::test]
 async fn the_relay_recovers_when_the_broker_restarts_with_sends_in_flight() {
-    let mut broker = PrivateBroker::start().await;
+    let mut broker = testkit::PrivateKafka::start().await;
     let topic = testkit::unique_name("inflight").replace('_', "-");
     testkit::create_topic(&broker.brokers(), &topic, 3)
         .await
