@@ -35,10 +35,8 @@ pub struct Config {
     pub max_batch: usize,
     pub max_wait: Duration,
     pub fetch_wait: Duration,
-    pub notifications_fetch_wait: Duration,
     pub instance_id: Option<String>,
     pub kafka_debug: Option<String>,
-    pub stall_after: Duration,
 }
 
 impl Config {
@@ -57,16 +55,11 @@ impl Config {
             pool_size: parsed_or("PG_POOL_SIZE", 8)?,
             max_batch: parsed_or("PROJECTION_MAX_BATCH", 500)?,
             max_wait: Duration::from_millis(parsed_or("PROJECTION_MAX_WAIT_MS", 0)?),
-            fetch_wait: Duration::from_millis(parsed_or("PROJECTION_FETCH_WAIT_MS", 10)?),
-            notifications_fetch_wait: Duration::from_millis(parsed_or(
-                "NOTIFICATIONS_FETCH_WAIT_MS",
-                100,
-            )?),
+            fetch_wait: Duration::from_millis(parsed_or("PROJECTION_FETCH_WAIT_MS", 500)?),
             instance_id: std::env::var("PROJECTION_INSTANCE_ID")
                 .ok()
                 .filter(|v| !v.is_empty()),
             kafka_debug: std::env::var("KAFKA_DEBUG").ok().filter(|v| !v.is_empty()),
-            stall_after: Duration::from_secs(parsed_or("PROJECTION_STALL_SECS", 20)?),
         })
     }
 }

@@ -63,8 +63,8 @@ pub struct ConsumerConfig {
     /// batch is what has arrived by then (a fetch's messages arrive together).
     pub max_wait: Duration,
     /// The consumer's `fetch.wait.max.ms`: how long the broker may hold a fetch
-    /// open. Short means low lag; long means fewer fetches for the broker
-    /// (tansu holds every fetch this long, with messages or without).
+    /// open while it has nothing to send. Kafka answers as soon as a message
+    /// arrives, so a long wait costs no lag and spares idle round trips.
     pub fetch_wait: Duration,
     /// `group.instance.id`: unique per running instance, stable across its
     /// restarts. `None` means dynamic membership.
@@ -72,10 +72,6 @@ pub struct ConsumerConfig {
     /// librdkafka's `debug` contexts (for example `cgrp,fetch`), logged at
     /// debug level under the `librdkafka` target.
     pub debug: Option<String>,
-    /// After this long without a message, the consumer asks the broker whether
-    /// its partitions hold messages past what the group committed; if they do,
-    /// it is stuck, and a new consumer takes its place (see [`stuck_partitions`]).
-    pub stall_after: Duration,
 }
 
 /// Notes the first partition assignment: until then the consumer has not joined
@@ -110,12 +106,8 @@ impl ConsumerContext for Membership {
 /// committed first. `gate` is held for reading while a batch is applied, so a
 /// replay can pause the projector by taking it for writing. `joined` turns true
 /// once the group has given this consumer its partitions (possibly none).
-///
-/// A consumer found stuck (see [`Ended`]) is closed and replaced by a new one in
-/// the same group, which rejoins and resumes from the committed offsets.
-#[allow(clippy::too_many_arguments)]
 pub async fn run_consumer<S: EventStore>(
-    mut config: ConsumerConfig,
+    config: ConsumerConfig,
     projection: Arc<Projection>,
     store: Arc<S>,
     metrics: Metrics,
@@ -123,51 +115,22 @@ pub async fn run_consumer<S: EventStore>(
     mut shutdown: watch::Receiver<bool>,
     joined: Arc<AtomicBool>,
 ) -> Result<(), KafkaError> {
-    loop {
-        let consumer = Arc::new(create_consumer(
-            &config,
-            projection.name(),
-            Arc::clone(&joined),
-        )?);
-        consumer.subscribe(&[&config.topic])?;
-        let ended = consume(
-            &consumer,
-            &config,
-            &projection,
-            &*store,
-            &metrics,
-            &gate,
-            &mut shutdown,
-        )
-        .await?;
-        // Closing a consumer waits on librdkafka; keep that off the runtime.
-        let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
-        match ended {
-            Ended::Shutdown => return Ok(()),
-            // Static membership is dropped for good (see `Ended::GroupStalled`).
-            Ended::GroupStalled => config.instance_id = None,
-            Ended::Stuck => {}
-        }
-        metrics.inc(
-            "sourcegram_consumer_restarts_total",
-            &[("projection", projection.name().to_owned())],
-            1,
-        );
-    }
-}
-
-/// Why [`consume`] returned.
-enum Ended {
-    Shutdown,
-    /// Its partitions hold messages it does not receive: replaced by a
-    /// consumer with the same instance id, which takes its place at once.
-    Stuck,
-    /// It holds no partition and nobody in the group consumes: a rebalance is
-    /// waiting for a member that will not answer. On tansu such a member is
-    /// only ever expired when a member without `group.instance.id` joins or
-    /// heartbeats, so the replacement joins without one (dynamic membership,
-    /// kept from then on; it leaves the group cleanly when the host stops).
-    GroupStalled,
+    let consumer = Arc::new(create_consumer(&config, projection.name(), joined)?);
+    consumer.subscribe(&[&config.topic])?;
+    let consumed = consume(
+        &consumer,
+        &config,
+        &projection,
+        &*store,
+        &metrics,
+        &gate,
+        &mut shutdown,
+    )
+    .await;
+    // Closing a consumer (leaving the group) waits on librdkafka; keep that off
+    // the runtime.
+    let _ = tokio::task::spawn_blocking(move || drop(consumer)).await;
+    consumed
 }
 
 fn create_consumer(
@@ -179,7 +142,7 @@ fn create_consumer(
     if let Some(instance) = &config.instance_id {
         // Static membership: a restarted instance takes its own place back at
         // once, instead of waiting for the broker to expire the dead member
-        // (which some brokers, tansu among them, never do).
+        // after `session.timeout.ms`.
         client.set("group.instance.id", instance);
     }
     if let Some(debug) = &config.debug {
@@ -201,105 +164,7 @@ fn create_consumer(
         .create_with_context(Membership { joined, projection })
 }
 
-/// The partitions assigned to `consumer` on which the broker holds messages
-/// past the group's committed offset, as (partition, committed, high
-/// watermark). Asked only after the consumer received nothing for a while:
-/// since every batch is committed once applied, a quiet consumer with such a
-/// partition receives nothing it should, whatever the cause (seen on tansu
-/// after a broker outage longer than the consumer session). A commit that was
-/// lost also shows here; replacing the consumer then costs a redelivery, which
-/// the projection skips. Blocking: two broker round trips.
-pub fn stuck_partitions<C: ConsumerContext>(
-    consumer: &impl Consumer<C>,
-    topic: &str,
-    timeout: Duration,
-) -> Result<Vec<(i32, i64, i64)>, KafkaError> {
-    let committed = consumer.committed(timeout)?;
-    behind(consumer, topic, &committed, timeout)
-}
-
-/// Every partition of `topic`, whoever in the group holds it, on which the
-/// broker holds messages past the group's committed offset, as (partition,
-/// committed, high watermark). Asked by a quiet consumer that holds no
-/// partition: if such a partition is still at the same committed offset at
-/// its next check, nobody in the group consumes it (seen as a rebalance that
-/// never finished), and the consumer is replaced so that it joins afresh.
-/// Blocking: three broker round trips.
-pub fn group_lag<C: ConsumerContext>(
-    consumer: &impl Consumer<C>,
-    topic: &str,
-    timeout: Duration,
-) -> Result<Vec<(i32, i64, i64)>, KafkaError> {
-    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
-    let mut all = TopicPartitionList::new();
-    for partition in metadata
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic)
-        .flat_map(|t| t.partitions())
-    {
-        all.add_partition(topic, partition.id());
-    }
-    let committed = consumer.committed_offsets(all, timeout)?;
-    behind(consumer, topic, &committed, timeout)
-}
-
-/// The partitions of `committed` whose high watermark is past the offset.
-fn behind<C: ConsumerContext>(
-    consumer: &impl Consumer<C>,
-    topic: &str,
-    committed: &TopicPartitionList,
-    timeout: Duration,
-) -> Result<Vec<(i32, i64, i64)>, KafkaError> {
-    let mut behind = Vec::new();
-    for element in committed.elements_for_topic(topic) {
-        let (low, high) = consumer.fetch_watermarks(topic, element.partition(), timeout)?;
-        let position = match element.offset() {
-            Offset::Offset(offset) => offset,
-            // Nothing committed yet: the group starts at the earliest message.
-            _ => low,
-        };
-        if high > position {
-            behind.push((element.partition(), position, high));
-        }
-    }
-    Ok(behind)
-}
-
-/// The partitions behind in `now` that were behind at the same committed
-/// offset in `before`: nobody consumed them in between.
-pub fn without_progress(before: &[(i32, i64, i64)], now: &[(i32, i64, i64)]) -> Vec<i32> {
-    now.iter()
-        .filter(|(partition, committed, _)| {
-            before
-                .iter()
-                .any(|(p, c, _)| p == partition && c == committed)
-        })
-        .map(|(partition, ..)| *partition)
-        .collect()
-}
-
-/// What a quiet consumer found when it asked the broker.
-enum Check {
-    /// It holds partitions: those behind the committed offset.
-    Assigned(Vec<(i32, i64, i64)>),
-    /// It holds none: the group's partitions behind the committed offset.
-    Unassigned(Vec<(i32, i64, i64)>),
-}
-
-fn check<C: ConsumerContext>(
-    consumer: &impl Consumer<C>,
-    topic: &str,
-    timeout: Duration,
-) -> Result<Check, KafkaError> {
-    if consumer.assignment()?.count() == 0 {
-        group_lag(consumer, topic, timeout).map(Check::Unassigned)
-    } else {
-        stuck_partitions(consumer, topic, timeout).map(Check::Assigned)
-    }
-}
-
-/// The consume loop of one consumer, until shutdown or until it is stuck.
+/// The consume loop, until shutdown.
 async fn consume<S: EventStore>(
     consumer: &Arc<StreamConsumer<Membership>>,
     config: &ConsumerConfig,
@@ -308,63 +173,16 @@ async fn consume<S: EventStore>(
     metrics: &Metrics,
     gate: &RwLock<()>,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<Ended, KafkaError> {
+) -> Result<(), KafkaError> {
     let name = projection.name();
     let mut failing = false;
-    let mut quiet_since = tokio::time::Instant::now();
-    // The group's lagging partitions at the last check made holding none.
-    let mut unassigned_lag = Vec::new();
     loop {
         if *shutdown.borrow() {
-            return Ok(Ended::Shutdown);
+            return Ok(());
         }
         let first = tokio::select! {
             message = consumer.recv() => message,
-            _ = shutdown.changed() => return Ok(Ended::Shutdown),
-            () = tokio::time::sleep_until(quiet_since + config.stall_after) => {
-                let asked = Arc::clone(consumer);
-                let topic = config.topic.clone();
-                let answer = tokio::task::spawn_blocking(move || {
-                    check(&*asked, &topic, Duration::from_secs(5))
-                })
-                .await;
-                match answer {
-                    Ok(Ok(Check::Assigned(stuck))) => {
-                        unassigned_lag.clear();
-                        if !stuck.is_empty() {
-                            tracing::warn!(
-                                projection = name,
-                                ?stuck,
-                                "the consumer receives nothing while its partitions hold \
-                                 messages (partition, committed, high watermark); replacing it"
-                            );
-                            return Ok(Ended::Stuck);
-                        }
-                    }
-                    Ok(Ok(Check::Unassigned(lag))) => {
-                        let stalled = without_progress(&unassigned_lag, &lag);
-                        if !stalled.is_empty() {
-                            tracing::warn!(
-                                projection = name,
-                                ?stalled,
-                                "the consumer holds no partition while nobody in its group \
-                                 consumes these; replacing it with one that joins without \
-                                 an instance id"
-                            );
-                            return Ok(Ended::GroupStalled);
-                        }
-                        unassigned_lag = lag;
-                    }
-                    Ok(Err(error)) => {
-                        tracing::debug!(%error, projection = name, "cannot ask the broker for offsets");
-                    }
-                    Err(error) => {
-                        tracing::debug!(%error, projection = name, "offset check did not finish");
-                    }
-                }
-                quiet_since = tokio::time::Instant::now();
-                continue;
-            }
+            _ = shutdown.changed() => return Ok(()),
         };
         let mut batch = Batch::default();
         match first {
@@ -418,7 +236,7 @@ async fn consume<S: EventStore>(
                     // shutdown it is left uncommitted and redelivered later.
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.changed() => return Ok(Ended::Shutdown),
+                        _ = shutdown.changed() => return Ok(()),
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -432,8 +250,6 @@ async fn consume<S: EventStore>(
         if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
             tracing::debug!(%error, projection = name, "offset commit failed");
         }
-        quiet_since = tokio::time::Instant::now();
-        unassigned_lag.clear();
     }
 }
 
@@ -542,24 +358,6 @@ fn record(metrics: &Metrics, name: &'static str, outcome: BatchOutcome, batch: &
                 ("partition", partition.to_string()),
             ],
             now.millis_since(*newest) as f64,
-        );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::without_progress;
-
-    #[test]
-    fn only_partitions_behind_at_the_same_offset_twice_are_without_progress() {
-        let before = [(0, 10, 20), (1, 5, 9), (2, 7, 8)];
-        // 0 moved on, 1 did not, 2 caught up, 3 is behind for the first time.
-        let now = [(0, 15, 25), (1, 5, 12), (3, 0, 4)];
-        assert_eq!(without_progress(&before, &now), vec![1]);
-        assert_eq!(
-            without_progress(&[], &now),
-            Vec::<i32>::new(),
-            "a first check never counts"
         );
     }
 }

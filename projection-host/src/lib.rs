@@ -21,7 +21,6 @@ pub mod schema;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use command_host::event_store::EventStore;
 use command_host::http::{self, HttpResponse, Problem, RequestContext, ServerConfig};
@@ -44,34 +43,21 @@ pub struct ProjectionHostDeps<S> {
     pub pool: PgPool,
     pub read_model_schema: String,
     pub notifications_schema: String,
-    /// Consumer settings of the read model; the notifications use the same with
-    /// `notifications_group` and `notifications_fetch_wait`.
+    /// Consumer settings of the read model; the notifications use the same
+    /// with `notifications_group`.
     pub consumer: ConsumerConfig,
     pub notifications_group: String,
-    /// How long the broker may hold the notifications' fetches open. Longer
-    /// than the read model's: see [`notifications_consumer`].
-    pub notifications_fetch_wait: Duration,
     /// `None`: the admin surface answers 503 saying the token is not configured.
     pub admin_token: Option<String>,
     pub server: ServerConfig,
     pub metrics: Metrics,
 }
 
-/// The notifications' consumer: the read model's settings with its own group
-/// and fetch wait. tansu answers a fetch only once the wait is over, even when
-/// it found messages at once, and every fetch costs it a few queries per
-/// partition, so each consumer group polling the broker costs it CPU in
-/// proportion to 1 / wait, idle or not. The read model, whose lag is the one
-/// queries see, polls often; notifications can be later by a few tens of
-/// milliseconds and poll less, leaving the broker's CPU to the events.
-pub fn notifications_consumer(
-    read_model: &ConsumerConfig,
-    group: &str,
-    fetch_wait: Duration,
-) -> ConsumerConfig {
+/// The notifications' consumer: the read model's settings in a group of its
+/// own, so each projection keeps its own offsets and pace.
+pub fn notifications_consumer(read_model: &ConsumerConfig, group: &str) -> ConsumerConfig {
     ConsumerConfig {
         group: group.to_owned(),
-        fetch_wait,
         ..read_model.clone()
     }
 }
@@ -94,11 +80,7 @@ pub async fn run<S: EventStore + 'static>(
     let (stop, stopped) = watch::channel(false);
     let mut consumers = Vec::new();
     let mut joined = Vec::new();
-    let notifications_config = notifications_consumer(
-        &deps.consumer,
-        &deps.notifications_group,
-        deps.notifications_fetch_wait,
-    );
+    let notifications_config = notifications_consumer(&deps.consumer, &deps.notifications_group);
     for (projection, config) in [
         (Projection::ReadModel(read_model), deps.consumer.clone()),
         (
@@ -332,7 +314,7 @@ mod tests {
     use crate::consumer::ConsumerConfig;
 
     #[test]
-    fn notifications_consume_in_their_own_group_with_their_own_fetch_wait() {
+    fn notifications_consume_in_their_own_group() {
         let read_model = ConsumerConfig {
             brokers: "127.0.0.1:9092".to_owned(),
             topic: "post-events".to_owned(),
@@ -342,14 +324,11 @@ mod tests {
             fetch_wait: Duration::from_millis(10),
             instance_id: Some("host-1".to_owned()),
             debug: None,
-            stall_after: Duration::from_secs(20),
         };
-        let notifications =
-            notifications_consumer(&read_model, "post-notifications", Duration::from_millis(50));
+        let notifications = notifications_consumer(&read_model, "post-notifications");
         assert_eq!(notifications.group, "post-notifications");
-        assert_eq!(notifications.fetch_wait, Duration::from_millis(50));
+        assert_eq!(notifications.fetch_wait, read_model.fetch_wait);
         assert_eq!(notifications.topic, read_model.topic);
         assert_eq!(notifications.instance_id, read_model.instance_id);
-        assert_eq!(read_model.fetch_wait, Duration::from_millis(10));
     }
 }

@@ -58,7 +58,6 @@ async fn admin_replay_needs_the_token_and_reports_progress() {
         notifications_schema: w.notifications.clone(),
         consumer: w.consumer_config(&testkit::unique_name("g")),
         notifications_group: testkit::unique_name("n"),
-        notifications_fetch_wait: std::time::Duration::from_millis(20),
         admin_token: Some("admin-secret".to_owned()),
         server: ServerConfig::default(),
         metrics: Metrics::new(),

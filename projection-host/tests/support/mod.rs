@@ -244,7 +244,6 @@ impl World {
             fetch_wait: Duration::from_millis(20),
             instance_id: None,
             debug: None,
-            stall_after: Duration::from_secs(20),
         }
     }
 
