@@ -5,15 +5,21 @@
 #   2. stop the broker for a while and restart it
 #   3. kill -9 the projection host and restart it
 #   4. restart PostgreSQL
+#   5. scale out: a second command host and a second projection host join, the
+#      writers spread over both command hosts, then one of each is killed -9
+#      and not restarted (the survivors carry the load and the partitions)
+# Writers send every write with an Idempotency-Key and, when it fails, retry it
+# with the same key on a command host chosen afresh, as a careful client does.
 # After each drill: every acknowledged write is in the event store (lost = 0),
-# the read model converges to the event store (likes and versions per post, so a
-# double-applied like shows), and how long that took.
+# no key's write was appended twice (doubled = 0), the read model converges to
+# the event store (likes and versions per post, so a double-applied like
+# shows), and how long that took.
 #
 # Loopback only, bounded in time. Runs its own hosts, broker and schemas.
 #   DRILL_SECONDS (10)        load before and after each fault
 #   DRILL_OUTAGE_SECONDS (5)  how long the broker stays down (the full form is 30)
 #   DRILL_WRITERS (4)         concurrent writers
-#   DRILLS ("1 2 3 4")        which drills to run
+#   DRILLS ("1 2 3 4 5")      which drills to run
 #   DRILL_KEEP (unset)        keep the work directory (host and broker logs)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -29,6 +35,7 @@ cleanup() {
   # Writers still running (a drill failed midway) must not outlive the drill.
   touch "$work/stop"
   kill $(jobs -p) 2>/dev/null || true
+  stop_seconds
   stack_drop_schemas
   stack_down
   if [[ -n "${DRILL_KEEP:-}" ]]; then say "kept $work"; else rm -rf "$work"; fi
@@ -39,24 +46,33 @@ stack_up drill
 psql_() { psql "$POSTGRES_URL" -qAtX "$@"; }
 for i in $(seq 1 50); do "$bin/command-host" mint-token "writer$i"; done >"$work/tokens"
 mapfile -t TOKENS <"$work/tokens"
-CMD="http://127.0.0.1:$COMMAND_PORT"
+# The command hosts writers spread over (the scale-out drill adds one).
+printf 'http://127.0.0.1:%s\n' "$COMMAND_PORT" >"$work/command-hosts"
 
 # One writer: creates a post now and then, likes others' posts; records every
-# acknowledged write as "post version".
+# acknowledged write as "post version". A write that fails (no answer, 5xx, or
+# 409 while its first attempt is in doubt) is retried a few times with the same
+# Idempotency-Key, each time on a command host picked at random.
 writer() { # id stop-file
-  local n=$1 stop=$2 posts=() token answer status body post
+  local n=$1 stop=$2 posts=() token answer status body post path data key attempt hosts
   RANDOM=$((n * 7919 + $$))
   while [[ ! -f "$stop" ]]; do
+    mapfile -t hosts <"$work/command-hosts"
     token=${TOKENS[$((RANDOM % ${#TOKENS[@]}))]}
+    key="drill-$n-$EPOCHREALTIME" data=()
     if ((${#posts[@]} == 0 || RANDOM % 4 == 0)); then
-      answer=$(curl -s -m 5 -w '\n%{http_code}' -X POST "$CMD/posts" -H "Authorization: Bearer $token" \
-        -H 'Content-Type: application/json' -d '{"message":"drill"}' 2>/dev/null) || { sleep 0.05; continue; }
+      path=/posts data=(-H 'Content-Type: application/json' -d '{"message":"drill"}')
     else
-      post=${posts[$((RANDOM % ${#posts[@]}))]}
-      answer=$(curl -s -m 5 -w '\n%{http_code}' -X POST "$CMD/posts/$post/likes" \
-        -H "Authorization: Bearer $token" 2>/dev/null) || { sleep 0.05; continue; }
+      path="/posts/${posts[$((RANDOM % ${#posts[@]}))]}/likes"
     fi
-    status=${answer##*$'\n'}
+    status=000
+    for attempt in 1 2 3 4 5; do
+      answer=$(curl -s -m 5 -w '\n%{http_code}' -X POST "${hosts[$((RANDOM % ${#hosts[@]}))]}$path" \
+        -H "Authorization: Bearer $token" -H "Idempotency-Key: $key" "${data[@]}" 2>/dev/null) || answer=$'\n000'
+      status=${answer##*$'\n'}
+      [[ "$status" == 000 || "$status" == 5* || "$status" == 409 ]] || break
+      sleep "0.$((attempt * 2))"
+    done
     body=${answer%$'\n'*}
     if [[ "$status" == 2* ]]; then
       post=$(sed -n 's/.*"id":"\([^"]*\)".*/\1/p' <<<"$body")
@@ -98,6 +114,13 @@ diverging_posts() {
     WHERE p.id IS NULL OR p.version <> s.version OR p.likes <> s.likes"
 }
 
+# Idempotency keys whose write was appended more than once.
+doubled_writes() {
+  psql_ -c "
+    SELECT count(*) FROM (SELECT 1 FROM $schema.events WHERE metadata->>'idempotency_key' IS NOT NULL
+                          GROUP BY metadata->>'user', metadata->>'idempotency_key' HAVING count(*) > 1) d"
+}
+
 double_applied() {
   psql_ -c "
     WITH store AS (
@@ -122,7 +145,7 @@ drill() { # name fault-function
     if [[ "$left" == 0 ]]; then converged="$((SECONDS - started)) s"; break; fi
     sleep 0.5
   done
-  results+=("| $name | $acked | $(lost_writes) | $(double_applied) | $converged |")
+  results+=("| $name | $acked | $(lost_writes) | $(doubled_writes) | $(double_applied) | $converged |")
   rm -f "$work"/acked.*
 }
 
@@ -151,19 +174,65 @@ restart_postgres() {
   pg_ctlcluster --skip-systemctl-redirect 15 main restart
 }
 
-DRILLS="${DRILLS:-1 2 3 4}"
+# A second host of a kind, beside the one up.sh started, on the same stores,
+# broker and consumer groups (what stack_up exported, and what up.sh sets for
+# its own hosts), with a port and an instance id of its own.
+start_second() { # name port
+  local pidfile="$SOURCEGRAM_STATE_DIR/hosts/$1-2.pid"
+  LISTEN_ADDR="127.0.0.1:$2" PROJECTION_INSTANCE_ID="drill-$1-2" KAFKA_BROKERS="$KAFKA_BROKERS" \
+    READ_MODEL_URL="$POSTGRES_URL" nohup "$bin/$1" >>"$SOURCEGRAM_STATE_DIR/hosts/$1-2.log" 2>&1 &
+  echo $! >"$pidfile"
+  disown # killed on purpose later: no job notice
+  local probe=healthz; [[ "$1" == projection-host ]] && probe=readyz
+  for _ in $(seq 1 600); do
+    curl -fsS "http://127.0.0.1:$2/$probe" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  say "the second $1 did not come up"; tail -20 "$SOURCEGRAM_STATE_DIR/hosts/$1-2.log" >&2; return 1
+}
+scale_out() {
+  start_second command-host "$SECOND_COMMAND_PORT"
+  start_second projection-host "$SECOND_PROJECTION_PORT"
+  printf 'http://127.0.0.1:%s\n' "$COMMAND_PORT" "$SECOND_COMMAND_PORT" >"$work/command-hosts"
+}
+# One command host and one projection host die and stay down: writers fail
+# over to the other command host, and the other projection host takes over the
+# dead one's partitions once the group expires it.
+kill_one_of_each() {
+  local pid
+  for pid in "$(cat "$SOURCEGRAM_STATE_DIR/hosts/command-host-2.pid")" "$(host_pid projection-host)"; do
+    kill -9 "$pid"
+    gone "$pid"
+  done
+}
+stop_seconds() {
+  local pidfile
+  for pidfile in "$SOURCEGRAM_STATE_DIR"/hosts/*-2.pid; do
+    [[ -f "$pidfile" ]] || continue
+    alive "$(cat "$pidfile")" && kill -TERM "$(cat "$pidfile")"
+    rm -f "$pidfile"
+  done
+}
+SECOND_COMMAND_PORT=$((COMMAND_PORT + 10))
+SECOND_PROJECTION_PORT=$((PROJECTION_PORT + 10))
+
+DRILLS="${DRILLS:-1 2 3 4 5}"
 [[ " $DRILLS " == *" 1 "* ]] && drill "kill -9 command host" kill_command_host
 [[ " $DRILLS " == *" 2 "* ]] && drill "broker down ${OUTAGE_SECONDS}s" broker_outage
 [[ " $DRILLS " == *" 3 "* ]] && drill "kill -9 projection host" kill_projection_host
 [[ " $DRILLS " == *" 4 "* ]] && drill "restart PostgreSQL" restart_postgres
+if [[ " $DRILLS " == *" 5 "* ]]; then
+  scale_out
+  drill "2+2 hosts, kill -9 one of each" kill_one_of_each
+fi
 
 echo
-echo "| drill | writes acknowledged | writes lost | posts double-applied | converged after load |"
-echo "| --- | --- | --- | --- | --- |"
+echo "| drill | writes acknowledged | writes lost | writes doubled | posts double-applied | converged after load |"
+echo "| --- | --- | --- | --- | --- | --- |"
 printf '%s\n' "${results[@]}"
 failed=0
 for row in "${results[@]}"; do
-  IFS='|' read -r _ _ _ lost double converged _ <<<"$row"
-  if [[ "${lost// /}" != 0 || "${double// /}" != 0 || "${converged// /}" == no ]]; then failed=1; fi
+  IFS='|' read -r _ _ _ lost doubled double converged _ <<<"$row"
+  if [[ "${lost// /}" != 0 || "${doubled// /}" != 0 || "${double// /}" != 0 || "${converged// /}" == no ]]; then failed=1; fi
 done
 exit "$failed"
