@@ -8,8 +8,11 @@
 #   query host    GET /posts/{id}, GET /posts        vs  pgbench point selects/s
 #   replay        events/s rebuilt                   vs  COPY rows/s of the same rows
 #   outbox        (baseline only) broker produce msgs/s with the relay's settings
+#   command host  like again (a no-op: the user already likes the post), which
+#                 reads the store to confirm, vs pgbench point selects/s
 #   live pipeline lag p99 (command to projection) at half and a quarter of the
-#                 create rate (creates on a fixed schedule), and at a low rate
+#                 create rate (creates on a fixed schedule), and at a low rate;
+#                 and likes from distinct users on one hot post
 #
 # Each host runs alone during its own load, as its baseline does.
 # Prints one Markdown table. Loopback only; every load is bounded in time.
@@ -17,8 +20,10 @@
 #   BENCH_REPLAY_EVENTS (200000)  events generated for the replay benchmark
 #   BENCH_LIVE_LOW_RATE (200)  the second, low rate of the live-pipeline run
 #   BENCH_PARTITIONS (3)  partitions of the benchmark's topics, as scripts/services.sh
+#   BENCH_HOT_RATE (400)  likes/s on the one hot post (each from a user of its own)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+source "$here/lib.sh"
 root="$here/.."
 SECONDS_EACH="${BENCH_SECONDS:-10}"
 REPLAY_EVENTS="${BENCH_REPLAY_EVENTS:-200000}"
@@ -34,13 +39,14 @@ trap cleanup EXIT
 say() { printf 'bench: %s\n' "$*" >&2; }
 
 command -v wrk >/dev/null || { say "installing wrk"; apt-get install -y -qq wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }; }
-# A broker of this run's own (own store, own port): a grown SQLite store slows
-# tansu down, and a benchmark's messages must not slow the developer's broker.
+# A broker of this run's own (own data, own ports: the controller takes the
+# port after the broker's): a benchmark's messages must not slow the
+# developer's broker, nor the developer's traffic the benchmark.
 export SOURCEGRAM_STATE_DIR="$work/state" SOURCEGRAM_KAFKA_PORT="${BENCH_KAFKA_PORT:-19092}"
+export SOURCEGRAM_KAFKA_CONTROLLER_PORT="$((SOURCEGRAM_KAFKA_PORT + 1))"
 eval "$("$here/services.sh" start)"
-TANSU_BIN="${SOURCEGRAM_TANSU_BIN:-${SOURCEGRAM_CACHE_DIR:-$HOME/.cache/sourcegram}/tansu/bin/tansu}"
 say "building release binaries"
-(cd "$root" && cargo build --release -q -p command-host -p projection-host -p query-host --example produce_rate)
+(cd "$root" && cargo build --release -q -p command-host -p projection-host -p query-host --bins --example produce_rate)
 bin="$CARGO_TARGET_DIR/release"
 
 schema="bench_$(date +%s)"
@@ -49,7 +55,7 @@ psql_ -c "CREATE SCHEMA $schema"
 store_url="$POSTGRES_URL?options=-csearch_path%3D$schema"
 topic="bench-$schema"
 partitions="${BENCH_PARTITIONS:-3}"
-"$TANSU_BIN" topic create "$topic" --partitions "$partitions" --broker "tcp://$KAFKA_BROKERS" >/dev/null 2>&1 || true
+create_topic "$topic" "$partitions"
 
 # wrk's output: requests/s, p99 in ms, and non-2xx count.
 wrk_run() { # connections url script -> "rps p99ms errors"
@@ -77,8 +83,8 @@ printf '\\set n random(1, 10000)\nSELECT * FROM %s.pgb_posts WHERE n = :n;\n' "$
 select_tps=$(pgbench_tps 64 "$work/select.sql")
 
 say "baseline: broker produce"
-produce_rate=$("$bin/examples/produce_rate" "$KAFKA_BROKERS" "$topic-raw" 50000 2>/dev/null || echo 0)
-[[ "$produce_rate" == 0 ]] && { "$TANSU_BIN" topic create "$topic-raw" --partitions "$partitions" --broker "tcp://$KAFKA_BROKERS" >/dev/null 2>&1; produce_rate=$("$bin/examples/produce_rate" "$KAFKA_BROKERS" "$topic-raw" 50000); }
+create_topic "$topic-raw" "$partitions"
+produce_rate=$("$bin/examples/produce_rate" "$KAFKA_BROKERS" "$topic-raw" 50000)
 
 # --- hosts ------------------------------------------------------------------
 # Each host is measured on its own, like its baseline: nothing else of
@@ -97,13 +103,25 @@ metric() { # port name -> value
   curl -fsS "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 == n {print $2}'
 }
 
-for i in $(seq 1 1000); do "$bin/command-host" mint-token "user$i"; done >"$work/tokens"
+# Enough users that every like on the hot post comes from a user of its own.
+hot_rate="${BENCH_HOT_RATE:-400}"
+users=$(( hot_rate * (SECONDS_EACH + 2) > 1000 ? hot_rate * (SECONDS_EACH + 2) : 1000 ))
+for i in $(seq 1 "$users"); do "$bin/command-host" mint-token "user$i"; done >"$work/tokens"
 cat >"$work/load.lua" <<'LUA'
 local tokens, ids = {}, {}
 for line in io.lines(os.getenv("TOKENS")) do tokens[#tokens + 1] = line end
 local f = os.getenv("IDS") and io.open(os.getenv("IDS"))
 if f then f:close(); for line in io.lines(os.getenv("IDS")) do ids[#ids + 1] = line end end
 local mode = os.getenv("MODE")
+local hot = os.getenv("HOT")
+-- Each of wrk's threads walks the tokens from its own offset, so that on the
+-- hot post every like comes from a user of its own.
+local made = 0
+setup = function(thread) thread:set("thread_id", made); made = made + 1 end
+-- Each thread its own random sequence: unseeded, both would send the same
+-- requests in the same order, and every other like would repeat one.
+init = function(args) math.randomseed(os.time() * 1000 + (thread_id or 0) * 7919) end
+local sent = 0
 -- RATE: requests per second in all, sent on a fixed schedule (open loop).
 -- Each of wrk's two threads takes every other slot of the schedule; a
 -- response frees its connection for the next free slot, so a slow response
@@ -133,6 +151,13 @@ request = function()
     return wrk.format("POST", "/posts", {["Authorization"] = "Bearer " .. token, ["Content-Type"] = "application/json"}, '{"message":"benchmark post"}')
   elseif mode == "like" then
     return wrk.format("POST", "/posts/" .. ids[math.random(#ids)] .. "/likes", {["Authorization"] = "Bearer " .. token})
+  elseif mode == "relike" then
+    -- 50 users on 20 posts: after the first second every like is a no-op.
+    return wrk.format("POST", "/posts/" .. ids[math.random(20)] .. "/likes", {["Authorization"] = "Bearer " .. tokens[math.random(50)]})
+  elseif mode == "hot" then
+    sent = sent + 1
+    local user = tokens[((sent - 1) * 2 + (thread_id or 0)) % #tokens + 1]
+    return wrk.format("POST", "/posts/" .. hot .. "/likes", {["Authorization"] = "Bearer " .. user})
   elseif mode == "get" then
     return wrk.format("GET", "/posts/" .. ids[math.random(#ids)])
   else
@@ -150,6 +175,11 @@ before=$(psql_ -c "SELECT count(*) FROM $schema.events")
 say "command host: like"
 read -r like_rps like_p99 like_err < <(MODE=like wrk_run 32 http://127.0.0.1:18081 "$work/load.lua")
 appended=$(( $(psql_ -c "SELECT count(*) FROM $schema.events") - before ))
+say "command host: like again (no-ops)"
+MODE=relike wrk_run 32 http://127.0.0.1:18081 "$work/load.lua" >/dev/null # every (user, post) liked once
+before_relike=$(psql_ -c "SELECT count(*) FROM $schema.events")
+read -r relike_rps relike_p99 relike_err < <(MODE=relike wrk_run 32 http://127.0.0.1:18081 "$work/load.lua")
+relike_appended=$(( $(psql_ -c "SELECT count(*) FROM $schema.events") - before_relike ))
 published=$(metric 18081 sourcegram_events_published_total)
 total=$(psql_ -c "SELECT count(*) FROM $schema.events")
 stop_last
@@ -177,7 +207,7 @@ replay() {
   done
   grep -q '"state":"succeeded"' <<<"$progress" || { say "replay failed: $progress"; exit 1; }
 }
-"$TANSU_BIN" topic create "$topic-idle" --partitions 1 --broker "tcp://$KAFKA_BROKERS" >/dev/null 2>&1 || true
+create_topic "$topic-idle" 1
 start projection-host 18083 EVENT_STORE_URL="$store_url" READ_MODEL_URL="$POSTGRES_URL" READ_MODEL_SCHEMA="${schema}_rm" \
   NOTIFICATIONS_SCHEMA="${schema}_nt" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic-idle" READ_MODEL_GROUP="$schema-rm" NOTIFICATIONS_GROUP="$schema-nt"
 projection_pid=${pids[-1]}
@@ -230,10 +260,9 @@ rm -f "$work/events.copy"
 
 # --- live pipeline ----------------------------------------------------------
 # Creates on a fixed schedule (open loop: see RATE in load.lua) into a fresh
-# event store and topic,
-# with the projection host consuming live, each run on a broker with a fresh
-# store (a grown tansu store is slower). The lag of each event (command to projection)
-# lands in the projection host's histogram; its p99 is read from the buckets.
+# event store and topic, with the projection host consuming live. The lag of
+# each event (command to projection) lands in the projection host's histogram;
+# its p99 is read from the buckets.
 # Two rates: half the create rate measured above (the target's load) and
 # BENCH_LIVE_LOW_RATE (200/s), a rate the broker here keeps up with.
 # The machine's CPU (all cores, every process: load generator, PostgreSQL,
@@ -258,14 +287,11 @@ quantiles() { # bucket-line-prefix before after -> "p50 p99"
       for (i = 1; i <= n; i++) if (count[i] >= 0.99 * total) { p99 = show(bound[i]); break }
       print p50, p99 }' "$2" "$3"
 }
-live_run() { # name rate; sets live_result="rps events caught_up cpu p50 p99 outbox_p50 outbox_p99 transit_p50 transit_p99"
-  local name=$1 rate=$2 live_schema="${schema}_$1"
-  "$here/services.sh" stop-broker >/dev/null
-  rm -rf "$SOURCEGRAM_STATE_DIR/tansu"
-  eval "$("$here/services.sh" start)"
+live_run() { # name rate [mode]; sets live_result="rps events caught_up cpu p50 p99 outbox_p50 outbox_p99 transit_p50 transit_p99"
+  local name=$1 rate=$2 mode=${3:-create} live_schema="${schema}_$1"
   psql_ -c "CREATE SCHEMA $live_schema"
   local url="$POSTGRES_URL?options=-csearch_path%3D$live_schema"
-  "$TANSU_BIN" topic create "$topic-$name" --partitions "$partitions" --broker "tcp://$KAFKA_BROKERS" >/dev/null 2>&1 || true
+  create_topic "$topic-$name" "$partitions"
   start command-host 18091 EVENT_STORE_URL="$url" RECORDS_URL="$url" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic-$name" PG_POOL_SIZE=32
   start projection-host 18093 EVENT_STORE_URL="$url" READ_MODEL_URL="$POSTGRES_URL" PROJECTION_INSTANCE_ID="bench-$name" \
     READ_MODEL_SCHEMA="${live_schema}_rm" NOTIFICATIONS_SCHEMA="${live_schema}_nt" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic-$name" \
@@ -286,11 +312,16 @@ live_run() { # name rate; sets live_result="rps events caught_up cpu p50 p99 out
     (( ${projected:-0} >= 20 )) && break
     sleep 0.1
   done
+  if [[ $mode == hot ]]; then
+    HOT=$(curl -fsS -X POST -H "Authorization: Bearer $token" -H 'content-type: application/json' \
+      -d '{"message":"hot"}' http://127.0.0.1:18091/posts | sed -n 's/.*"id":"\([^"]*\)".*/\1/p')
+    export HOT
+  fi
   curl -fsS http://127.0.0.1:18093/metrics >"$work/lag-before"
   curl -fsS http://127.0.0.1:18091/metrics >"$work/outbox-before"
   local connections=64 rps p99 errors events caught_up=no busy_before busy
   busy_before=$(cpu_ticks)
-  read -r rps p99 errors < <(RATE=$rate MODE=create wrk_run "$connections" http://127.0.0.1:18091 "$work/load.lua")
+  read -r rps p99 errors < <(RATE=$rate MODE=$mode wrk_run "$connections" http://127.0.0.1:18091 "$work/load.lua")
   busy=$(cpu_busy "$busy_before" "$(cpu_ticks)")
   events=$(psql_ -c "SELECT count(*) FROM $live_schema.events")
   for _ in $(seq 1 1200); do
@@ -321,6 +352,9 @@ read -r quarter_rps quarter_events quarter_caught quarter_cpu quarter_p50 quarte
 say "live pipeline: about $live_low creates/s"
 live_run low "$live_low"
 read -r low_rps low_events low_caught low_cpu low_p50 low_p99 low_outbox50 low_outbox99 low_transit50 low_transit99 <<<"$live_result"
+say "live pipeline: about $hot_rate likes/s on one hot post, each from a user of its own"
+live_run hot "$hot_rate" hot
+read -r hot_rps hot_events hot_caught hot_cpu hot_p50 hot_p99 hot_outbox50 hot_outbox99 hot_transit50 hot_transit99 <<<"$live_result"
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 cat <<EOF
@@ -330,16 +364,19 @@ cat <<EOF
 | create post, 32 connections | $create_rps cmd/s (non-2xx: $create_err) | $create_p99 ms | pgbench insert, 16 clients: $insert_tps/s | $(ratio "$create_rps" "$insert_tps") |
 | create post, publishing held back (diagnostic) | $held_rps cmd/s (non-2xx: $held_err) | $held_p99 ms | pgbench insert: $insert_tps/s | $(ratio "$held_rps" "$insert_tps") |
 | like, 32 connections ($appended appended) | $like_rps cmd/s (non-2xx: $like_err) | $like_p99 ms | pgbench insert: $insert_tps/s | $(ratio "$like_rps" "$insert_tps") |
+| like again (no-op, confirmed against the store; $relike_appended appended), 32 connections | $relike_rps cmd/s (non-2xx: $relike_err) | $relike_p99 ms | pgbench point select, 64 clients: $select_tps/s | $(ratio "$relike_rps" "$select_tps") |
 | GET /posts/{id}, 64 connections | $get_rps req/s (non-2xx: $get_err) | $get_p99 ms | pgbench point select, 64 clients: $select_tps/s | $(ratio "$get_rps" "$select_tps") |
 | GET /posts?limit=20, 64 connections | $list_rps req/s (non-2xx: $list_err) | $list_p99 ms | pgbench point select: $select_tps/s | $(ratio "$list_rps" "$select_tps") |
 | replay, $replay_total events | $replay_rate events/s, peak RSS $replay_rss_mb MB | | COPY of $rows event rows: $copy_rate rows/s | $(ratio "$replay_rate" "$copy_rate") |
 | outbox during the write loads | ${published:-0} of $total events published by the end of the loads | | broker produce (relay settings): $produce_rate msgs/s | |
 | live pipeline at half the create rate | $half_rps creates/s, $half_events events, caught up within 120 s: $half_caught; machine CPU busy $half_cpu; lag p50 $half_p50; of which outbox (command to broker ack) p50 $half_outbox50, p99 $half_outbox99, broker (producer to consumer) p50 $half_transit50, p99 $half_transit99 | lag $half_p99 | | |
 | live pipeline at a quarter of the create rate | $quarter_rps creates/s, $quarter_events events, caught up within 120 s: $quarter_caught; machine CPU busy $quarter_cpu; lag p50 $quarter_p50; of which outbox (command to broker ack) p50 $quarter_outbox50, p99 $quarter_outbox99, broker (producer to consumer) p50 $quarter_transit50, p99 $quarter_transit99 | lag $quarter_p99 | | |
+| live pipeline, one hot post at $hot_rate likes/s | $hot_rps likes/s, $hot_events events, caught up within 120 s: $hot_caught; machine CPU busy $hot_cpu; lag p50 $hot_p50; of which outbox p50 $hot_outbox50, p99 $hot_outbox99, broker p50 $hot_transit50, p99 $hot_transit99 | lag $hot_p99 | | |
 | live pipeline at $live_low creates/s | $low_rps creates/s, $low_events events, caught up within 120 s: $low_caught; machine CPU busy $low_cpu; lag p50 $low_p50; of which outbox (command to broker ack) p50 $low_outbox50, p99 $low_outbox99, broker (producer to consumer) p50 $low_transit50, p99 $low_transit99 | lag $low_p99 | | |
 
 EOF
 psql_ -c "DROP SCHEMA $schema CASCADE; DROP SCHEMA ${schema}_rm CASCADE; DROP SCHEMA ${schema}_nt CASCADE; DROP SCHEMA ${schema}_held CASCADE;
           DROP SCHEMA ${schema}_half CASCADE; DROP SCHEMA ${schema}_half_rm CASCADE; DROP SCHEMA ${schema}_half_nt CASCADE;
           DROP SCHEMA ${schema}_quarter CASCADE; DROP SCHEMA ${schema}_quarter_rm CASCADE; DROP SCHEMA ${schema}_quarter_nt CASCADE;
-          DROP SCHEMA ${schema}_low CASCADE; DROP SCHEMA ${schema}_low_rm CASCADE; DROP SCHEMA ${schema}_low_nt CASCADE" 2>/dev/null || true
+          DROP SCHEMA ${schema}_low CASCADE; DROP SCHEMA ${schema}_low_rm CASCADE; DROP SCHEMA ${schema}_low_nt CASCADE;
+          DROP SCHEMA ${schema}_hot CASCADE; DROP SCHEMA ${schema}_hot_rm CASCADE; DROP SCHEMA ${schema}_hot_nt CASCADE" 2>/dev/null || true
