@@ -1,13 +1,18 @@
-//! The MongoDB event store: one `events` collection with a unique index on
-//! (stream_id, version). A duplicate key (11000) or a transaction write conflict
-//! becomes the typed concurrency conflict; a command's events are inserted in
-//! one multi-document transaction, so MongoDB must run as a replica set (a
-//! single-node one is enough, as in docker-compose).
+//! The MongoDB event store, without multi-document transactions: one document
+//! per append (a *commit*) in the `commits` collection, holding that append's
+//! events in version order. A commit's `_id` is its stream and the version it
+//! was appended after, so two appends after the same version collide on the
+//! primary key (error 11000, the typed conflict), and an append after a version
+//! that no commit ends at is refused before it is tried. Together: a command's
+//! events are all or nothing (one single-document insert), and versions have
+//! no gaps and no duplicates. Runs on MongoDB standalone or as a replica set,
+//! and on FerretDB (the MongoDB wire protocol over PostgreSQL).
+
+use std::collections::{HashMap, HashSet};
 
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, Bson, Document, doc};
-use mongodb::error::{Error as MongoError, ErrorKind, TRANSIENT_TRANSACTION_ERROR, WriteFailure};
-use mongodb::options::IndexOptions;
+use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
 use mongodb::{Client, Collection, IndexModel};
 
 use domain::{EventEnvelope, EventMetadata, PostId, Timestamp, UserId, Version};
@@ -15,12 +20,11 @@ use domain::{EventEnvelope, EventMetadata, PostId, Timestamp, UserId, Version};
 use super::{EventStore, ReadAllCursor, ReadAllPage, StoreError};
 
 const DUPLICATE_KEY: i32 = 11_000;
-const WRITE_CONFLICT: i32 = 112;
 
 #[derive(Debug, Clone)]
 pub struct MongoEventStore {
     client: Client,
-    events: Collection<Document>,
+    commits: Collection<Document>,
 }
 
 fn unavailable(error: MongoError) -> StoreError {
@@ -32,17 +36,10 @@ fn corrupt(error: impl std::fmt::Display) -> StoreError {
 }
 
 /// Whether the error means another writer got there first.
-fn is_conflict(error: &MongoError) -> bool {
-    if error.contains_label(TRANSIENT_TRANSACTION_ERROR) {
-        return true;
-    }
+fn is_duplicate_key(error: &MongoError) -> bool {
     match error.kind.as_ref() {
         ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
-        ErrorKind::InsertMany(e) => e
-            .write_errors
-            .as_ref()
-            .is_some_and(|errors| errors.iter().any(|w| w.code == DUPLICATE_KEY)),
-        ErrorKind::Command(e) => e.code == WRITE_CONFLICT || e.code == DUPLICATE_KEY,
+        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
         _ => false,
     }
 }
@@ -51,30 +48,76 @@ fn version_of(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-fn to_document(envelope: &EventEnvelope) -> Result<Document, StoreError> {
+/// The commit's primary key: its stream and the version it follows, padded so
+/// that keys sort like versions.
+fn commit_id(stream: &str, after: Version) -> String {
+    format!("{stream}:{:020}", after.get())
+}
+
+/// What a retry looks a request's events up by: user and key in one string
+/// (a user id never contains '/').
+fn key_of(user: &UserId, key: &str) -> String {
+    format!("{}/{key}", user.as_str())
+}
+
+fn event_document(envelope: &EventEnvelope) -> Result<Document, StoreError> {
     let metadata = bson::to_bson(&envelope.metadata).map_err(corrupt)?;
     let data = bson::to_bson(&envelope.data).map_err(corrupt)?;
     Ok(doc! {
-        "stream_id": envelope.stream_id.to_string(),
-        "version": version_of(envelope.version.get()),
         "event_id": envelope.event_id.to_string(),
+        "version": version_of(envelope.version.get()),
         "stream_type": &envelope.stream_type,
         "type": &envelope.event_type,
         "schema": i64::from(envelope.schema),
         "occurred_at": envelope.occurred_at.unix_millis(),
         "metadata": metadata,
         "data": data,
+    })
+}
+
+fn commit_document(
+    stream_id: PostId,
+    expected: Version,
+    events: &[EventEnvelope],
+) -> Result<Document, StoreError> {
+    let stream = stream_id.to_string();
+    let keys: Vec<String> = events
+        .iter()
+        .filter_map(|e| {
+            e.metadata
+                .idempotency_key
+                .as_deref()
+                .map(|key| key_of(&e.metadata.user, key))
+        })
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    Ok(doc! {
+        "_id": commit_id(&stream, expected),
+        "stream_id": &stream,
+        "first": version_of(expected.get() + 1),
+        "last": version_of(expected.get() + events.len() as u64),
+        "count": events.len() as i64,
+        "events": events.iter().map(event_document).collect::<Result<Vec<_>, _>>()?,
+        "keys": keys,
         "published": false,
     })
 }
 
-fn from_document(document: &Document) -> Result<EventEnvelope, StoreError> {
-    let text = |key: &str| document.get_str(key).map_err(corrupt);
-    let number = |key: &str| match document.get(key) {
+fn number(document: &Document, key: &str) -> Result<i64, StoreError> {
+    match document.get(key) {
         Some(Bson::Int64(n)) => Ok(*n),
         Some(Bson::Int32(n)) => Ok(i64::from(*n)),
+        Some(Bson::Double(n)) if n.fract() == 0.0 => Ok(*n as i64),
         other => Err(corrupt(format!("{key} is {other:?}"))),
-    };
+    }
+}
+
+fn event_from_document(
+    stream_id: PostId,
+    document: &Document,
+) -> Result<EventEnvelope, StoreError> {
+    let text = |key: &str| document.get_str(key).map_err(corrupt);
     let metadata: EventMetadata =
         bson::from_bson(document.get("metadata").cloned().unwrap_or(Bson::Null))
             .map_err(corrupt)?;
@@ -82,15 +125,30 @@ fn from_document(document: &Document) -> Result<EventEnvelope, StoreError> {
         bson::from_bson(document.get("data").cloned().unwrap_or(Bson::Null)).map_err(corrupt)?;
     Ok(EventEnvelope {
         event_id: uuid::Uuid::try_parse(text("event_id")?).map_err(corrupt)?,
-        stream_id: PostId::parse(text("stream_id")?).map_err(corrupt)?,
+        stream_id,
         stream_type: text("stream_type")?.to_owned(),
-        version: Version::new(u64::try_from(number("version")?).map_err(corrupt)?),
+        version: Version::new(u64::try_from(number(document, "version")?).map_err(corrupt)?),
         event_type: text("type")?.to_owned(),
-        schema: u32::try_from(number("schema")?).map_err(corrupt)?,
-        occurred_at: Timestamp::from_unix_millis(number("occurred_at")?),
+        schema: u32::try_from(number(document, "schema")?).map_err(corrupt)?,
+        occurred_at: Timestamp::from_unix_millis(number(document, "occurred_at")?),
         metadata,
         data,
     })
+}
+
+/// A commit's events, in version order.
+fn events_of(commit: &Document) -> Result<Vec<EventEnvelope>, StoreError> {
+    let stream_id =
+        PostId::parse(commit.get_str("stream_id").map_err(corrupt)?).map_err(corrupt)?;
+    commit
+        .get_array("events")
+        .map_err(corrupt)?
+        .iter()
+        .map(|event| match event {
+            Bson::Document(event) => event_from_document(stream_id, event),
+            other => Err(corrupt(format!("an event is {other:?}"))),
+        })
+        .collect()
 }
 
 impl MongoEventStore {
@@ -101,81 +159,56 @@ impl MongoEventStore {
             .default_database()
             .unwrap_or_else(|| client.database("sourcegram"));
         Ok(Self {
-            events: database.collection("events"),
+            commits: database.collection("commits"),
             client,
         })
     }
 
-    /// Creates the indexes if missing.
+    /// Creates the indexes if missing. The primary key needs none.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        let unique = |keys: Document| {
-            IndexModel::builder()
-                .keys(keys)
-                .options(IndexOptions::builder().unique(true).build())
-                .build()
-        };
-        self.events
-            .create_index(unique(doc! { "stream_id": 1, "version": 1 }))
-            .await
-            .map_err(unavailable)?;
-        self.events
-            .create_index(unique(doc! { "event_id": 1 }))
-            .await
-            .map_err(unavailable)?;
-        self.events
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! { "published": 1, "stream_id": 1, "version": 1 })
-                    .build(),
-            )
-            .await
-            .map_err(unavailable)?;
-        // A retry finds what its first attempt appended by the key in the metadata.
-        self.events
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! { "metadata.user": 1, "metadata.idempotency_key": 1 })
-                    .build(),
-            )
-            .await
-            .map_err(unavailable)?;
+        let index = |keys: Document| IndexModel::builder().keys(keys).build();
+        for keys in [
+            // Loading a stream, and checking the version an append follows.
+            doc! { "stream_id": 1, "last": 1 },
+            // Reading every stream in order (replay).
+            doc! { "stream_id": 1, "first": 1 },
+            // The outbox.
+            doc! { "published": 1, "stream_id": 1, "first": 1 },
+            // A retry's lookup of what its first attempt appended.
+            doc! { "keys": 1 },
+        ] {
+            self.commits
+                .create_index(index(keys))
+                .await
+                .map_err(unavailable)?;
+        }
         Ok(())
     }
 
-    async fn current_version(
-        &self,
-        stream: &str,
-        session: Option<&mut mongodb::ClientSession>,
-    ) -> Result<i64, MongoError> {
-        let find = self
-            .events
-            .find_one(doc! { "stream_id": stream })
-            .sort(doc! { "version": -1 })
-            .projection(doc! { "version": 1 });
-        let found = match session {
-            Some(session) => find.session(session).await?,
-            None => find.await?,
-        };
-        Ok(found.and_then(|d| d.get_i64("version").ok()).unwrap_or(0))
-    }
-
-    async fn find_all(
+    async fn find_commits(
         &self,
         filter: Document,
         sort: Document,
         limit: Option<i64>,
-    ) -> Result<Vec<EventEnvelope>, StoreError> {
-        let mut find = self.events.find(filter).sort(sort);
+    ) -> Result<Vec<Document>, StoreError> {
+        let mut find = self.commits.find(filter).sort(sort);
         if let Some(limit) = limit {
             find = find.limit(limit);
         }
-        let documents: Vec<Document> = find
-            .await
+        find.await
             .map_err(unavailable)?
             .try_collect()
             .await
-            .map_err(unavailable)?;
-        documents.iter().map(from_document).collect()
+            .map_err(unavailable)
+    }
+
+    /// Every event of `commits`, in their order.
+    fn flatten(commits: &[Document]) -> Result<Vec<EventEnvelope>, StoreError> {
+        let mut events = Vec::new();
+        for commit in commits {
+            events.extend(events_of(commit)?);
+        }
+        Ok(events)
     }
 }
 
@@ -190,60 +223,30 @@ impl EventStore for MongoEventStore {
         if events.is_empty() {
             return Ok(());
         }
-        let stream = stream_id.to_string();
-        let documents = events
-            .iter()
-            .map(to_document)
-            .collect::<Result<Vec<_>, _>>()?;
         let conflict = || StoreError::Conflict {
             stream_id,
             expected,
         };
-        let classify = |error: MongoError| {
-            if is_conflict(&error) {
-                conflict()
-            } else {
-                unavailable(error)
-            }
-        };
-        if let [single] = documents.as_slice() {
-            // One document is atomic on its own; the unique index catches a racer.
-            if self
-                .current_version(&stream, None)
+        let stream = stream_id.to_string();
+        // An append follows the end of a commit, or the empty stream. Commits
+        // never change, so a version some commit ends at stays one; whether
+        // another append already followed it is the primary key's to say.
+        if expected != Version::EMPTY {
+            let boundary = self
+                .commits
+                .find_one(doc! { "stream_id": &stream, "last": version_of(expected.get()) })
+                .projection(doc! { "_id": 1 })
                 .await
-                .map_err(unavailable)?
-                != version_of(expected.get())
-            {
+                .map_err(unavailable)?;
+            if boundary.is_none() {
                 return Err(conflict());
             }
-            self.events.insert_one(single).await.map_err(classify)?;
-            return Ok(());
         }
-        let mut session = self.client.start_session().await.map_err(unavailable)?;
-        session.start_transaction().await.map_err(unavailable)?;
-        let outcome = async {
-            if self.current_version(&stream, Some(&mut session)).await?
-                != version_of(expected.get())
-            {
-                return Ok(false);
-            }
-            self.events
-                .insert_many(&documents)
-                .session(&mut session)
-                .await?;
-            Ok::<_, MongoError>(true)
-        }
-        .await;
-        match outcome {
-            Ok(true) => session.commit_transaction().await.map_err(classify),
-            Ok(false) => {
-                let _ = session.abort_transaction().await;
-                Err(conflict())
-            }
-            Err(error) => {
-                let _ = session.abort_transaction().await;
-                Err(classify(error))
-            }
+        let commit = commit_document(stream_id, expected, events)?;
+        match self.commits.insert_one(commit).await {
+            Ok(_) => Ok(()),
+            Err(error) if is_duplicate_key(&error) => Err(conflict()),
+            Err(error) => Err(unavailable(error)),
         }
     }
 
@@ -252,12 +255,16 @@ impl EventStore for MongoEventStore {
         stream_id: PostId,
         from: Version,
     ) -> Result<Vec<EventEnvelope>, StoreError> {
-        self.find_all(
-            doc! { "stream_id": stream_id.to_string(), "version": { "$gte": version_of(from.get()) } },
-            doc! { "version": 1 },
-            None,
-        )
-        .await
+        let commits = self
+            .find_commits(
+                doc! { "stream_id": stream_id.to_string(), "last": { "$gte": version_of(from.get()) } },
+                doc! { "first": 1 },
+                None,
+            )
+            .await?;
+        let mut events = Self::flatten(&commits)?;
+        events.retain(|e| e.version >= from);
+        Ok(events)
     }
 
     async fn find_by_idempotency_key(
@@ -265,12 +272,18 @@ impl EventStore for MongoEventStore {
         user: &UserId,
         key: &str,
     ) -> Result<Vec<EventEnvelope>, StoreError> {
-        self.find_all(
-            doc! { "metadata.user": user.as_str(), "metadata.idempotency_key": key },
-            doc! { "stream_id": 1, "version": 1 },
-            None,
-        )
-        .await
+        let commits = self
+            .find_commits(
+                doc! { "keys": key_of(user, key) },
+                doc! { "stream_id": 1, "first": 1 },
+                None,
+            )
+            .await?;
+        let mut events = Self::flatten(&commits)?;
+        events.retain(|e| {
+            e.metadata.user == *user && e.metadata.idempotency_key.as_deref() == Some(key)
+        });
+        Ok(events)
     }
 
     async fn read_all(
@@ -283,41 +296,63 @@ impl EventStore for MongoEventStore {
             None => doc! {},
             Some((stream, version)) => doc! { "$or": [
                 { "stream_id": { "$gt": stream.to_string() } },
-                { "stream_id": stream.to_string(), "version": { "$gt": version_of(version.get()) } },
+                { "stream_id": stream.to_string(), "last": { "$gt": version_of(version.get()) } },
             ] },
         };
-        let events = self
-            .find_all(
-                filter,
-                doc! { "stream_id": 1, "version": 1 },
-                Some(version_of(limit as u64)),
-            )
-            .await?;
-        let next = (events.len() == limit).then(|| ReadAllCursor {
-            after: events.last().map(|e| (e.stream_id, e.version)),
-        });
+        // Commits are read in order until they hold a page of events; the
+        // cursor is dropped then, so a page reads about a page of events
+        // whatever the commits' sizes.
+        let mut commits = self
+            .commits
+            .find(filter)
+            .sort(doc! { "stream_id": 1, "first": 1 })
+            .batch_size(64)
+            .await
+            .map_err(unavailable)?;
+        let mut events = Vec::with_capacity(limit);
+        let mut exhausted = true;
+        while let Some(commit) = commits.try_next().await.map_err(unavailable)? {
+            let mut commit_events = events_of(&commit)?;
+            if let Some((stream, version)) = cursor.after {
+                commit_events.retain(|e| e.stream_id != stream || e.version > version);
+            }
+            events.extend(commit_events);
+            if events.len() >= limit {
+                exhausted = false;
+                break;
+            }
+        }
+        events.truncate(limit);
+        let next = (!exhausted)
+            .then(|| ReadAllCursor {
+                after: events.last().map(|e| (e.stream_id, e.version)),
+            })
+            .filter(|next| next.after.is_some());
         Ok(ReadAllPage { events, next })
     }
 
     async fn stream_heads(&self) -> Result<Vec<(PostId, Version)>, StoreError> {
-        let pipeline =
-            vec![doc! { "$group": { "_id": "$stream_id", "version": { "$max": "$version" } } }];
-        let groups: Vec<Document> = self
-            .events
-            .aggregate(pipeline)
-            .await
-            .map_err(unavailable)?
-            .try_collect()
+        // Folded here rather than with `$group`/`$max`, which not every
+        // MongoDB wire-protocol server has.
+        let mut heads: HashMap<String, i64> = HashMap::new();
+        let mut commits = self
+            .commits
+            .find(doc! {})
+            .projection(doc! { "stream_id": 1, "last": 1 })
             .await
             .map_err(unavailable)?;
-        groups
-            .iter()
-            .map(|g| {
-                let stream = PostId::parse(g.get_str("_id").map_err(corrupt)?).map_err(corrupt)?;
-                let version = g.get_i64("version").map_err(corrupt)?;
+        while let Some(commit) = commits.try_next().await.map_err(unavailable)? {
+            let stream = commit.get_str("stream_id").map_err(corrupt)?;
+            let last = number(&commit, "last")?;
+            let head = heads.entry(stream.to_owned()).or_default();
+            *head = (*head).max(last);
+        }
+        heads
+            .into_iter()
+            .map(|(stream, last)| {
                 Ok((
-                    stream,
-                    Version::new(u64::try_from(version).map_err(corrupt)?),
+                    PostId::parse(&stream).map_err(corrupt)?,
+                    Version::new(u64::try_from(last).map_err(corrupt)?),
                 ))
             })
             .collect()
@@ -328,27 +363,68 @@ impl EventStore for MongoEventStore {
         limit: usize,
         skip: &[(PostId, Version)],
     ) -> Result<Vec<EventEnvelope>, StoreError> {
-        let mut filter = doc! { "published": false };
-        if !skip.is_empty() {
-            filter.insert("$nor", event_keys(skip));
-        }
+        let skipped: HashSet<(PostId, Version)> = skip.iter().copied().collect();
         // Ordered by stream and version: MongoDB has no cheap global append order
         // without a hot counter, and Kafka only needs each stream's order.
-        self.find_all(
-            filter,
-            doc! { "published": 1, "stream_id": 1, "version": 1 },
-            Some(version_of(limit.max(1) as u64)),
-        )
-        .await
+        // Whole commits only, so a commit is marked once all of it went out.
+        let commits = self
+            .find_commits(
+                doc! { "published": false },
+                doc! { "published": 1, "stream_id": 1, "first": 1 },
+                Some(version_of(limit.max(1) as u64 + skip.len() as u64)),
+            )
+            .await?;
+        let mut events = Vec::new();
+        for commit in &commits {
+            let mut commit_events = events_of(commit)?;
+            commit_events.retain(|e| !skipped.contains(&(e.stream_id, e.version)));
+            if !events.is_empty() && events.len() + commit_events.len() > limit {
+                break;
+            }
+            events.extend(commit_events);
+        }
+        Ok(events)
     }
 
     async fn mark_published(&self, events: &[(PostId, Version)]) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
         }
-        self.events
+        // A commit is marked once every one of its events is: the relay hands
+        // out and marks whole commits, so that is every commit it published.
+        let marked: HashSet<(String, i64)> = events
+            .iter()
+            .map(|(s, v)| (s.to_string(), version_of(v.get())))
+            .collect();
+        let streams: Vec<String> = marked
+            .iter()
+            .map(|(s, _)| s.clone())
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let candidates = self
+            .commits
+            .find(doc! { "published": false, "stream_id": { "$in": streams } })
+            .projection(doc! { "_id": 1, "stream_id": 1, "first": 1, "last": 1 })
+            .await
+            .map_err(unavailable)?
+            .try_collect::<Vec<Document>>()
+            .await
+            .map_err(unavailable)?;
+        let mut done = Vec::new();
+        for commit in &candidates {
+            let stream = commit.get_str("stream_id").map_err(corrupt)?;
+            let (first, last) = (number(commit, "first")?, number(commit, "last")?);
+            if (first..=last).all(|v| marked.contains(&(stream.to_owned(), v))) {
+                done.push(commit.get("_id").cloned().unwrap_or(Bson::Null));
+            }
+        }
+        if done.is_empty() {
+            return Ok(());
+        }
+        self.commits
             .update_many(
-                doc! { "$or": event_keys(events) },
+                doc! { "_id": { "$in": done } },
                 doc! { "$set": { "published": true } },
             )
             .await
@@ -357,10 +433,22 @@ impl EventStore for MongoEventStore {
     }
 
     async fn unpublished_count(&self) -> Result<u64, StoreError> {
-        self.events
-            .count_documents(doc! { "published": false })
+        let pipeline = vec![
+            doc! { "$match": { "published": false } },
+            doc! { "$group": { "_id": Bson::Null, "events": { "$sum": "$count" } } },
+        ];
+        let groups: Vec<Document> = self
+            .commits
+            .aggregate(pipeline)
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        match groups.first() {
+            None => Ok(0),
+            Some(group) => u64::try_from(number(group, "events")?).map_err(corrupt),
+        }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -371,12 +459,4 @@ impl EventStore for MongoEventStore {
             .map(|_| ())
             .map_err(unavailable)
     }
-}
-
-/// Filter documents matching each of `events` by stream and version.
-fn event_keys(events: &[(PostId, Version)]) -> Vec<Document> {
-    events
-        .iter()
-        .map(|(s, v)| doc! { "stream_id": s.to_string(), "version": version_of(v.get()) })
-        .collect()
 }
