@@ -21,6 +21,8 @@
 #   DRILL_WRITERS (4)         concurrent writers
 #   DRILLS ("1 2 3 4 5")      which drills to run
 #   DRILL_KEEP (unset)        keep the work directory (host and broker logs)
+#   SOURCEGRAM_EVENT_STORE    postgres (default) or mongodb: the server the event
+#                             store runs on (mongodb: the one services.sh starts)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/lib.sh"
@@ -44,6 +46,8 @@ trap cleanup EXIT
 
 stack_up drill
 psql_() { psql "$POSTGRES_URL" -qAtX "$@"; }
+(cd "$here/.." && cargo build -q -p command-host --example dump_events $([[ $SOURCEGRAM_PROFILE == release ]] && echo --release))
+dump="$bin/examples/dump_events"
 for i in $(seq 1 50); do "$bin/command-host" mint-token "writer$i"; done >"$work/tokens"
 mapfile -t TOKENS <"$work/tokens"
 # The command hosts writers spread over (the scale-out drill adds one).
@@ -90,6 +94,15 @@ stop_load() { touch "$work/stop"; wait; }
 
 host_pid() { cat "$SOURCEGRAM_STATE_DIR/hosts/$1.pid"; }
 
+# The event store as a PostgreSQL table, whichever store the stack runs on
+# (SOURCEGRAM_EVENT_STORE): the checks below are queries over it.
+snapshot_store() {
+  PGOPTIONS="-c client_min_messages=warning" psql_ -c "CREATE TABLE IF NOT EXISTS $schema.store_events (stream_id uuid, version bigint,
+              event_type text, liker text, actor text, idempotency_key text); TRUNCATE $schema.store_events"
+  "$dump" "$EVENT_STORE_URL" >"$work/store.tsv"
+  psql_ -c "\\copy $schema.store_events FROM '$work/store.tsv'"
+}
+
 # Every acknowledged (post, version) is in the event store.
 lost_writes() {
   cat "$work"/acked.* 2>/dev/null | sort -u >"$work/acked"
@@ -97,7 +110,7 @@ lost_writes() {
 CREATE TEMP TABLE acked (stream_id uuid, version bigint);
 \copy acked FROM '$work/acked' WITH (DELIMITER ' ')
 SELECT count(*) FROM acked a WHERE NOT EXISTS
-  (SELECT 1 FROM $schema.events e WHERE e.stream_id = a.stream_id AND e.version = a.version);
+  (SELECT 1 FROM $schema.store_events e WHERE e.stream_id = a.stream_id AND e.version = a.version);
 SQL
 }
 
@@ -108,8 +121,8 @@ diverging_posts() {
     WITH store AS (
       SELECT stream_id,
              max(version) AS version,
-             count(DISTINCT data->>'user') FILTER (WHERE event_type = 'PostLiked') AS likes
-      FROM $schema.events GROUP BY stream_id)
+             count(DISTINCT liker) FILTER (WHERE event_type = 'PostLiked') AS likes
+      FROM $schema.store_events GROUP BY stream_id)
     SELECT count(*) FROM store s LEFT JOIN ${schema}_rm.posts p ON p.id = s.stream_id
     WHERE p.id IS NULL OR p.version <> s.version OR p.likes <> s.likes"
 }
@@ -117,15 +130,15 @@ diverging_posts() {
 # Idempotency keys whose write was appended more than once.
 doubled_writes() {
   psql_ -c "
-    SELECT count(*) FROM (SELECT 1 FROM $schema.events WHERE metadata->>'idempotency_key' IS NOT NULL
-                          GROUP BY metadata->>'user', metadata->>'idempotency_key' HAVING count(*) > 1) d"
+    SELECT count(*) FROM (SELECT 1 FROM $schema.store_events WHERE idempotency_key IS NOT NULL
+                          GROUP BY actor, idempotency_key HAVING count(*) > 1) d"
 }
 
 double_applied() {
   psql_ -c "
     WITH store AS (
-      SELECT stream_id, count(DISTINCT data->>'user') FILTER (WHERE event_type = 'PostLiked') AS likes
-      FROM $schema.events GROUP BY stream_id)
+      SELECT stream_id, count(DISTINCT liker) FILTER (WHERE event_type = 'PostLiked') AS likes
+      FROM $schema.store_events GROUP BY stream_id)
     SELECT count(*) FROM store s JOIN ${schema}_rm.posts p ON p.id = s.stream_id WHERE p.likes > s.likes"
 }
 
@@ -141,6 +154,7 @@ drill() { # name fault-function
   local acked; acked=$(cat "$work"/acked.* 2>/dev/null | wc -l)
   local started=$SECONDS converged="no" left
   while ((SECONDS - started < 180)); do
+    snapshot_store
     left=$(diverging_posts)
     if [[ "$left" == 0 ]]; then converged="$((SECONDS - started)) s"; break; fi
     sleep 0.5

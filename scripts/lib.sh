@@ -73,6 +73,76 @@ kafka_answers() {
   [[ ${#answer} == 32 && ${answer:8:8} == 00005347 && ${answer:24:8} != 00000000 ]]
 }
 
+# mongo_command <host> <port> <command> <database>: sends the command
+# {<command>: 1, $db: "<database>"} to a server that speaks MongoDB's wire
+# protocol and succeeds when it answers with ok: 1. Both names must be ASCII
+# without quotes or percent signs (the names tests and scripts make are). The
+# request is one OP_MSG written by hand, like kafka_answers' metadata request,
+# so that neither a driver nor a shell client is needed.
+mongo_command() {
+  local body msg answer
+  # A BSON document: its size, an int32 element (type 0x10) naming the command,
+  # a string element (type 0x02) "$db", and a closing zero byte.
+  body="\x10$3\x00$(le32 1)\x02\$db\x00$(le32 $((${#4} + 1)))$4\x00\x00"
+  body="$(le32 $((4 + 1 + ${#3} + 1 + 4 + 1 + 4 + 4 + ${#4} + 1 + 1)))$body"
+  # The header: message size, request id 0x5347, no response-to, opcode 2013
+  # (OP_MSG); then no flags and one section of kind 0 holding the document.
+  msg="$(le32 $((16 + 4 + 1 + 4 + 1 + ${#3} + 1 + 4 + 1 + 4 + 4 + ${#4} + 1 + 1)))"
+  msg="$msg\x47\x53\x00\x00\x00\x00\x00\x00\xdd\x07\x00\x00\x00\x00\x00\x00\x00$body"
+  # The answer's size comes first: dd reads those four bytes one at a time, so
+  # that nothing of the rest is taken from the socket before head reads it.
+  # shellcheck disable=SC2016 # the inner shell expands $0, $1 and $2
+  answer=$(timeout 5 bash -c 'exec 3<>"/dev/tcp/$0/$1" || exit 1
+    printf "%b" "$2" >&3
+    size=$(dd bs=1 count=4 <&3 2>/dev/null | od -An -tx1 | tr -d " \n")
+    [[ ${#size} == 8 ]] || exit 1
+    size=$((16#${size:6:2}${size:4:2}${size:2:2}${size:0:2}))
+    ((size > 21 && size < 16777216)) || exit 1
+    head -c $((size - 4)) <&3 | od -An -tx1' "$1" "$2" "$msg" 2>/dev/null) || return 1
+  answer=$(tr -d ' \n' <<<"$answer")
+  # After the size: the server's request id, our request id, opcode 2013, and
+  # a document that holds ok: 1.0 (type 0x01, "ok", the double 1.0).
+  [[ ${answer:8:16} == 47530000dd070000 && $answer == *016f6b00000000000000f03f* ]]
+}
+
+# le32 <n>: n as four little-endian bytes, written as printf %b escapes.
+le32() { printf '\\x%02x\\x%02x\\x%02x\\x%02x' $(($1 & 255)) $((($1 >> 8) & 255)) $((($1 >> 16) & 255)) $((($1 >> 24) & 255)); }
+
+# mongo_answers <host> <port>: succeeds when a MongoDB wire-protocol server
+# there answers a ping. An open port alone proves little: another program may
+# hold it.
+mongo_answers() { mongo_command "$1" "$2" ping admin; }
+
+# ferretdb_databases <PostgreSQL URL of FerretDB's database> <pattern>: the
+# MongoDB databases there whose names match the extended regular expression,
+# one a line, sorted. FerretDB keeps each MongoDB database as a PostgreSQL
+# schema of the same name (a table per collection, and one of its metadata).
+ferretdb_databases() {
+  psql "$1" -qAtX -c "SELECT nspname FROM pg_namespace WHERE nspname ~ '$2' ORDER BY 1"
+}
+
+# ferretdb_drop_databases <MongoDB port> <PostgreSQL URL of FerretDB's
+# database>: drops the MongoDB databases named on stdin, one a line, and prints
+# how many it dropped. A FerretDB that runs is sent dropDatabase: it keeps
+# the list of databases and collections in memory, and a schema dropped behind
+# its back stays listed, and can be neither used nor dropped, until it
+# restarts. When nothing answers on the port, the schemas are dropped in
+# PostgreSQL directly; the next FerretDB to start reads the list afresh.
+ferretdb_drop_databases() {
+  local name dropped=0 up=""
+  mongo_answers 127.0.0.1 "$1" && up=1
+  while read -r name; do
+    [[ -n "$name" ]] || continue
+    if [[ -n "$up" ]]; then
+      mongo_command 127.0.0.1 "$1" dropDatabase "$name" || { echo "could not drop MongoDB database $name" >&2; continue; }
+    else
+      PGOPTIONS='-c client_min_messages=warning' psql "$2" -qAtX -c "DROP SCHEMA IF EXISTS \"$name\" CASCADE" >/dev/null
+    fi
+    dropped=$((dropped + 1))
+  done
+  echo "$dropped"
+}
+
 # stack_init <kafka port> <first of three HTTP ports>: a work directory ($work)
 # and the environment of a stack of its own: state, broker and host ports, profile.
 # The broker's controller takes the port after its own; callers space their
@@ -89,13 +159,20 @@ stack_init() {
 
 # stack_up <schema prefix>: starts the services and the three hosts on schemas and
 # consumer groups of their own; sets POSTGRES_URL, $schema and $bin (the hosts'
-# binaries) and exports the secrets.
+# binaries) and exports the secrets. The event store is PostgreSQL, or MongoDB
+# with SOURCEGRAM_EVENT_STORE=mongodb.
 stack_up() {
   eval "$("$lib_dir/services.sh" start)"
   schema="$1_$(date +%s)"
   psql "$POSTGRES_URL" -qAtX -c "CREATE SCHEMA $schema"
   local url="$POSTGRES_URL?options=-csearch_path%3D$schema"
   export EVENT_STORE_URL="$url" RECORDS_URL="$url" KAFKA_TOPIC
+  # SOURCEGRAM_EVENT_STORE=mongodb: the event store on the MongoDB wire-protocol
+  # server services.sh started, in a database named like the schema.
+  if [[ "${SOURCEGRAM_EVENT_STORE:-postgres}" == mongodb ]]; then
+    [[ -n "${MONGODB_URL:-}" ]] || { echo "stack_up: no MongoDB server is running (see docs/services.md)" >&2; return 1; }
+    EVENT_STORE_URL="${MONGODB_URL%/}/$schema"
+  fi
   export READ_MODEL_SCHEMA="${schema}_rm" NOTIFICATIONS_SCHEMA="${schema}_nt"
   export READ_MODEL_GROUP="$schema-rm" NOTIFICATIONS_GROUP="$schema-nt"
   "$lib_dir/up.sh" >/dev/null

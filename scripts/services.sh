@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # Starts (installing first, if missing) the real services Sourcegram's hosts and
-# tests use, on loopback only: PostgreSQL from Debian's packages and Apache Kafka,
+# tests use, on loopback only: PostgreSQL from Debian's packages, Apache Kafka,
 # one combined broker and controller run from the project's own jars (see
-# scripts/kafka/pom.xml). Running it twice is harmless.
+# scripts/kafka/pom.xml), and FerretDB, a server that speaks MongoDB's wire
+# protocol and stores documents in PostgreSQL, built once from
+# scripts/ferretdb/ when Go is installed (without Go, it is left out and the
+# MongoDB tests are skipped). Running it twice is harmless.
 #
 #   scripts/services.sh [start]        install if missing, start, create what the hosts need
 #   scripts/services.sh stop           stop only what this script started
+#                                      (FerretDB, Kafka, then PostgreSQL)
 #   scripts/services.sh stop-broker    stop only the broker this script started
 #   scripts/services.sh restart-broker stop and start the broker (its data survives)
 #   scripts/services.sh status         what is up
-#   scripts/services.sh prune          drop the schemas and topics that tests, drills and
-#                                      benches left (scripts/test.sh cleans up after
-#                                      itself; a bare cargo test does not); run it when
-#                                      no tests run against the same services
+#   scripts/services.sh prune          drop the schemas, topics and MongoDB databases
+#                                      that tests, drills and benches left
+#                                      (scripts/test.sh cleans up after itself; a bare
+#                                      cargo test does not); run it when no tests run
+#                                      against the same services
 #   scripts/services.sh fetch-broker   only fetch Kafka's jars; prints their directory
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -33,6 +38,18 @@ TOPIC="${KAFKA_TOPIC:-post-events}"
 PARTITIONS="${SOURCEGRAM_PARTITIONS:-3}"
 POSTGRES_URL="postgres://sourcegram:sourcegram@127.0.0.1:$PG_PORT/sourcegram"
 KAFKA_BROKERS="127.0.0.1:$KAFKA_PORT"
+# FerretDB: the version scripts/ferretdb/go.mod pins, the binary built from it
+# (outside the clone, like Kafka's jars), its state, its port, and the
+# PostgreSQL database it keeps every MongoDB database in (one schema each).
+FERRETDB_SRC="$lib_dir/ferretdb"
+FERRETDB_VERSION="$(sed -n 's:^require github.com/FerretDB/FerretDB v\(.*\)$:\1:p' "$FERRETDB_SRC/go.mod")"
+FERRETDB_HOME="$CACHE_DIR/ferretdb-$FERRETDB_VERSION"
+FERRETDB_BIN="$FERRETDB_HOME/ferretdb"
+FERRETDB_STATE="$STATE_DIR/ferretdb"
+MONGO_PORT="${SOURCEGRAM_MONGO_PORT:-27017}"
+FERRETDB_POSTGRES_URL="postgres://sourcegram:sourcegram@127.0.0.1:$PG_PORT/ferretdb"
+# Set by start_ferretdb once a MongoDB wire-protocol server answers.
+MONGODB_URL=""
 
 say() { printf 'services: %s\n' "$*" >&2; }
 
@@ -89,9 +106,14 @@ DO $$ BEGIN
   END IF;
 END $$;
 SQL
-  if ! su postgres -c "psql -qAt -p $PG_PORT -c \"SELECT 1 FROM pg_database WHERE datname = 'sourcegram'\"" | grep -q 1; then
-    su postgres -c "createdb -p $PG_PORT -O sourcegram sourcegram"
-  fi
+  # FerretDB keeps its data in a database of its own, so that its schemas (one
+  # per MongoDB database) never mix with the event stores' and read models'.
+  local db
+  for db in sourcegram ferretdb; do
+    if ! su postgres -c "psql -qAt -p $PG_PORT -c \"SELECT 1 FROM pg_database WHERE datname = '$db'\"" | grep -q 1; then
+      su postgres -c "createdb -p $PG_PORT -O sourcegram $db"
+    fi
+  done
   su postgres -c "psql -qAt -p $PG_PORT -d sourcegram -c 'SET client_min_messages = warning; CREATE EXTENSION IF NOT EXISTS pgcrypto'" >/dev/null
 }
 
@@ -271,6 +293,131 @@ stop_broker() {
   rm -f "$KAFKA_STATE/kafka.pid"
 }
 
+# say_loud <message>: one line that stands out in a long log.
+say_loud() { printf '\nservices: !!!!! %s !!!!!\n\n' "$*" >&2; }
+
+# The hash of the sources the FerretDB binary is built from; the marker next
+# to the binary holds the hash it was built from.
+ferretdb_sources_sum() {
+  cat "$FERRETDB_SRC/go.mod" "$FERRETDB_SRC/go.sum" "$FERRETDB_SRC/main.go" | sha256sum | cut -d' ' -f1
+}
+
+# Builds FerretDB once into $FERRETDB_BIN, again only when scripts/ferretdb/
+# has changed. Fails (after saying why) when Go is missing, older than the
+# module needs, or the build fails; the caller then goes on without FerretDB.
+build_ferretdb() {
+  local sum need have
+  sum=$(ferretdb_sources_sum)
+  if [[ -x "$FERRETDB_BIN" && -f "$FERRETDB_HOME/built-from" && "$(cat "$FERRETDB_HOME/built-from")" == "$sum" ]]; then
+    return 0
+  fi
+  if ! command -v go >/dev/null; then
+    say_loud "no Go toolchain (go is not on PATH), so FerretDB is not built and the MongoDB test legs will be SKIPPED"
+    return 1
+  fi
+  # The module's go line says which Go it needs. GOTOOLCHAIN=local below keeps
+  # an older go from fetching a newer toolchain by itself.
+  need=$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$FERRETDB_SRC/go.mod")
+  have=$(GOTOOLCHAIN=local go env GOVERSION 2>/dev/null | sed 's/^go//; s/[^0-9.].*//')
+  if [[ -z "$have" || "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -1)" != "$need" ]]; then
+    say_loud "Go ${have:-of unknown version} is older than the $need FerretDB $FERRETDB_VERSION needs, so FerretDB is not built and the MongoDB test legs will be SKIPPED"
+    return 1
+  fi
+  mkdir -p "$FERRETDB_HOME"
+  rm -f "$FERRETDB_HOME/built-from"
+  say "building FerretDB $FERRETDB_VERSION into $FERRETDB_BIN (once; a few minutes on 2 cores)"
+  # No cgo and no SQLite backend (ferretdb_no_sqlite): only the PostgreSQL
+  # backend is used, and SQLite's Go translation is most of the build. The
+  # binary is written next to its final place and moved there when complete,
+  # so a build cut short leaves no binary that looks finished.
+  if ! (cd "$FERRETDB_SRC" && CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false" \
+    go build -tags ferretdb_no_sqlite -trimpath -o "$FERRETDB_BIN.new" .) >"$FERRETDB_HOME/build.log" 2>&1; then
+    tail -30 "$FERRETDB_HOME/build.log" >&2
+    say_loud "building FerretDB failed (the whole log: $FERRETDB_HOME/build.log), so the MongoDB test legs will be SKIPPED"
+    return 1
+  fi
+  mv "$FERRETDB_BIN.new" "$FERRETDB_BIN"
+  echo "$sum" >"$FERRETDB_HOME/built-from"
+}
+
+# The pid of the FerretDB this script started under $STATE_DIR, if it still
+# runs; the command line is checked so that a reused pid is not taken for it.
+ferretdb_pid() {
+  local pidfile="$FERRETDB_STATE/ferretdb.pid" pid
+  [[ -f "$pidfile" ]] || return 1
+  pid=$(cat "$pidfile")
+  alive "$pid" || return 1
+  [[ "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" == "$FERRETDB_BIN -listen-addr "* ]] || return 1
+  echo "$pid"
+}
+
+# Waits until the server on the MongoDB port answers a ping; fails as soon as
+# the process it started has exited.
+wait_for_mongo() { # pid seconds
+  local deadline=$((SECONDS + $2))
+  until mongo_answers 127.0.0.1 "$MONGO_PORT"; do
+    if [[ -n "$1" ]] && ! alive "$1"; then return 1; fi
+    if ((SECONDS >= deadline)); then return 1; fi
+    sleep 0.2
+  done
+}
+
+# Starts FerretDB unless a MongoDB wire-protocol server answers on the port
+# already, and sets MONGODB_URL once one answers. Without Go, or when the
+# build fails, it says so loudly and leaves MONGODB_URL empty: PostgreSQL and
+# Kafka are still started, and the MongoDB test legs report themselves skipped.
+start_ferretdb() {
+  local pid=""
+  if pid=$(ferretdb_pid); then
+    :
+  elif mongo_answers 127.0.0.1 "$MONGO_PORT"; then
+    say "a MongoDB wire-protocol server not started from $STATE_DIR answers on $MONGO_PORT; using it"
+  elif wait_for_port "$MONGO_PORT" 0; then
+    say "something that does not answer a MongoDB ping listens on $MONGO_PORT; stop it or set SOURCEGRAM_MONGO_PORT"
+    exit 1
+  else
+    build_ferretdb || return 0
+    mkdir -p "$FERRETDB_STATE"
+    # One earlier log is kept; the server logs each connection at info level,
+    # so by default only warnings and errors are written.
+    [[ ! -f "$FERRETDB_STATE/ferretdb.log" ]] || mv "$FERRETDB_STATE/ferretdb.log" "$FERRETDB_STATE/ferretdb.log.1"
+    say "starting FerretDB $FERRETDB_VERSION on 127.0.0.1:$MONGO_PORT (data in PostgreSQL database ferretdb)"
+    # The PostgreSQL URL, password included, goes in the environment rather
+    # than on the command line, where every user's ps would show it.
+    FERRETDB_POSTGRESQL_URL="$FERRETDB_POSTGRES_URL" nohup "$FERRETDB_BIN" -listen-addr "127.0.0.1:$MONGO_PORT" \
+      -log-level "${SOURCEGRAM_FERRETDB_LOG_LEVEL:-warn}" >>"$FERRETDB_STATE/ferretdb.log" 2>&1 </dev/null &
+    pid=$!
+    echo "$pid" >"$FERRETDB_STATE/ferretdb.pid"
+  fi
+  if ! wait_for_mongo "$pid" 30; then
+    if [[ -n "$pid" ]] && ! alive "$pid"; then
+      say "FerretDB exited while starting"
+    else
+      say "FerretDB did not answer a ping on port $MONGO_PORT within 30 s"
+    fi
+    tail -5 "$FERRETDB_STATE/ferretdb.log" >&2 2>/dev/null || true
+    exit 1
+  fi
+  MONGODB_URL="mongodb://127.0.0.1:$MONGO_PORT/"
+}
+
+# A clean stop (SIGTERM) closes the listener, waits for open connections and
+# closes the PostgreSQL pool; one that has not stopped after 10 s is killed.
+stop_ferretdb() {
+  local pid
+  if pid=$(ferretdb_pid); then
+    say "stopping FerretDB (pid $pid)"
+    kill -TERM "$pid"
+    for _ in $(seq 1 100); do alive "$pid" || break; sleep 0.1; done
+    if alive "$pid"; then
+      say "FerretDB did not stop within 10 s; killing it"
+      kill -KILL "$pid"
+      for _ in $(seq 1 50); do alive "$pid" || break; sleep 0.1; done
+    fi
+  fi
+  rm -f "$FERRETDB_STATE/ferretdb.pid"
+}
+
 print_urls() {
   cat <<EOF2
 POSTGRES_URL=$POSTGRES_URL
@@ -278,6 +425,9 @@ KAFKA_BROKERS=$KAFKA_BROKERS
 KAFKA_TOPIC=$TOPIC
 SOURCEGRAM_KAFKA_LIB=$KAFKA_HOME/lib
 EOF2
+  # Only when a MongoDB wire-protocol server answers: the tests read an unset
+  # MONGODB_URL as "skip the MongoDB legs".
+  [[ -z "$MONGODB_URL" ]] || echo "MONGODB_URL=$MONGODB_URL"
 }
 
 mkdir -p "$STATE_DIR"
@@ -286,9 +436,12 @@ case "${1:-start}" in
     install_build_tools
     start_postgres
     start_broker
+    start_ferretdb
     print_urls
     ;;
   stop)
+    # FerretDB first: it holds connections to PostgreSQL.
+    stop_ferretdb
     stop_broker
     if [[ -f "$STATE_DIR/postgres.started-by-script" ]]; then
       say "stopping PostgreSQL $PG_VERSION"
@@ -324,6 +477,10 @@ case "${1:-start}" in
     [[ -z "$drops" ]] || PGOPTIONS='-c client_min_messages=warning' \
       psql "$POSTGRES_URL" -qAtX -v ON_ERROR_STOP=1 <<<"$drops" >/dev/null
     say "dropped $(grep -c . <<<"$drops" || true) schemas"
+    # The MongoDB databases tests make on FerretDB (the same names), through
+    # the running FerretDB when there is one (see ferretdb_drop_databases).
+    databases=$(ferretdb_databases "$FERRETDB_POSTGRES_URL" "$pattern")
+    say "dropped $(ferretdb_drop_databases "$MONGO_PORT" "$FERRETDB_POSTGRES_URL" <<<"$databases") MongoDB databases"
     # And the topics tests make (prefix, "-", 32 hex digits), in one call.
     start_broker >/dev/null
     topics=$(kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$KAFKA_BROKERS" --list |
@@ -347,9 +504,25 @@ case "${1:-start}" in
     else
       echo "broker: down"
     fi
+    if pid=$(ferretdb_pid); then
+      if mongo_answers 127.0.0.1 "$MONGO_PORT"; then
+        echo "mongodb: up on 127.0.0.1:$MONGO_PORT (FerretDB $FERRETDB_VERSION, pid $pid, data in PostgreSQL database ferretdb)"
+      else
+        echo "mongodb: starting or stuck (FerretDB pid $pid runs, but 127.0.0.1:$MONGO_PORT answers no ping; see $FERRETDB_STATE/ferretdb.log)"
+      fi
+    elif mongo_answers 127.0.0.1 "$MONGO_PORT"; then
+      echo "mongodb: up on 127.0.0.1:$MONGO_PORT (a MongoDB wire-protocol server this script did not start from $STATE_DIR)"
+    elif wait_for_port "$MONGO_PORT" 0; then
+      echo "mongodb: down (something listens on 127.0.0.1:$MONGO_PORT but answers no MongoDB ping)"
+    elif [[ ! -x "$FERRETDB_BIN" ]]; then
+      echo "mongodb: down (FerretDB is not built yet; start builds it when Go is installed)"
+    else
+      echo "mongodb: down"
+    fi
     ;;
   *)
-    sed -n '2,16p' "$0" >&2
+    # The usage: the comment at the top, up to the first command.
+    sed -n '/^set -euo/q; 2,$p' "$0" >&2
     exit 2
     ;;
 esac

@@ -10,6 +10,12 @@
 # topics that the run made, passed or failed, so a run leaves the services as
 # it found them. Tests that restart a broker start a private one from the jars
 # in SOURCEGRAM_KAFKA_LIB, which services.sh fetches.
+#
+# The MongoDB legs run against MONGODB_URL: the FerretDB services.sh starts
+# (mongodb://127.0.0.1:27017/), unless MONGODB_URL is set already. Without Go
+# services.sh cannot build FerretDB, prints no MONGODB_URL, and those legs are
+# reported as skipped at the end. The MongoDB databases a run makes on that
+# FerretDB are dropped with the schemas and topics.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/.."
@@ -17,7 +23,14 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sourcegram/target}"
 
 source "$here/lib.sh"
 log="$(mktemp)"
+# A MONGODB_URL set by the caller wins over the one services.sh prints (only
+# when its FerretDB answers); the tests skip the MongoDB legs when it is unset.
+caller_mongodb_url="${MONGODB_URL:-}"
+unset MONGODB_URL
 eval "$("$here/services.sh" start)"
+services_mongodb_url="${MONGODB_URL:-}"
+MONGODB_URL="${caller_mongodb_url:-$services_mongodb_url}"
+if [[ -n "$MONGODB_URL" ]]; then export MONGODB_URL; else unset MONGODB_URL; fi
 export SOURCEGRAM_KAFKA_LIB
 export SOURCEGRAM_TEST_POSTGRES_URL="${SOURCEGRAM_TEST_POSTGRES_URL:-$POSTGRES_URL}"
 export SOURCEGRAM_TEST_KAFKA_BROKERS="${SOURCEGRAM_TEST_KAFKA_BROKERS:-$KAFKA_BROKERS}"
@@ -33,11 +46,23 @@ test_topics() {
   KAFKA_BROKERS="$SOURCEGRAM_TEST_KAFKA_BROKERS" kafka_tool org.apache.kafka.tools.TopicCommand \
     --bootstrap-server "$SOURCEGRAM_TEST_KAFKA_BROKERS" --list | grep -E "$topic_pattern" | sort || true
 }
-schemas_before="$(mktemp)" topics_before="$(mktemp)"
+# The MongoDB databases tests make have the same names as their schemas. They
+# are tracked only on the FerretDB services.sh runs (its PostgreSQL database
+# lists them); a MongoDB of the caller's own is left alone.
+ferretdb_pg_url="${POSTGRES_URL%/*}/ferretdb"
+test_mongo_databases() {
+  if [[ -n "$services_mongodb_url" && "${MONGODB_URL:-}" == "$services_mongodb_url" ]]; then
+    ferretdb_databases "$ferretdb_pg_url" "$schema_pattern"
+  fi
+}
+mongo_port="${services_mongodb_url##*:}" mongo_port="${mongo_port%%/*}"
+schemas_before="$(mktemp)" topics_before="$(mktemp)" mongo_before="$(mktemp)"
 test_schemas >"$schemas_before"
 test_topics >"$topics_before"
+test_mongo_databases >"$mongo_before"
+# shellcheck disable=SC2317 # clean_up runs from the EXIT trap, which shellcheck does not follow
 clean_up() {
-  local schemas topics
+  local schemas topics databases dropped=0
   schemas=$(test_schemas | comm -13 "$schemas_before" -)
   if [[ -n "$schemas" ]]; then
     sed 's/.*/DROP SCHEMA IF EXISTS "&" CASCADE;/' <<<"$schemas" |
@@ -49,8 +74,10 @@ clean_up() {
     KAFKA_BROKERS="$SOURCEGRAM_TEST_KAFKA_BROKERS" kafka_tool org.apache.kafka.tools.TopicCommand \
       --bootstrap-server "$SOURCEGRAM_TEST_KAFKA_BROKERS" --delete --topic "^($(paste -sd'|' <<<"$topics"))\$" >/dev/null
   fi
-  echo "test.sh: dropped $(grep -c . <<<"$schemas" || true) test schemas and deleted $(grep -c . <<<"$topics" || true) test topics"
-  rm -f "$log" "$schemas_before" "$topics_before"
+  databases=$(test_mongo_databases | comm -13 "$mongo_before" -)
+  [[ -z "$databases" ]] || dropped=$(ferretdb_drop_databases "$mongo_port" "$ferretdb_pg_url" <<<"$databases")
+  echo "test.sh: dropped $(grep -c . <<<"$schemas" || true) test schemas, deleted $(grep -c . <<<"$topics" || true) test topics and dropped $dropped MongoDB test databases"
+  rm -f "$log" "$schemas_before" "$topics_before" "$mongo_before"
 }
 trap clean_up EXIT
 
