@@ -10,6 +10,8 @@
 #   outbox        (baseline only) broker produce msgs/s with the relay's settings
 #   command host  like again (a no-op: the user already likes the post), which
 #                 reads the store to confirm, vs pgbench point selects/s
+#   FerretDB      create and like commands/s and replay events/s with the event
+#                 store on FerretDB (MongoDB's wire protocol), vs the same baselines
 #   live pipeline lag p99 (command to projection) at half and a quarter of the
 #                 create rate (creates on a fixed schedule), and at a low rate;
 #                 and likes from distinct users on one hot post
@@ -46,7 +48,7 @@ export SOURCEGRAM_STATE_DIR="$work/state" SOURCEGRAM_KAFKA_PORT="${BENCH_KAFKA_P
 export SOURCEGRAM_KAFKA_CONTROLLER_PORT="$((SOURCEGRAM_KAFKA_PORT + 1))"
 eval "$("$here/services.sh" start)"
 say "building release binaries"
-(cd "$root" && cargo build --release -q -p command-host -p projection-host -p query-host --bins --example produce_rate)
+(cd "$root" && cargo build --release -q -p command-host -p projection-host -p query-host --bins --example produce_rate --example dump_events)
 bin="$CARGO_TARGET_DIR/release"
 
 schema="bench_$(date +%s)"
@@ -198,10 +200,11 @@ stop_last
 # The query load needs the whole read model: a replay builds it from the event
 # store. This projection host listens to a topic nobody writes to, so it does
 # nothing but replays.
-replay() {
-  curl -fsS -X POST -H "Authorization: Bearer $ADMIN_TOKEN" http://127.0.0.1:18083/admin/replay >/dev/null
+replay() { # on the projection host at ${replay_port:-18083}
+  local port=${replay_port:-18083}
+  curl -fsS -X POST -H "Authorization: Bearer $ADMIN_TOKEN" "http://127.0.0.1:$port/admin/replay" >/dev/null
   for _ in $(seq 1 3000); do
-    progress=$(curl -fsS -H "Authorization: Bearer $ADMIN_TOKEN" http://127.0.0.1:18083/admin/replay)
+    progress=$(curl -fsS -H "Authorization: Bearer $ADMIN_TOKEN" "http://127.0.0.1:$port/admin/replay")
     grep -q '"state":"running"' <<<"$progress" || break
     sleep 0.2
   done
@@ -257,6 +260,37 @@ psql_ -c "\\copy $schema.copy_events FROM '$work/events.copy'"
 copy_ms=$(( ($(date +%s%N) - start_ns) / 1000000 ))
 copy_rate=$(( rows * 1000 / (copy_ms > 0 ? copy_ms : 1) ))
 rm -f "$work/events.copy"
+
+# --- the event store on FerretDB ---------------------------------------------
+# The same create and like loads, and a replay, with the event store on the
+# MongoDB wire-protocol server services.sh runs (FerretDB over this PostgreSQL;
+# these are FerretDB's figures, not MongoDB's). Records stay on PostgreSQL.
+fdb_create_rps=- fdb_create_p99=- fdb_create_err=- fdb_like_rps=- fdb_like_p99=- fdb_like_err=-
+fdb_replay_total=0 fdb_replay_rate=0
+if [[ -n "${MONGODB_URL:-}" ]]; then
+  psql_ -c "CREATE SCHEMA ${schema}_fdb"
+  fdb_records="$POSTGRES_URL?options=-csearch_path%3D${schema}_fdb"
+  fdb_store="${MONGODB_URL%/}/${schema}_fdb"
+  start command-host 18086 EVENT_STORE_URL="$fdb_store" RECORDS_URL="$fdb_records" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic" PG_POOL_SIZE=32
+  say "command host, event store on FerretDB: create post"
+  read -r fdb_create_rps fdb_create_p99 fdb_create_err < <(MODE=create wrk_run 32 http://127.0.0.1:18086 "$work/load.lua")
+  "$bin/examples/dump_events" "$fdb_store" | cut -f1 | sort -u | head -2000 >"$work/ids"
+  say "command host, event store on FerretDB: like"
+  read -r fdb_like_rps fdb_like_p99 fdb_like_err < <(MODE=like wrk_run 32 http://127.0.0.1:18086 "$work/load.lua")
+  stop_last
+  start projection-host 18087 EVENT_STORE_URL="$fdb_store" READ_MODEL_URL="$POSTGRES_URL" READ_MODEL_SCHEMA="${schema}_fdb_rm" \
+    NOTIFICATIONS_SCHEMA="${schema}_fdb_nt" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic-idle" READ_MODEL_GROUP="$schema-fdb-rm" NOTIFICATIONS_GROUP="$schema-fdb-nt"
+  say "replay from FerretDB"
+  replay_port=18087 replay
+  fdb_replay_total=$(sed -n 's/.*"events_total":\([0-9]*\).*/\1/p' <<<"$progress")
+  elapsed_ms=$(sed -n 's/.*"elapsed_ms":\([0-9]*\).*/\1/p' <<<"$progress")
+  fdb_replay_rate=$(( ${fdb_replay_total:-0} * 1000 / (elapsed_ms > 0 ? elapsed_ms : 1) ))
+  stop_last
+  mongo_port="${MONGODB_URL##*:}"
+  mongo_command 127.0.0.1 "${mongo_port%%/*}" dropDatabase "${schema}_fdb" >/dev/null 2>&1 || true
+else
+  say "no MongoDB wire-protocol server: the FerretDB rows are skipped"
+fi
 
 # --- live pipeline ----------------------------------------------------------
 # Creates on a fixed schedule (open loop: see RATE in load.lua) into a fresh
@@ -356,7 +390,7 @@ say "live pipeline: about $hot_rate likes/s on one hot post, each from a user of
 live_run hot "$hot_rate" hot
 read -r hot_rps hot_events hot_caught hot_cpu hot_p50 hot_p99 hot_outbox50 hot_outbox99 hot_transit50 hot_transit99 <<<"$live_result"
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0 && a ~ /^[0-9.]+$/) printf "%.2f", a / b; else print "n/a" }'; }
 cat <<EOF
 
 | measurement | result | p99 | baseline (same run) | ratio |
@@ -368,6 +402,9 @@ cat <<EOF
 | GET /posts/{id}, 64 connections | $get_rps req/s (non-2xx: $get_err) | $get_p99 ms | pgbench point select, 64 clients: $select_tps/s | $(ratio "$get_rps" "$select_tps") |
 | GET /posts?limit=20, 64 connections | $list_rps req/s (non-2xx: $list_err) | $list_p99 ms | pgbench point select: $select_tps/s | $(ratio "$list_rps" "$select_tps") |
 | replay, $replay_total events | $replay_rate events/s, peak RSS $replay_rss_mb MB | | COPY of $rows event rows: $copy_rate rows/s | $(ratio "$replay_rate" "$copy_rate") |
+| create post, event store on FerretDB 1.24, 32 connections | $fdb_create_rps cmd/s (non-2xx: $fdb_create_err) | $fdb_create_p99 ms | pgbench insert: $insert_tps/s | $(ratio "$fdb_create_rps" "$insert_tps") |
+| like, event store on FerretDB 1.24, 32 connections | $fdb_like_rps cmd/s (non-2xx: $fdb_like_err) | $fdb_like_p99 ms | pgbench insert: $insert_tps/s | $(ratio "$fdb_like_rps" "$insert_tps") |
+| replay from FerretDB 1.24, $fdb_replay_total events | $fdb_replay_rate events/s | | COPY: $copy_rate rows/s | $(ratio "$fdb_replay_rate" "$copy_rate") |
 | outbox during the write loads | ${published:-0} of $total events published by the end of the loads | | broker produce (relay settings): $produce_rate msgs/s | |
 | live pipeline at half the create rate | $half_rps creates/s, $half_events events, caught up within 120 s: $half_caught; machine CPU busy $half_cpu; lag p50 $half_p50; of which outbox (command to broker ack) p50 $half_outbox50, p99 $half_outbox99, broker (producer to consumer) p50 $half_transit50, p99 $half_transit99 | lag $half_p99 | | |
 | live pipeline at a quarter of the create rate | $quarter_rps creates/s, $quarter_events events, caught up within 120 s: $quarter_caught; machine CPU busy $quarter_cpu; lag p50 $quarter_p50; of which outbox (command to broker ack) p50 $quarter_outbox50, p99 $quarter_outbox99, broker (producer to consumer) p50 $quarter_transit50, p99 $quarter_transit99 | lag $quarter_p99 | | |
@@ -380,3 +417,5 @@ psql_ -c "DROP SCHEMA $schema CASCADE; DROP SCHEMA ${schema}_rm CASCADE; DROP SC
           DROP SCHEMA ${schema}_quarter CASCADE; DROP SCHEMA ${schema}_quarter_rm CASCADE; DROP SCHEMA ${schema}_quarter_nt CASCADE;
           DROP SCHEMA ${schema}_low CASCADE; DROP SCHEMA ${schema}_low_rm CASCADE; DROP SCHEMA ${schema}_low_nt CASCADE;
           DROP SCHEMA ${schema}_hot CASCADE; DROP SCHEMA ${schema}_hot_rm CASCADE; DROP SCHEMA ${schema}_hot_nt CASCADE" 2>/dev/null || true
+psql_ -c "DROP SCHEMA IF EXISTS ${schema}_fdb CASCADE; DROP SCHEMA IF EXISTS ${schema}_fdb_rm CASCADE;
+          DROP SCHEMA IF EXISTS ${schema}_fdb_nt CASCADE" 2>/dev/null || true
