@@ -274,7 +274,10 @@ if [[ -n "${MONGODB_URL:-}" ]]; then
   start command-host 18086 EVENT_STORE_URL="$fdb_store" RECORDS_URL="$fdb_records" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic" PG_POOL_SIZE=32
   say "command host, event store on FerretDB: create post"
   read -r fdb_create_rps fdb_create_p99 fdb_create_err < <(MODE=create wrk_run 32 http://127.0.0.1:18086 "$work/load.lua")
-  "$bin/examples/dump_events" "$fdb_store" | cut -f1 | sort -u | head -2000 >"$work/ids"
+  # Through files, not one pipeline: head's early exit would fail it (pipefail).
+  "$bin/examples/dump_events" "$fdb_store" >"$work/fdb-events.tsv"
+  cut -f1 "$work/fdb-events.tsv" | sort -u >"$work/fdb-posts"
+  head -2000 "$work/fdb-posts" >"$work/ids"
   say "command host, event store on FerretDB: like"
   read -r fdb_like_rps fdb_like_p99 fdb_like_err < <(MODE=like wrk_run 32 http://127.0.0.1:18086 "$work/load.lua")
   stop_last

@@ -227,16 +227,20 @@ format_storage() {
   kafka_tool kafka.tools.StorageTool format -t "$(cat "$id_file")" -c "$KAFKA_STATE/server.properties" -g >/dev/null
 }
 
-# Waits until the broker answers a metadata request; fails as soon as the
-# process it started has exited.
-wait_for_broker() { # pid seconds
-  local deadline=$((SECONDS + $2))
-  until kafka_answers 127.0.0.1 "$KAFKA_PORT"; do
-    if [[ -n "$1" ]] && ! alive "$1"; then return 1; fi
+# Runs the check until it succeeds; fails after `seconds`, or as soon as the
+# process started for it (pid, empty when none was) has exited.
+wait_until() { # pid seconds interval check...
+  local pid=$1 deadline=$((SECONDS + $2)) interval=$3
+  shift 3
+  until "$@"; do
+    if [[ -n "$pid" ]] && ! alive "$pid"; then return 1; fi
     if ((SECONDS >= deadline)); then return 1; fi
-    sleep 0.5
+    sleep "$interval"
   done
 }
+
+# Waits until the broker answers a metadata request.
+wait_for_broker() { wait_until "$1" "$2" 0.5 kafka_answers 127.0.0.1 "$KAFKA_PORT"; }
 
 start_broker() {
   fetch_kafka
@@ -351,16 +355,8 @@ ferretdb_pid() {
   echo "$pid"
 }
 
-# Waits until the server on the MongoDB port answers a ping; fails as soon as
-# the process it started has exited.
-wait_for_mongo() { # pid seconds
-  local deadline=$((SECONDS + $2))
-  until mongo_answers 127.0.0.1 "$MONGO_PORT"; do
-    if [[ -n "$1" ]] && ! alive "$1"; then return 1; fi
-    if ((SECONDS >= deadline)); then return 1; fi
-    sleep 0.2
-  done
-}
+# Waits until the server on the MongoDB port answers a ping.
+wait_for_mongo() { wait_until "$1" "$2" 0.2 mongo_answers 127.0.0.1 "$MONGO_PORT"; }
 
 # Starts FerretDB unless a MongoDB wire-protocol server answers on the port
 # already, and sets MONGODB_URL once one answers. Without Go, or when the

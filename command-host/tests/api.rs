@@ -8,24 +8,7 @@ use command_host::event_store::EventStore;
 use domain::{PostId, Version};
 use hyper::{Method, StatusCode};
 use serde_json::json;
-use support::{TestApp, spawn_app};
-
-async fn history(app: &TestApp, post: &str) -> Vec<serde_json::Value> {
-    let answer = app
-        .send(
-            Method::GET,
-            &format!("/posts/{post}/events"),
-            Some("auditor"),
-            &[],
-            None,
-        )
-        .await;
-    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
-    answer.json()["events"]
-        .as_array()
-        .expect("events array")
-        .clone()
-}
+use support::spawn_app;
 
 fn assert_problem(answer: &support::Answer, status: StatusCode) {
     assert_eq!(answer.status, status, "{}", answer.body);
@@ -175,7 +158,7 @@ async fn every_command_succeeds_with_the_documented_status_and_shape() {
         (StatusCode::OK, json!(8))
     );
 
-    let events = history(&app, &post).await;
+    let events = app.history(&post).await;
     let types: Vec<&str> = events
         .iter()
         .map(|e| e["type"].as_str().expect("type"))
@@ -316,7 +299,7 @@ async fn refusals_carry_their_status_and_change_nothing() {
         assert_problem(answer, *status);
     }
     assert_eq!(
-        history(&app, &post).await.len(),
+        app.history(&post).await.len(),
         1,
         "refused commands appended nothing"
     );
@@ -393,7 +376,7 @@ async fn refusals_carry_their_status_and_change_nothing() {
     ] {
         assert_problem(&answer, StatusCode::GONE);
     }
-    assert_eq!(history(&app, &post).await.len(), 3);
+    assert_eq!(app.history(&post).await.len(), 3);
     app.stop().await;
 }
 
@@ -464,7 +447,7 @@ async fn identity_comes_only_from_a_valid_token() {
         )
         .await;
     assert_problem(&answer, StatusCode::BAD_REQUEST);
-    assert_eq!(history(&app, &post).await.len(), 1);
+    assert_eq!(app.history(&post).await.len(), 1);
 
     for open in ["/healthz", "/metrics"] {
         assert_eq!(
@@ -493,7 +476,7 @@ async fn one_hundred_concurrent_likes_give_exactly_one_hundred_events() {
     for task in tasks {
         assert_eq!(task.await.expect("task"), StatusCode::OK);
     }
-    let events = history(&app, &post).await;
+    let events = app.history(&post).await;
     assert_eq!(events.len(), 101);
     let versions: Vec<u64> = events[1..]
         .iter()
@@ -558,7 +541,7 @@ async fn if_match_makes_a_write_conditional() {
         )
         .await;
     assert_problem(&garbage, StatusCode::BAD_REQUEST);
-    assert_eq!(history(&app, &post).await.len(), 2);
+    assert_eq!(app.history(&post).await.len(), 2);
     app.stop().await;
 }
 
@@ -681,7 +664,7 @@ async fn idempotency_keys_replay_the_first_answer_even_after_a_restart() {
         .await;
     assert_eq!(like_after.body, like.body);
     assert_eq!(
-        history(&restarted, &post).await.len(),
+        restarted.history(&post).await.len(),
         2,
         "created and liked once each"
     );
@@ -764,7 +747,7 @@ async fn hostile_bodies_get_4xx_and_the_host_keeps_serving() {
     let sql = "'); DROP TABLE events; -- \u{1F600} مرحبا";
     let stored = app.post_json(&path, "bob", json!({"text": sql})).await;
     assert_eq!(stored.status, StatusCode::CREATED, "{}", stored.body);
-    let events = history(&app, &post).await;
+    let events = app.history(&post).await;
     assert_eq!(events.len(), 2);
     assert_eq!(events[1]["data"]["text"], sql, "stored verbatim");
     assert_eq!(
@@ -850,7 +833,7 @@ async fn ids_the_host_chooses_are_time_ordered() {
         .as_str()
         .expect("comment id")
         .to_owned();
-    let events = history(&app, &second).await;
+    let events = app.history(&second).await;
     let mut ids = vec![first.clone(), second.clone(), comment];
     ids.extend(
         events

@@ -183,20 +183,6 @@ async fn crash_then_retry(
     fresh.json()
 }
 
-async fn history(app: &TestApp, post: &str) -> Vec<serde_json::Value> {
-    let answer = app
-        .send(
-            Method::GET,
-            &format!("/posts/{post}/events"),
-            Some("auditor"),
-            &[],
-            None,
-        )
-        .await;
-    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
-    answer.json()["events"].as_array().expect("events").clone()
-}
-
 #[tokio::test]
 async fn a_retry_after_a_crash_between_append_and_answer_gets_the_first_outcome() {
     let (dying, other) = two_hosts(true).await;
@@ -249,7 +235,7 @@ async fn a_retry_after_a_crash_between_append_and_answer_gets_the_first_outcome(
     )
     .await;
     assert_eq!(commented["version"], 3);
-    let events = history(&other, &post).await;
+    let events = other.history(&post).await;
     assert_eq!(events[2]["type"], "CommentAdded");
     assert_eq!(commented["comment_id"], events[2]["data"]["comment_id"]);
 
@@ -277,7 +263,7 @@ async fn a_retry_after_a_crash_between_append_and_answer_gets_the_first_outcome(
             .await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     }
-    let events = history(&other, &post).await;
+    let events = other.history(&post).await;
     assert_eq!(events.len(), 6, "{events:#?}");
     let types: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
     assert_eq!(
@@ -339,7 +325,7 @@ async fn two_hosts_never_answer_from_state_the_other_moved_on() {
         like(&a, &post, "u", Method::POST).await.json()["version"],
         4
     );
-    let events = history(&a, &post).await;
+    let events = a.history(&post).await;
     assert_eq!(events.last().expect("events")["type"], "PostLiked");
 
     // A repeated like via B sees A's like: a no-op at the current version.

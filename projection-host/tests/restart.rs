@@ -27,6 +27,19 @@ struct Instance {
     notifications_group: String,
 }
 
+/// A fresh instance id and groups, and the read model's tables, made before
+/// the host starts so the model can be compared at once.
+async fn prepare(w: &World) -> Instance {
+    ReadModel::open(w.pool.clone(), &w.read_model)
+        .await
+        .expect("read model");
+    Instance {
+        id: testkit::unique_name("instance"),
+        read_model_group: testkit::unique_name("rm"),
+        notifications_group: testkit::unique_name("nt"),
+    }
+}
+
 fn start(w: &World, instance: &Instance) -> Host {
     let url = testkit::postgres_url();
     let separator = if url.contains('?') { '&' } else { '?' };
@@ -57,15 +70,7 @@ fn start(w: &World, instance: &Instance) -> Host {
 #[tokio::test]
 async fn a_killed_projection_host_restarts_and_finishes_the_model() {
     let mut w = support::world().await;
-    let instance = Instance {
-        id: testkit::unique_name("instance"),
-        read_model_group: testkit::unique_name("rm"),
-        notifications_group: testkit::unique_name("nt"),
-    };
-    // The tables exist before the host starts, so the model can be compared at once.
-    ReadModel::open(w.pool.clone(), &w.read_model)
-        .await
-        .expect("read model");
+    let instance = prepare(&w).await;
     let first = w.write(10, 100).await;
     w.publish(&first).await;
     let mut host = start(&w, &instance);
@@ -141,14 +146,7 @@ async fn write_some(w: &mut World) {
 #[tokio::test]
 async fn a_stopped_projection_host_resumes_under_write_load() {
     let mut w = support::world().await;
-    let instance = Instance {
-        id: testkit::unique_name("instance"),
-        read_model_group: testkit::unique_name("rm"),
-        notifications_group: testkit::unique_name("nt"),
-    };
-    ReadModel::open(w.pool.clone(), &w.read_model)
-        .await
-        .expect("read model");
+    let instance = prepare(&w).await;
     let mut host = start(&w, &instance);
     let writing = std::time::Instant::now();
     while writing.elapsed() < Duration::from_secs(3) {

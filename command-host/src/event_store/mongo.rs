@@ -1,18 +1,21 @@
 //! The MongoDB event store, without multi-document transactions: one document
 //! per append (a *commit*) in the `commits` collection, holding that append's
 //! events in version order. A commit's `_id` is its stream and the version it
-//! was appended after, so two appends after the same version collide on the
-//! primary key (error 11000, the typed conflict), and an append after a version
-//! that no commit ends at is refused before it is tried. Together: a command's
+//! ends at; its `follows`, unique, is its stream and the version it was
+//! appended after. So two appends after the same version collide (error 11000,
+//! the typed conflict), and an append after a version that no commit ends at
+//! (a primary-key lookup) is refused before it is tried. Together: a command's
 //! events are all or nothing (one single-document insert), and versions have
 //! no gaps and no duplicates. Runs on MongoDB standalone or as a replica set,
-//! and on FerretDB (the MongoDB wire protocol over PostgreSQL).
+//! and on FerretDB (the MongoDB wire protocol over PostgreSQL), whose queries
+//! are fast on `_id` and other top-level equalities.
 
 use std::collections::{HashMap, HashSet};
 
 use futures_util::TryStreamExt;
 use mongodb::bson::{self, Bson, Document, doc};
 use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
+use mongodb::options::IndexOptions;
 use mongodb::{Client, Collection, IndexModel};
 
 use domain::{EventEnvelope, EventMetadata, PostId, Timestamp, UserId, Version};
@@ -48,10 +51,10 @@ fn version_of(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-/// The commit's primary key: its stream and the version it follows, padded so
-/// that keys sort like versions.
-fn commit_id(stream: &str, after: Version) -> String {
-    format!("{stream}:{:020}", after.get())
+/// A stream and one of its versions as one key, padded so that keys sort like
+/// versions: a commit's `_id` (the version it ends at) and its `follows`.
+fn stream_version_key(stream: &str, version: Version) -> String {
+    format!("{stream}:{:020}", version.get())
 }
 
 /// What a retry looks a request's events up by: user and key in one string
@@ -92,11 +95,13 @@ fn commit_document(
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
+    let last = Version::new(expected.get() + events.len() as u64);
     Ok(doc! {
-        "_id": commit_id(&stream, expected),
+        "_id": stream_version_key(&stream, last),
+        "follows": stream_version_key(&stream, expected),
         "stream_id": &stream,
         "first": version_of(expected.get() + 1),
-        "last": version_of(expected.get() + events.len() as u64),
+        "last": version_of(last.get()),
         "count": events.len() as i64,
         "events": events.iter().map(event_document).collect::<Result<Vec<_>, _>>()?,
         "keys": keys,
@@ -164,11 +169,21 @@ impl MongoEventStore {
         })
     }
 
-    /// Creates the indexes if missing. The primary key needs none.
+    /// Creates the indexes if missing.
     pub async fn migrate(&self) -> Result<(), StoreError> {
+        // One append after each version: the conflict check.
+        self.commits
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "follows": 1 })
+                    .options(IndexOptions::builder().unique(true).build())
+                    .build(),
+            )
+            .await
+            .map_err(unavailable)?;
         let index = |keys: Document| IndexModel::builder().keys(keys).build();
         for keys in [
-            // Loading a stream, and checking the version an append follows.
+            // Loading a stream.
             doc! { "stream_id": 1, "last": 1 },
             // Reading every stream in order (replay).
             doc! { "stream_id": 1, "first": 1 },
@@ -230,11 +245,11 @@ impl EventStore for MongoEventStore {
         let stream = stream_id.to_string();
         // An append follows the end of a commit, or the empty stream. Commits
         // never change, so a version some commit ends at stays one; whether
-        // another append already followed it is the primary key's to say.
+        // another append already followed it is the unique `follows`'s to say.
         if expected != Version::EMPTY {
             let boundary = self
                 .commits
-                .find_one(doc! { "stream_id": &stream, "last": version_of(expected.get()) })
+                .find_one(doc! { "_id": stream_version_key(&stream, expected) })
                 .projection(doc! { "_id": 1 })
                 .await
                 .map_err(unavailable)?;
@@ -257,7 +272,9 @@ impl EventStore for MongoEventStore {
     ) -> Result<Vec<EventEnvelope>, StoreError> {
         let commits = self
             .find_commits(
-                doc! { "stream_id": stream_id.to_string(), "last": { "$gte": version_of(from.get()) } },
+                // Equality only (FerretDB runs other filters in memory); the
+                // versions before `from` are dropped here.
+                doc! { "stream_id": stream_id.to_string() },
                 doc! { "first": 1 },
                 None,
             )
@@ -424,7 +441,8 @@ impl EventStore for MongoEventStore {
         }
         self.commits
             .update_many(
-                doc! { "_id": { "$in": done } },
+                // `published` first: an equality FerretDB can narrow by.
+                doc! { "published": false, "_id": { "$in": done } },
                 doc! { "$set": { "published": true } },
             )
             .await

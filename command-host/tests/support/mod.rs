@@ -211,6 +211,25 @@ impl TestApp {
         answer.json()["id"].as_str().expect("id").to_owned()
     }
 
+    /// The post's events, as `GET /posts/{id}/events` answers them (any
+    /// signed-in user may read them); the answer must be 200.
+    pub async fn history(&self, post: &str) -> Vec<serde_json::Value> {
+        let answer = self
+            .send(
+                Method::GET,
+                &format!("/posts/{post}/events"),
+                Some("auditor"),
+                &[],
+                None,
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        answer.json()["events"]
+            .as_array()
+            .expect("events array")
+            .clone()
+    }
+
     /// Stops the server (graceful drain) and waits for it.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
