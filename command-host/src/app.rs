@@ -297,25 +297,15 @@ impl<S: EventStore, R: CommandRecords> App<S, R> {
                     self.records
                         .complete_idempotency_key(&write.actor, &key, &stored)
                         .await?;
-                    self.metrics
-                        .inc("sourcegram_idempotent_replays_total", &[], 1);
-                    return Ok(replayed_response(&stored));
+                    return Ok(self.replay(&stored));
                 }
             }
-            IdempotencyClaim::Completed(stored) => {
-                self.metrics
-                    .inc("sourcegram_idempotent_replays_total", &[], 1);
-                return Ok(replayed_response(&stored));
-            }
+            IdempotencyClaim::Completed(stored) => return Ok(self.replay(&stored)),
             IdempotencyClaim::InProgress => {
                 // Once the first attempt's events are durable its answer is known,
                 // whether or not its host lives to record it.
                 return match self.first_outcome(&write, &key).await? {
-                    Some(stored) => {
-                        self.metrics
-                            .inc("sourcegram_idempotent_replays_total", &[], 1);
-                        Ok(replayed_response(&stored))
-                    }
+                    Some(stored) => Ok(self.replay(&stored)),
                     None => Err(CommandError::IdempotencyInProgress),
                 };
             }
@@ -349,6 +339,13 @@ impl<S: EventStore, R: CommandRecords> App<S, R> {
             .complete_idempotency_key(&write.actor, &key, &stored)
             .await?;
         Ok(stored_to_response(&stored))
+    }
+
+    /// The first answer to a keyed request, given again to its retry.
+    fn replay(&self, stored: &StoredResponse) -> HttpResponse {
+        self.metrics
+            .inc("sourcegram_idempotent_replays_total", &[], 1);
+        replayed_response(stored)
     }
 
     /// The answer a keyed request got (or would have got) from the events it
@@ -524,11 +521,8 @@ impl<S: EventStore, R: CommandRecords> App<S, R> {
     }
 
     async fn load_post(&self, post_id: PostId) -> Result<Post, CommandError> {
-        let envelopes = self.store.load_stream(post_id, Version::new(1)).await?;
         let mut post = Post::default();
-        for envelope in &envelopes {
-            apply(&mut post, &decode(post_id, envelope)?);
-        }
+        self.catch_up(post_id, &mut post).await?;
         Ok(post)
     }
 
