@@ -340,11 +340,10 @@ impl EventStore for MongoEventStore {
             }
         }
         events.truncate(limit);
-        let next = (!exhausted)
-            .then(|| ReadAllCursor {
-                after: events.last().map(|e| (e.stream_id, e.version)),
-            })
-            .filter(|next| next.after.is_some());
+        // Not exhausted means a full page, so it has a last event.
+        let next = (!exhausted).then(|| ReadAllCursor {
+            after: events.last().map(|e| (e.stream_id, e.version)),
+        });
         Ok(ReadAllPage { events, next })
     }
 
@@ -409,16 +408,14 @@ impl EventStore for MongoEventStore {
         }
         // A commit is marked once every one of its events is: the relay hands
         // out and marks whole commits, so that is every commit it published.
-        let marked: HashSet<(String, i64)> = events
-            .iter()
-            .map(|(s, v)| (s.to_string(), version_of(v.get())))
-            .collect();
-        let streams: Vec<String> = marked
-            .iter()
-            .map(|(s, _)| s.clone())
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
+        let mut marked: HashMap<String, HashSet<i64>> = HashMap::new();
+        for (stream, version) in events {
+            marked
+                .entry(stream.to_string())
+                .or_default()
+                .insert(version_of(version.get()));
+        }
+        let streams: Vec<String> = marked.keys().cloned().collect();
         let candidates = self
             .commits
             .find(doc! { "published": false, "stream_id": { "$in": streams } })
@@ -432,7 +429,10 @@ impl EventStore for MongoEventStore {
         for commit in &candidates {
             let stream = commit.get_str("stream_id").map_err(corrupt)?;
             let (first, last) = (number(commit, "first")?, number(commit, "last")?);
-            if (first..=last).all(|v| marked.contains(&(stream.to_owned(), v))) {
+            if marked
+                .get(stream)
+                .is_some_and(|versions| (first..=last).all(|v| versions.contains(&v)))
+            {
                 done.push(commit.get("_id").cloned().unwrap_or(Bson::Null));
             }
         }
