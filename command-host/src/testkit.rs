@@ -217,39 +217,35 @@ async fn rows_read_by_seq_scan(
     .await
 }
 
-/// Where the Kafka broker's jars are: `SOURCEGRAM_KAFKA_LIB`, or the newest
-/// complete download `scripts/services.sh` made under `~/.cache/sourcegram`.
+/// Where the Kafka broker's jars are: `SOURCEGRAM_KAFKA_LIB`, or where
+/// `scripts/services.sh` puts the version `scripts/kafka/pom.xml` pins (as
+/// `kafka_home` in `scripts/lib.sh` finds it).
 pub fn kafka_lib_dir() -> std::path::PathBuf {
     if let Ok(dir) = std::env::var("SOURCEGRAM_KAFKA_LIB")
         && !dir.is_empty()
     {
         return dir.into();
     }
-    let cache = std::path::PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
-        .join(".cache/sourcegram");
-    let mut downloads: Vec<std::path::PathBuf> = std::fs::read_dir(&cache)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|entry| entry.path())
-                .filter(|path| {
-                    path.file_name()
-                        .is_some_and(|name| name.to_string_lossy().starts_with("kafka-"))
-                        && path.join("lib.complete").exists()
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    downloads.sort();
-    downloads
-        .pop()
-        .map(|dir| dir.join("lib"))
-        .unwrap_or_else(|| {
-            panic!(
-                "no Kafka jars under {}: run scripts/services.sh",
-                cache.display()
-            )
-        })
+    let pom_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/kafka/pom.xml");
+    let pom = std::fs::read_to_string(pom_path)
+        .unwrap_or_else(|e| panic!("read {pom_path} for the Kafka version: {e}"));
+    let version = pom
+        .split_once("<kafka.version>")
+        .and_then(|(_, rest)| rest.split_once("</kafka.version>"))
+        .map(|(version, _)| version.trim())
+        .unwrap_or_else(|| panic!("{pom_path} names no <kafka.version>"));
+    let cache = match std::env::var("SOURCEGRAM_CACHE_DIR") {
+        Ok(dir) if !dir.is_empty() => std::path::PathBuf::from(dir),
+        _ => std::path::PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+            .join(".cache/sourcegram"),
+    };
+    let home = cache.join(format!("kafka-{version}"));
+    assert!(
+        home.join("lib.complete").exists(),
+        "no Kafka {version} jars under {}: run scripts/services.sh",
+        home.display()
+    );
+    home.join("lib")
 }
 
 /// A Kafka broker of a test's own (KRaft, broker and controller in one process)
