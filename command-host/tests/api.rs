@@ -304,17 +304,7 @@ async fn refusals_carry_their_status_and_change_nothing() {
         "refused commands appended nothing"
     );
 
-    let commented = app
-        .post_json(
-            &format!("/posts/{post}/comments"),
-            "bob",
-            json!({"text": "hi"}),
-        )
-        .await;
-    let cid = commented.json()["comment_id"]
-        .as_str()
-        .expect("comment id")
-        .to_owned();
+    let cid = app.add_comment(&post, "bob", "hi").await;
     let edit_other = app
         .put_json(
             &format!("/posts/{post}/comments/{cid}"),
@@ -821,18 +811,7 @@ async fn ids_the_host_chooses_are_time_ordered() {
     let first = app.create_post("alice", "first").await;
     tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     let second = app.create_post("alice", "second").await;
-    let comment = app
-        .post_json(
-            &format!("/posts/{second}/comments"),
-            "bob",
-            json!({"text": "hi"}),
-        )
-        .await;
-    assert_eq!(comment.status, StatusCode::CREATED, "{}", comment.body);
-    let comment = comment.json()["comment_id"]
-        .as_str()
-        .expect("comment id")
-        .to_owned();
+    let comment = app.add_comment(&second, "bob", "hi").await;
     let events = app.history(&second).await;
     let mut ids = vec![first.clone(), second.clone(), comment];
     ids.extend(

@@ -364,18 +364,7 @@ async fn two_hosts_never_answer_from_state_the_other_moved_on() {
 
     // A comment added via A can be edited via B, whose cached state predates it.
     let _ = like(&b, &post, "v", Method::POST).await;
-    let comment = a
-        .post_json(
-            &format!("/posts/{post}/comments"),
-            "carol",
-            json!({"text": "hi"}),
-        )
-        .await;
-    assert_eq!(comment.status, StatusCode::CREATED, "{}", comment.body);
-    let comment_id = comment.json()["comment_id"]
-        .as_str()
-        .expect("comment id")
-        .to_owned();
+    let comment_id = a.add_comment(&post, "carol", "hi").await;
     let edited = b
         .put_json(
             &format!("/posts/{post}/comments/{comment_id}"),

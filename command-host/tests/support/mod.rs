@@ -211,6 +211,22 @@ impl TestApp {
         answer.json()["id"].as_str().expect("id").to_owned()
     }
 
+    /// Adds a comment by `user` to `post`; returns the comment's id.
+    pub async fn add_comment(&self, post: &str, user: &str, text: &str) -> String {
+        let answer = self
+            .post_json(
+                &format!("/posts/{post}/comments"),
+                user,
+                serde_json::json!({ "text": text }),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.body);
+        answer.json()["comment_id"]
+            .as_str()
+            .expect("comment id")
+            .to_owned()
+    }
+
     /// The post's events, as `GET /posts/{id}/events` answers them (any
     /// signed-in user may read them); the answer must be 200.
     pub async fn history(&self, post: &str) -> Vec<serde_json::Value> {
