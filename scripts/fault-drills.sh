@@ -214,7 +214,7 @@ scale_out() {
 # dead one's partitions once the group expires it.
 kill_one_of_each() {
   local pid
-  for pid in "$(cat "$SOURCEGRAM_STATE_DIR/hosts/command-host-2.pid")" "$(host_pid projection-host)"; do
+  for pid in "$(host_pid command-host-2)" "$(host_pid projection-host)"; do
     kill -9 "$pid"
     gone "$pid"
   done

@@ -48,10 +48,45 @@ create_topic() {
     --create --if-not-exists --topic "$1" --partitions "$2" --replication-factor 1 >/dev/null
 }
 
-# delete_topic <name>: deletes the topic and its data.
+# delete_topic <name or regular expression>: deletes the topic (or every topic
+# the expression matches) and its data.
 delete_topic() {
   kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$(kafka_brokers)" \
     --delete --topic "$1" >/dev/null
+}
+
+# topics_matching <extended regular expression>: the topics whose names match,
+# one a line, sorted.
+topics_matching() {
+  kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$(kafka_brokers)" --list |
+    grep -E "$1" | sort || true
+}
+
+# delete_topics: deletes the topics named on stdin, one a line, in one call
+# (one JVM start, however many), and prints how many.
+delete_topics() {
+  local topics
+  topics=$(grep . || true)
+  [[ -z "$topics" ]] || delete_topic "^($(paste -sd'|' <<<"$topics"))\$"
+  grep -c . <<<"$topics" || true
+}
+
+# schemas_matching <PostgreSQL URL> <extended regular expression>: the schemas
+# of that database whose names match, one a line, sorted.
+schemas_matching() {
+  psql "$1" -qAtX -c "SELECT nspname FROM pg_namespace WHERE nspname ~ '$2' ORDER BY 1"
+}
+
+# drop_schemas <PostgreSQL URL>: drops the schemas named on stdin, one a line
+# (one session, one statement and transaction each), and prints how many.
+drop_schemas() {
+  local schemas
+  schemas=$(grep . || true)
+  if [[ -n "$schemas" ]]; then
+    sed 's/.*/DROP SCHEMA IF EXISTS "&" CASCADE;/' <<<"$schemas" |
+      PGOPTIONS='-c client_min_messages=warning' psql "$1" -qAtX -v ON_ERROR_STOP=1 >/dev/null
+  fi
+  grep -c . <<<"$schemas" || true
 }
 
 # kafka_answers <host> <port>: succeeds when a Kafka broker there answers a
@@ -117,9 +152,7 @@ mongo_answers() { mongo_command "$1" "$2" ping admin; }
 # MongoDB databases there whose names match the extended regular expression,
 # one a line, sorted. FerretDB keeps each MongoDB database as a PostgreSQL
 # schema of the same name (a table per collection, and one of its metadata).
-ferretdb_databases() {
-  psql "$1" -qAtX -c "SELECT nspname FROM pg_namespace WHERE nspname ~ '$2' ORDER BY 1"
-}
+ferretdb_databases() { schemas_matching "$@"; }
 
 # ferretdb_drop_databases <MongoDB port> <PostgreSQL URL of FerretDB's
 # database>: drops the MongoDB databases named on stdin, one a line, and prints

@@ -144,17 +144,36 @@ fetch_kafka() {
   echo "$sum" >"$KAFKA_HOME/lib.complete"
 }
 
+# owned_pid <pid file> <prefix> <infix>: the pid in the file, if that process
+# still runs and its command line starts with <prefix> and contains <infix>,
+# so that a pid reused by another process is not taken for ours.
+owned_pid() {
+  local pid
+  [[ -f "$1" ]] || return 1
+  pid=$(cat "$1")
+  alive "$pid" || return 1
+  [[ "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" == "$2"*"$3"* ]] || return 1
+  echo "$pid"
+}
+
+# stop_owned <name> <pid> <seconds>: a clean stop (SIGTERM), and a kill when
+# that takes longer than <seconds>; returns once the process is gone, since
+# until then it holds its ports and the next start would fail.
+stop_owned() {
+  say "stopping $1 (pid $2)"
+  kill -TERM "$2"
+  for _ in $(seq 1 $(($3 * 10))); do alive "$2" || break; sleep 0.1; done
+  if alive "$2"; then
+    say "$1 did not stop within $3 s; killing it"
+    kill -KILL "$2"
+    for _ in $(seq 1 50); do alive "$2" || break; sleep 0.1; done
+  fi
+}
+
 # The pid of the broker this script started under $STATE_DIR, if it still runs.
 # The command line is checked too, so a pid reused by another process after a
 # reboot is not taken for the broker.
-broker_pid() {
-  local pidfile="$KAFKA_STATE/kafka.pid" pid
-  [[ -f "$pidfile" ]] || return 1
-  pid=$(cat "$pidfile")
-  alive "$pid" || return 1
-  [[ "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" == *"kafka.Kafka $KAFKA_STATE/server.properties"* ]] || return 1
-  echo "$pid"
-}
+broker_pid() { owned_pid "$KAFKA_STATE/kafka.pid" "" "kafka.Kafka $KAFKA_STATE/server.properties"; }
 
 # The broker's configuration, written on every start so that a change of ports
 # takes effect; the data directory and the cluster id stay.
@@ -283,17 +302,7 @@ start_broker() {
 # skips recovering them; one that has not stopped after 30 s is killed.
 stop_broker() {
   local pid
-  if pid=$(broker_pid); then
-    say "stopping Kafka (pid $pid)"
-    kill -TERM "$pid"
-    for _ in $(seq 1 300); do alive "$pid" || break; sleep 0.1; done
-    if alive "$pid"; then
-      say "Kafka did not stop within 30 s; killing it"
-      kill -KILL "$pid"
-      # Until it is gone it holds its ports, and the next start would fail.
-      for _ in $(seq 1 50); do alive "$pid" || break; sleep 0.1; done
-    fi
-  fi
+  if pid=$(broker_pid); then stop_owned Kafka "$pid" 30; fi
   rm -f "$KAFKA_STATE/kafka.pid"
 }
 
@@ -346,14 +355,7 @@ build_ferretdb() {
 
 # The pid of the FerretDB this script started under $STATE_DIR, if it still
 # runs; the command line is checked so that a reused pid is not taken for it.
-ferretdb_pid() {
-  local pidfile="$FERRETDB_STATE/ferretdb.pid" pid
-  [[ -f "$pidfile" ]] || return 1
-  pid=$(cat "$pidfile")
-  alive "$pid" || return 1
-  [[ "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" == "$FERRETDB_BIN -listen-addr "* ]] || return 1
-  echo "$pid"
-}
+ferretdb_pid() { owned_pid "$FERRETDB_STATE/ferretdb.pid" "$FERRETDB_BIN -listen-addr " ""; }
 
 # Waits until the server on the MongoDB port answers a ping.
 wait_for_mongo() { wait_until "$1" "$2" 0.2 mongo_answers 127.0.0.1 "$MONGO_PORT"; }
@@ -401,16 +403,7 @@ start_ferretdb() {
 # closes the PostgreSQL pool; one that has not stopped after 10 s is killed.
 stop_ferretdb() {
   local pid
-  if pid=$(ferretdb_pid); then
-    say "stopping FerretDB (pid $pid)"
-    kill -TERM "$pid"
-    for _ in $(seq 1 100); do alive "$pid" || break; sleep 0.1; done
-    if alive "$pid"; then
-      say "FerretDB did not stop within 10 s; killing it"
-      kill -KILL "$pid"
-      for _ in $(seq 1 50); do alive "$pid" || break; sleep 0.1; done
-    fi
-  fi
+  if pid=$(ferretdb_pid); then stop_owned FerretDB "$pid" 10; fi
   rm -f "$FERRETDB_STATE/ferretdb.pid"
 }
 
@@ -467,23 +460,14 @@ case "${1:-start}" in
     # (drill_, hostile_, bench_ and a timestamp, with their suffixes).
     pattern='^[a-z0-9_]+_[0-9a-f]{32}$|^(drill|hostile|bench)_[0-9]+(_[a-z]+)?$'
     start_postgres >/dev/null
-    drops=$(psql "$POSTGRES_URL" -qAtX -c "SELECT format('DROP SCHEMA %I CASCADE;', nspname)
-                                           FROM pg_namespace WHERE nspname ~ '$pattern'")
-    # One session, one statement (and transaction) per schema.
-    [[ -z "$drops" ]] || PGOPTIONS='-c client_min_messages=warning' \
-      psql "$POSTGRES_URL" -qAtX -v ON_ERROR_STOP=1 <<<"$drops" >/dev/null
-    say "dropped $(grep -c . <<<"$drops" || true) schemas"
+    say "dropped $(schemas_matching "$POSTGRES_URL" "$pattern" | drop_schemas "$POSTGRES_URL") schemas"
     # The MongoDB databases tests make on FerretDB (the same names), through
     # the running FerretDB when there is one (see ferretdb_drop_databases).
     databases=$(ferretdb_databases "$FERRETDB_POSTGRES_URL" "$pattern")
     say "dropped $(ferretdb_drop_databases "$MONGO_PORT" "$FERRETDB_POSTGRES_URL" <<<"$databases") MongoDB databases"
     # And the topics tests make (prefix, "-", 32 hex digits), in one call.
     start_broker >/dev/null
-    topics=$(kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$KAFKA_BROKERS" --list |
-      grep -E '^[a-z0-9-]+-[0-9a-f]{32}$' || true)
-    [[ -z "$topics" ]] || kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$KAFKA_BROKERS" \
-      --delete --topic "^($(paste -sd'|' <<<"$topics"))\$" >/dev/null
-    say "deleted $(grep -c . <<<"$topics" || true) topics"
+    say "deleted $(topics_matching '^[a-z0-9-]+-[0-9a-f]{32}$' | delete_topics) topics"
     ;;
   status)
     if wait_for_port "$PG_PORT" 0; then echo "postgres: up on 127.0.0.1:$PG_PORT"; else echo "postgres: down"; fi

@@ -38,14 +38,8 @@ export SOURCEGRAM_TEST_KAFKA_BROKERS="${SOURCEGRAM_TEST_KAFKA_BROKERS:-$KAFKA_BR
 # What tests name their schemas (with the replay's suffixes) and topics.
 schema_pattern='^[a-z0-9_]+_[0-9a-f]{32}(_next|_retired)?$'
 topic_pattern='^[a-z0-9-]+-[0-9a-f]{32}$'
-test_schemas() {
-  psql "$SOURCEGRAM_TEST_POSTGRES_URL" -qAtX -c \
-    "SELECT nspname FROM pg_namespace WHERE nspname ~ '$schema_pattern' ORDER BY 1"
-}
-test_topics() {
-  KAFKA_BROKERS="$SOURCEGRAM_TEST_KAFKA_BROKERS" kafka_tool org.apache.kafka.tools.TopicCommand \
-    --bootstrap-server "$SOURCEGRAM_TEST_KAFKA_BROKERS" --list | grep -E "$topic_pattern" | sort || true
-}
+test_schemas() { schemas_matching "$SOURCEGRAM_TEST_POSTGRES_URL" "$schema_pattern"; }
+test_topics() { KAFKA_BROKERS="$SOURCEGRAM_TEST_KAFKA_BROKERS" topics_matching "$topic_pattern"; }
 # The MongoDB databases tests make have the same names as their schemas. They
 # are tracked only on the FerretDB services.sh runs (its PostgreSQL database
 # lists them); a MongoDB of the caller's own is left alone.
@@ -63,20 +57,11 @@ test_mongo_databases >"$mongo_before"
 # shellcheck disable=SC2317 # clean_up runs from the EXIT trap, which shellcheck does not follow
 clean_up() {
   local schemas topics databases dropped=0
-  schemas=$(test_schemas | comm -13 "$schemas_before" -)
-  if [[ -n "$schemas" ]]; then
-    sed 's/.*/DROP SCHEMA IF EXISTS "&" CASCADE;/' <<<"$schemas" |
-      PGOPTIONS='-c client_min_messages=warning' psql "$SOURCEGRAM_TEST_POSTGRES_URL" -qAtX >/dev/null
-  fi
-  topics=$(test_topics | comm -13 "$topics_before" -)
-  if [[ -n "$topics" ]]; then
-    # One call: --topic takes a regular expression.
-    KAFKA_BROKERS="$SOURCEGRAM_TEST_KAFKA_BROKERS" kafka_tool org.apache.kafka.tools.TopicCommand \
-      --bootstrap-server "$SOURCEGRAM_TEST_KAFKA_BROKERS" --delete --topic "^($(paste -sd'|' <<<"$topics"))\$" >/dev/null
-  fi
+  schemas=$(test_schemas | comm -13 "$schemas_before" - | drop_schemas "$SOURCEGRAM_TEST_POSTGRES_URL")
+  topics=$(test_topics | comm -13 "$topics_before" - | KAFKA_BROKERS="$SOURCEGRAM_TEST_KAFKA_BROKERS" delete_topics)
   databases=$(test_mongo_databases | comm -13 "$mongo_before" -)
   [[ -z "$databases" ]] || dropped=$(ferretdb_drop_databases "$mongo_port" "$ferretdb_pg_url" <<<"$databases")
-  echo "test.sh: dropped $(grep -c . <<<"$schemas" || true) test schemas, deleted $(grep -c . <<<"$topics" || true) test topics and dropped $dropped MongoDB test databases"
+  echo "test.sh: dropped $schemas test schemas, deleted $topics test topics and dropped $dropped MongoDB test databases"
   rm -f "$log" "$schemas_before" "$topics_before" "$mongo_before"
 }
 trap clean_up EXIT
