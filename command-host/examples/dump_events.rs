@@ -10,7 +10,7 @@
 
 use std::io::Write as _;
 
-use command_host::event_store::{AnyEventStore, EventStore, ReadAllCursor};
+use event_store::{AnyEventStore, EventStore, ReadAllCursor};
 
 #[tokio::main]
 async fn main() {

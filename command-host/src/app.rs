@@ -22,16 +22,18 @@ use domain::{
     PostCommand, PostEvent, PostId, UserId, Version, apply, decide,
 };
 
-use crate::auth::{self, TokenKey};
-use crate::batch::{BatchLimits, Batcher};
-use crate::clock;
 use crate::error::{CommandError, problem_for};
-use crate::event_store::{EventStore, StoreError};
-use crate::http::{self, HttpResponse, Problem, RequestContext};
-use crate::metrics::Metrics;
-use crate::publisher::KafkaPublisher;
+use crate::metrics::CommandMetrics;
 use crate::records::{CommandRecords, IdempotencyClaim, StoredResponse, StreamHead};
-use crate::routes::{Endpoint, route};
+use crate::routes::{self, Endpoint, route};
+use event_bus::KafkaPublisher;
+use event_store::{EventStore, StoreError};
+use platform::auth::{self, TokenKey};
+use platform::batch::{BatchLimits, Batcher};
+use platform::clock;
+use platform::http::{self, HttpResponse, Problem, RequestContext};
+use platform::metrics::Counter;
+use platform::routes::Matched;
 
 /// A write that lost a race is retried against fresh state this many times.
 const MAX_ATTEMPTS: usize = 5;
@@ -45,10 +47,66 @@ const STREAM_CACHE_CAPACITY: usize = 10_000;
 #[derive(Debug)]
 pub enum CommandRequest {
     Write(WriteRequest),
-    History(PostId),
+    History(PostId, HistoryPage),
     Healthz,
     Readyz,
     Metrics,
+    OpenApi,
+}
+
+/// The command host's HTTP contract, served at `GET /openapi.json`.
+const OPENAPI: &str = include_str!("../../docs/openapi/command-host.json");
+
+/// Which page of a post's history `GET /posts/{id}/events` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryPage {
+    pub from: Version,
+    pub limit: usize,
+}
+
+impl HistoryPage {
+    /// The most events one answer carries, and how many without `limit`.
+    pub const MAX_LIMIT: usize = 1_000;
+
+    /// `?from_version=N&limit=L`: N from 1, L from 1 to [`Self::MAX_LIMIT`];
+    /// anything else is 400.
+    pub fn parse(query: Option<&str>) -> Result<Self, Problem> {
+        let mut page = Self {
+            from: Version::new(1),
+            limit: Self::MAX_LIMIT,
+        };
+        for (name, value) in http::query_pairs(query)? {
+            let number = |what: &str, range: std::ops::RangeInclusive<u64>| {
+                value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| range.contains(n))
+                    .ok_or_else(|| {
+                        Problem::new(
+                            StatusCode::BAD_REQUEST,
+                            format!(
+                                "{what} must be a whole number from {} to {}, not {value:?}",
+                                range.start(),
+                                range.end()
+                            ),
+                        )
+                    })
+            };
+            match name.as_str() {
+                "from_version" => {
+                    page.from = Version::new(number("from_version", 1..=i64::MAX as u64)?)
+                }
+                "limit" => page.limit = number("limit", 1..=Self::MAX_LIMIT as u64)? as usize,
+                other => {
+                    return Err(Problem::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("unknown query parameter {other:?}: use from_version and limit"),
+                    ));
+                }
+            }
+        }
+        Ok(page)
+    }
 }
 
 /// A command aimed at one post, with who asks and how.
@@ -101,7 +159,7 @@ pub struct App<S, R> {
     pub(crate) publisher: KafkaPublisher,
     pub(crate) relay_wake: Arc<Notify>,
     pub(crate) token_key: TokenKey,
-    pub(crate) metrics: Metrics,
+    pub(crate) metrics: CommandMetrics,
     pub(crate) max_body_bytes: usize,
     pub(crate) streams: StreamSlots,
 }
@@ -117,7 +175,7 @@ impl<S, R> std::fmt::Debug for App<S, R> {
 /// counted here.
 pub(crate) fn registry_batcher<R: CommandRecords + 'static>(
     records: Arc<R>,
-    metrics: Metrics,
+    failures: Counter,
 ) -> Batcher<StreamHead, ()> {
     Batcher::new(
         BatchLimits {
@@ -128,15 +186,11 @@ pub(crate) fn registry_batcher<R: CommandRecords + 'static>(
             linger: Duration::from_millis(20),
         },
         move |heads: Vec<StreamHead>| {
-            let (records, metrics) = (Arc::clone(&records), metrics.clone());
+            let (records, failures) = (Arc::clone(&records), failures.clone());
             async move {
                 if let Err(error) = records.record_stream_heads(&heads).await {
                     tracing::warn!(%error, posts = heads.len(), "stream registry not updated");
-                    metrics.inc(
-                        "sourcegram_registry_failures_total",
-                        &[],
-                        heads.len() as u64,
-                    );
+                    failures.inc(heads.len() as u64);
                 }
                 vec![(); heads.len()]
             }
@@ -171,44 +225,42 @@ impl<S: EventStore, R: CommandRecords> App<S, R> {
         request: Request<Incoming>,
         context: RequestContext,
     ) -> HttpResponse {
-        let endpoint = match route(request.method(), request.uri().path()) {
-            Ok(endpoint) => endpoint,
+        let path = request.uri().path().to_owned();
+        let matched = match route(request.method(), &path) {
+            Ok(matched) => matched,
             Err(problem) => return http::with_route(problem.into_response(), "unmatched"),
         };
-        let response = match self.parse(endpoint, request, context).await {
+        let label = matched.label;
+        let response = match self.parse(&matched, request, context).await {
             Ok(parsed) => self.dispatch(parsed).await,
             Err(error) => Err(error),
         };
         let response = response.unwrap_or_else(|error| problem_for(&error).into_response());
-        http::with_route(response, endpoint.label())
+        http::with_route(response, label)
     }
 
     /// Authenticates and parses a request into a [`CommandRequest`].
     async fn parse(
         &self,
-        endpoint: Endpoint,
+        matched: &Matched<'_, Endpoint>,
         request: Request<Incoming>,
         context: RequestContext,
     ) -> Result<CommandRequest, CommandError> {
+        let endpoint = matched.endpoint;
         let post_id = match endpoint {
             Endpoint::Healthz => return Ok(CommandRequest::Healthz),
             Endpoint::Readyz => return Ok(CommandRequest::Readyz),
             Endpoint::Metrics => return Ok(CommandRequest::Metrics),
+            Endpoint::OpenApi => return Ok(CommandRequest::OpenApi),
             Endpoint::CreatePost => PostId::from_uuid(Uuid::now_v7()),
-            Endpoint::EditMessage(id)
-            | Endpoint::LikePost(id)
-            | Endpoint::UnlikePost(id)
-            | Endpoint::AddComment(id)
-            | Endpoint::EditComment(id, _)
-            | Endpoint::RemoveComment(id, _)
-            | Endpoint::DeletePost(id)
-            | Endpoint::History(id) => id,
+            _ => routes::post_id(matched)?,
         };
         let actor = self
             .token_key
             .verify(auth::bearer(request.headers())?, clock::now())?;
-        if let Endpoint::History(id) = endpoint {
-            return Ok(CommandRequest::History(id));
+        if endpoint == Endpoint::History {
+            let page = HistoryPage::parse(request.uri().query())?;
+            return Ok(CommandRequest::History(post_id, page));
         }
         let idempotency_key = idempotency_key(request.headers())?;
         let if_match = if_match(request.headers())?;
@@ -216,9 +268,9 @@ impl<S: EventStore, R: CommandRecords> App<S, R> {
         let needs_body = matches!(
             endpoint,
             Endpoint::CreatePost
-                | Endpoint::EditMessage(_)
-                | Endpoint::AddComment(_)
-                | Endpoint::EditComment(..)
+                | Endpoint::EditMessage
+                | Endpoint::AddComment
+                | Endpoint::EditComment
         );
         let body = if needs_body {
             http::read_json_bytes(request, self.max_body_bytes).await?
@@ -229,23 +281,27 @@ impl<S: EventStore, R: CommandRecords> App<S, R> {
             Endpoint::CreatePost => PostCommand::CreatePost {
                 message: parse_message(&body)?,
             },
-            Endpoint::EditMessage(_) => PostCommand::EditMessage {
+            Endpoint::EditMessage => PostCommand::EditMessage {
                 message: parse_message(&body)?,
             },
-            Endpoint::LikePost(_) => PostCommand::LikePost,
-            Endpoint::UnlikePost(_) => PostCommand::UnlikePost,
-            Endpoint::AddComment(_) => PostCommand::AddComment {
+            Endpoint::LikePost => PostCommand::LikePost,
+            Endpoint::UnlikePost => PostCommand::UnlikePost,
+            Endpoint::AddComment => PostCommand::AddComment {
                 text: parse_text(&body)?,
             },
-            Endpoint::EditComment(_, comment_id) => PostCommand::EditComment {
-                comment_id,
+            Endpoint::EditComment => PostCommand::EditComment {
+                comment_id: routes::comment_id(matched)?,
                 text: parse_text(&body)?,
             },
-            Endpoint::RemoveComment(_, comment_id) => PostCommand::RemoveComment { comment_id },
-            Endpoint::DeletePost(_) => PostCommand::DeletePost,
-            Endpoint::History(_) | Endpoint::Healthz | Endpoint::Readyz | Endpoint::Metrics => {
-                unreachable!("answered above")
-            }
+            Endpoint::RemoveComment => PostCommand::RemoveComment {
+                comment_id: routes::comment_id(matched)?,
+            },
+            Endpoint::DeletePost => PostCommand::DeletePost,
+            Endpoint::History
+            | Endpoint::Healthz
+            | Endpoint::Readyz
+            | Endpoint::Metrics
+            | Endpoint::OpenApi => unreachable!("answered above"),
         };
         Ok(CommandRequest::Write(WriteRequest {
             post_id,
@@ -262,7 +318,8 @@ impl<S: EventStore, R: CommandRecords> App<S, R> {
     pub async fn dispatch(&self, request: CommandRequest) -> Result<HttpResponse, CommandError> {
         match request {
             CommandRequest::Write(write) => self.write_idempotently(write).await,
-            CommandRequest::History(post_id) => self.history(post_id).await,
+            CommandRequest::History(post_id, page) => self.history(post_id, page).await,
+            CommandRequest::OpenApi => Ok(http::openapi(OPENAPI)),
             CommandRequest::Healthz => Ok(http::healthz()),
             CommandRequest::Readyz => Ok(self.readyz().await),
             CommandRequest::Metrics => Ok(self.metrics().await),
@@ -343,8 +400,7 @@ impl<S: EventStore, R: CommandRecords> App<S, R> {
 
     /// The first answer to a keyed request, given again to its retry.
     fn replay(&self, stored: &StoredResponse) -> HttpResponse {
-        self.metrics
-            .inc("sourcegram_idempotent_replays_total", &[], 1);
+        self.metrics.idempotent_replays.inc(1);
         replayed_response(stored)
     }
 
@@ -476,19 +532,14 @@ impl<S: EventStore, R: CommandRecords> App<S, R> {
                         apply(&mut post, event);
                     }
                     self.relay_wake.notify_one();
-                    self.metrics.inc(
-                        "sourcegram_events_appended_total",
-                        &[],
-                        envelopes.len() as u64,
-                    );
+                    self.metrics.events_appended.inc(envelopes.len() as u64);
                     self.record_head(&post, context.now);
                     let version = post.version();
                     *cached = Some(post);
                     return Ok(written(version));
                 }
                 Err(StoreError::Conflict { .. }) => {
-                    self.metrics
-                        .inc("sourcegram_append_conflicts_total", &[], 1);
+                    self.metrics.append_conflicts.inc(1);
                     if write.if_match.is_some() {
                         let current = self
                             .load_post(write.post_id)
@@ -545,12 +596,41 @@ impl<S: EventStore, R: CommandRecords> App<S, R> {
         });
     }
 
-    async fn history(&self, post_id: PostId) -> Result<HttpResponse, CommandError> {
-        let events = self.store.load_stream(post_id, Version::new(1)).await?;
-        if events.is_empty() {
+    /// One page of the post's events. `next` links the following page, or is
+    /// null once the page reached the stream's end; past the end the page is
+    /// empty. A post with no events at all is 404.
+    async fn history(
+        &self,
+        post_id: PostId,
+        page: HistoryPage,
+    ) -> Result<HttpResponse, CommandError> {
+        // One more than asked for tells whether another page follows.
+        let mut events = self
+            .store
+            .load_stream_page(post_id, page.from, page.limit + 1)
+            .await?;
+        if events.is_empty()
+            && (page.from == Version::new(1)
+                || self
+                    .store
+                    .load_stream_page(post_id, Version::new(1), 1)
+                    .await?
+                    .is_empty())
+        {
             return Err(domain::DomainError::NotFound("post").into());
         }
-        Ok(http::json(StatusCode::OK, &json!({ "events": events })))
+        let next = (events.len() > page.limit).then(|| {
+            events.truncate(page.limit);
+            let after = events.last().map_or(page.from, |e| e.version.next());
+            format!(
+                "/posts/{post_id}/events?from_version={after}&limit={}",
+                page.limit
+            )
+        });
+        Ok(http::json(
+            StatusCode::OK,
+            &json!({ "events": events, "next": next }),
+        ))
     }
 
     async fn readyz(&self) -> HttpResponse {
@@ -575,10 +655,9 @@ impl<S: EventStore, R: CommandRecords> App<S, R> {
     async fn metrics(&self) -> HttpResponse {
         // The backlog is read when scraped, so it is right even after a restart.
         if let Ok(backlog) = self.store.unpublished_count().await {
-            self.metrics
-                .set_gauge("sourcegram_outbox_unpublished", &[], backlog as f64);
+            self.metrics.outbox_unpublished.set(backlog as f64);
         }
-        http::metrics_response(&self.metrics)
+        http::metrics_response(&self.metrics.registry)
     }
 }
 

@@ -3,10 +3,10 @@
 use domain::{DomainError, Version};
 use hyper::StatusCode;
 
-use crate::auth::AuthError;
-use crate::event_store::StoreError;
-use crate::http::Problem;
 use crate::records::RecordsError;
+use event_store::StoreError;
+use platform::auth::AuthError;
+use platform::http::Problem;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {

@@ -1,55 +1,39 @@
 //! Sourcegram's command host: the write side.
-//!
+
 //! - [`app`]: the mediator and the write, history and health handlers.
 //! - [`routes`]: the URL space as a closed enum.
 //! - [`error`]: the host's errors and their one mapping to problem+json.
-//! - [`event_store`]: the `EventStore` port and its adapters.
 //! - [`records`]: the `CommandRecords` port (idempotency, stream registry) and its adapters.
 //! - [`registry`]: repairs the stream registry from the event store.
-//! - [`publisher`] and [`relay`]: the outbox relay that publishes every event to Kafka.
+//! - [`relay`]: the outbox relay that publishes every event to Kafka (through `event_bus`).
 //! - [`config`]: configuration from the environment.
-//! - [`batch`]: group commit, so concurrent writes share a statement.
-//!
-//! Pieces the other hosts share live here too:
-//! - [`http`]: the hyper accept loop, problem+json, JSON bodies.
-//! - [`auth`]: HMAC-signed bearer tokens.
-//! - [`metrics`]: a small Prometheus registry.
-//! - [`pg`]: the PostgreSQL connection pool.
-//! - [`clock`]: where the hosts read the time.
-//! - [`testkit`]: fresh schemas and topics on the real services, for tests.
+
 #![forbid(unsafe_code)]
 
 pub mod app;
-pub mod auth;
-pub mod batch;
-pub mod clock;
 pub mod config;
 pub mod error;
-pub mod event_store;
-pub mod http;
 pub mod metrics;
-pub mod pg;
-pub mod publisher;
 pub mod records;
 pub mod registry;
 pub mod relay;
 pub mod routes;
-pub mod testkit;
 
 use std::future::Future;
 use std::sync::Arc;
 
+use event_store::EventStore;
+use platform::auth::TokenKey;
+use platform::http::{self, ServerConfig};
+use platform::metrics::Metrics;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::app::{App, StreamSlots};
-use crate::auth::TokenKey;
-use crate::event_store::EventStore;
-use crate::http::ServerConfig;
-use crate::metrics::Metrics;
-use crate::publisher::KafkaPublisher;
+use crate::metrics::CommandMetrics;
 use crate::records::CommandRecords;
 use crate::relay::RelayConfig;
+use event_bus::KafkaPublisher;
 
 /// What the command host runs on. The caller connects the stores and the
 /// producer, so tests can hand in fresh ones.
@@ -76,6 +60,7 @@ where
     S: EventStore + 'static,
     R: CommandRecords + 'static,
 {
+    let metrics = CommandMetrics::new(&deps.metrics);
     let store = Arc::new(deps.store);
     let relay_wake = Arc::new(Notify::new());
     let (stop_relay, relay_stopped) = watch::channel(false);
@@ -83,19 +68,19 @@ where
         Arc::clone(&store),
         deps.publisher.clone(),
         Arc::clone(&relay_wake),
-        deps.metrics.clone(),
+        metrics.clone(),
         deps.relay,
         relay_stopped,
     ));
     let records = Arc::new(deps.records);
     let app = Arc::new(App {
         store,
-        registry: app::registry_batcher(Arc::clone(&records), deps.metrics.clone()),
+        registry: app::registry_batcher(Arc::clone(&records), metrics.registry_failures.clone()),
         records,
         publisher: deps.publisher,
         relay_wake,
         token_key: deps.token_key,
-        metrics: deps.metrics.clone(),
+        metrics,
         max_body_bytes: deps.server.max_body_bytes,
         streams: StreamSlots::default(),
     });
@@ -129,43 +114,4 @@ where
         tracing::error!(%error, "outbox relay task failed");
     }
     served
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`). Each host's `main`
-/// calls this first.
-pub fn init_tracing() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-}
-
-/// Completes on Ctrl-C or SIGTERM: the shutdown future every host's `main` uses.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down");
 }

@@ -4,16 +4,18 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use command_host::auth::TokenKey;
-use command_host::config::{self, Config};
-use command_host::event_store::AnyEventStore;
-use command_host::http::ServerConfig;
-use command_host::metrics::Metrics;
-use command_host::publisher::KafkaPublisher;
+use command_host::CommandHostDeps;
+use command_host::config::Config;
 use command_host::records::AnyCommandRecords;
 use command_host::relay::RelayConfig;
-use command_host::{CommandHostDeps, clock, shutdown_signal};
 use domain::{Timestamp, UserId};
+use event_bus::KafkaPublisher;
+use event_store::AnyEventStore;
+use platform::auth::TokenKey;
+use platform::config;
+use platform::http::ServerConfig;
+use platform::metrics::Metrics;
+use platform::{clock, shutdown_signal};
 
 const USAGE: &str = "usage:
   command-host                                  serve (configuration from the environment)
@@ -24,7 +26,7 @@ const USAGE: &str = "usage:
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    command_host::init_tracing();
+    platform::init_tracing();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         None | Some("serve") => serve().await,

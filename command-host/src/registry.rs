@@ -7,8 +7,8 @@
 
 use domain::{Post, PostId, apply};
 
-use crate::event_store::{EventStore, ReadAllCursor};
 use crate::records::{CommandRecords, StreamHead};
+use event_store::{EventStore, ReadAllCursor};
 
 /// Events read per page, and registry rows written per statement.
 const PAGE: usize = 1_000;

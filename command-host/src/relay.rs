@@ -7,11 +7,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::{PostId, Version};
+use event_bus::{KafkaPublisher, PublishError};
+use event_store::{EventStore, StoreError};
 use tokio::sync::{Notify, watch};
 
-use crate::event_store::EventStore;
-use crate::metrics::Metrics;
-use crate::publisher::KafkaPublisher;
+use crate::metrics::CommandMetrics;
+
+/// Why a round of publishing stopped early; the relay retries with backoff.
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
 
 /// How the relay paces itself.
 #[derive(Debug, Clone)]
@@ -40,7 +49,7 @@ pub async fn run_relay<S: EventStore>(
     store: Arc<S>,
     mut publisher: KafkaPublisher,
     wake: Arc<Notify>,
-    metrics: Metrics,
+    metrics: CommandMetrics,
     config: RelayConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -85,7 +94,7 @@ pub async fn run_relay<S: EventStore>(
                     tracing::warn!(%error, "outbox relay cannot publish; will retry");
                 }
                 failing = true;
-                metrics.inc("sourcegram_publish_failures_total", &[], 1);
+                metrics.publish_failures.inc(1);
                 // Start the next round with a fresh producer: one that failed may
                 // hold sequence state the broker no longer accepts. Whatever it did
                 // deliver is published again; the projection skips repeats.
@@ -118,37 +127,29 @@ async fn mark_before_leaving<S: EventStore>(store: &S, unmarked: &[(PostId, Vers
 async fn publish_backlog<S: EventStore>(
     store: &S,
     publisher: &KafkaPublisher,
-    metrics: &Metrics,
+    metrics: &CommandMetrics,
     batch_size: usize,
     unmarked: &mut Vec<(PostId, Version)>,
     shutdown: &watch::Receiver<bool>,
-) -> Result<(), String> {
+) -> Result<(), RelayError> {
     loop {
-        let batch = store
-            .unpublished(batch_size, unmarked)
-            .await
-            .map_err(|e| e.to_string())?;
+        let batch = store.unpublished(batch_size, unmarked).await?;
         if batch.is_empty() || *shutdown.borrow() {
-            store
-                .mark_published(unmarked)
-                .await
-                .map_err(|e| e.to_string())?;
+            store.mark_published(unmarked).await?;
             unmarked.clear();
             return Ok(());
         }
         let (published, marked) =
             tokio::join!(publisher.publish(&batch), store.mark_published(unmarked));
-        marked.map_err(|e| e.to_string())?;
+        marked?;
         unmarked.clear();
-        published.map_err(|e| e.to_string())?;
+        published?;
         unmarked.extend(batch.iter().map(|e| (e.stream_id, e.version)));
-        metrics.inc("sourcegram_events_published_total", &[], batch.len() as u64);
+        metrics.events_published.inc(batch.len() as u64);
         // How long each event waited in the outbox: from the command that made
         // it until the broker acknowledged it. The projection's lag starts here.
-        let now = crate::clock::now();
-        metrics.observe_many(
-            "sourcegram_outbox_delay_seconds",
-            &[],
+        let now = platform::clock::now();
+        metrics.outbox_delay.observe_many(
             batch
                 .iter()
                 .map(|e| now.millis_since(e.occurred_at) as f64 / 1000.0),

@@ -1,93 +1,59 @@
-//! Routing: the command host's URL space as a closed enum, matched on method and
-//! path segments. No router crate: the whole table fits on one screen.
+//! The command host's routes, declared once: routing, 404 and 405 with
+//! `Allow`, and the labels metrics and logs use all come from [`ROUTES`].
 
 use domain::{CommentId, PostId};
 use hyper::{Method, StatusCode};
-
-use crate::http::{Problem, path_segments};
+use platform::http::Problem;
+use platform::routes::{Matched, Route, find};
 
 /// Every endpoint of the command host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
     CreatePost,
-    EditMessage(PostId),
-    LikePost(PostId),
-    UnlikePost(PostId),
-    AddComment(PostId),
-    EditComment(PostId, CommentId),
-    RemoveComment(PostId, CommentId),
-    DeletePost(PostId),
-    History(PostId),
+    EditMessage,
+    LikePost,
+    UnlikePost,
+    AddComment,
+    EditComment,
+    RemoveComment,
+    DeletePost,
+    History,
     Healthz,
     Readyz,
     Metrics,
+    OpenApi,
 }
 
-impl Endpoint {
-    /// The route label for metrics and logs.
-    pub fn label(self) -> &'static str {
-        match self {
-            Endpoint::CreatePost => "POST /posts",
-            Endpoint::EditMessage(_) => "PUT /posts/{id}/message",
-            Endpoint::LikePost(_) => "POST /posts/{id}/likes",
-            Endpoint::UnlikePost(_) => "DELETE /posts/{id}/likes",
-            Endpoint::AddComment(_) => "POST /posts/{id}/comments",
-            Endpoint::EditComment(..) => "PUT /posts/{id}/comments/{cid}",
-            Endpoint::RemoveComment(..) => "DELETE /posts/{id}/comments/{cid}",
-            Endpoint::DeletePost(_) => "DELETE /posts/{id}",
-            Endpoint::History(_) => "GET /posts/{id}/events",
-            Endpoint::Healthz => "GET /healthz",
-            Endpoint::Readyz => "GET /readyz",
-            Endpoint::Metrics => "GET /metrics",
-        }
-    }
+pub const ROUTES: &[Route<Endpoint>] = &[
+    Route::new("POST /posts", Endpoint::CreatePost),
+    Route::new("PUT /posts/{id}/message", Endpoint::EditMessage),
+    Route::new("POST /posts/{id}/likes", Endpoint::LikePost),
+    Route::new("DELETE /posts/{id}/likes", Endpoint::UnlikePost),
+    Route::new("POST /posts/{id}/comments", Endpoint::AddComment),
+    Route::new("PUT /posts/{id}/comments/{cid}", Endpoint::EditComment),
+    Route::new("DELETE /posts/{id}/comments/{cid}", Endpoint::RemoveComment),
+    Route::new("DELETE /posts/{id}", Endpoint::DeletePost),
+    Route::new("GET /posts/{id}/events", Endpoint::History),
+    Route::new("GET /healthz", Endpoint::Healthz),
+    Route::new("GET /readyz", Endpoint::Readyz),
+    Route::new("GET /metrics", Endpoint::Metrics),
+    Route::new("GET /openapi.json", Endpoint::OpenApi),
+];
+
+/// Finds the endpoint for a request line: unknown paths are 404, known paths
+/// with another method 405.
+pub fn route<'a>(method: &Method, path: &'a str) -> Result<Matched<'a, Endpoint>, Problem> {
+    find(ROUTES, method, path)
 }
 
-/// Finds the endpoint for a request line. Unknown paths are 404, known paths
-/// with another method 405, and ids that are not UUIDs 400.
-pub fn route(method: &Method, path: &str) -> Result<Endpoint, Problem> {
-    let segments = path_segments(path);
-    let post = |raw: &str| PostId::parse(raw).map_err(bad_id);
-    let comment = |raw: &str| CommentId::parse(raw).map_err(bad_id);
-    let m = method.clone();
-    let endpoint = match (segments.as_slice(), m) {
-        (["healthz"], Method::GET) => Endpoint::Healthz,
-        (["readyz"], Method::GET) => Endpoint::Readyz,
-        (["metrics"], Method::GET) => Endpoint::Metrics,
-        (["posts"], Method::POST) => Endpoint::CreatePost,
-        (["posts", id], Method::DELETE) => Endpoint::DeletePost(post(id)?),
-        (["posts", id, "message"], Method::PUT) => Endpoint::EditMessage(post(id)?),
-        (["posts", id, "likes"], Method::POST) => Endpoint::LikePost(post(id)?),
-        (["posts", id, "likes"], Method::DELETE) => Endpoint::UnlikePost(post(id)?),
-        (["posts", id, "comments"], Method::POST) => Endpoint::AddComment(post(id)?),
-        (["posts", id, "comments", cid], Method::PUT) => {
-            Endpoint::EditComment(post(id)?, comment(cid)?)
-        }
-        (["posts", id, "comments", cid], Method::DELETE) => {
-            Endpoint::RemoveComment(post(id)?, comment(cid)?)
-        }
-        (["posts", id, "events"], Method::GET) => Endpoint::History(post(id)?),
-        (
-            ["healthz" | "readyz" | "metrics"]
-            | ["posts"]
-            | ["posts", _]
-            | ["posts", _, "message" | "likes" | "comments" | "events"]
-            | ["posts", _, "comments", _],
-            _,
-        ) => {
-            return Err(Problem::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("{method} is not allowed on {path}"),
-            ));
-        }
-        _ => {
-            return Err(Problem::new(
-                StatusCode::NOT_FOUND,
-                format!("no such resource: {path}"),
-            ));
-        }
-    };
-    Ok(endpoint)
+/// The post a route names (`{id}`); 400 unless it is a UUID.
+pub fn post_id(matched: &Matched<'_, Endpoint>) -> Result<PostId, Problem> {
+    PostId::parse(matched.param("id")).map_err(bad_id)
+}
+
+/// The comment a route names (`{cid}`); 400 unless it is a UUID.
+pub fn comment_id(matched: &Matched<'_, Endpoint>) -> Result<CommentId, Problem> {
+    CommentId::parse(matched.param("cid")).map_err(bad_id)
 }
 
 fn bad_id(error: domain::ValidationError) -> Problem {
@@ -100,9 +66,19 @@ mod tests {
 
     const ID: &str = "0b9e4b8e-5f5e-4d39-9d3a-0c6f7a4f2a11";
 
+    /// The route's label, or the status of the refusal; ids are checked as
+    /// the host checks them.
     fn check(method: Method, path: &str, expected: Result<&str, u16>) {
         let got = route(&method, path)
-            .map(Endpoint::label)
+            .and_then(|m| {
+                if m.label.contains("{id}") {
+                    post_id(&m)?;
+                }
+                if m.label.contains("{cid}") {
+                    comment_id(&m)?;
+                }
+                Ok(m.label)
+            })
             .map_err(|p| p.status.as_u16());
         assert_eq!(got, expected, "{method} {path}");
     }
@@ -151,15 +127,37 @@ mod tests {
             Ok("GET /posts/{id}/events"),
         );
         check(Method::GET, "/healthz", Ok("GET /healthz"));
+        check(Method::GET, "/openapi.json", Ok("GET /openapi.json"));
         check(Method::GET, "/posts", Err(405));
         check(Method::PATCH, &format!("/posts/{ID}"), Err(405));
         check(Method::GET, "/nope", Err(404));
         check(Method::GET, "/posts/../etc/passwd", Err(404));
         check(Method::PUT, "/posts/not-a-uuid/message", Err(400));
+        let refused = route(&Method::PATCH, &format!("/posts/{ID}/likes")).expect_err("405");
+        assert_eq!(refused.allow.as_deref(), Some("DELETE, POST"));
         check(
             Method::DELETE,
             &format!("/posts/{ID}/comments/42"),
             Err(400),
+        );
+    }
+
+    /// Every route is in the OpenAPI document the host serves, and the
+    /// document has no operation the host does not serve.
+    #[test]
+    fn the_openapi_document_lists_exactly_the_routes_served() {
+        let (undocumented, unserved) = platform::routes::compare_with_openapi(
+            super::ROUTES,
+            include_str!("../../docs/openapi/command-host.json"),
+        )
+        .expect("the document is JSON");
+        assert!(
+            undocumented.is_empty(),
+            "routes missing from the document: {undocumented:?}"
+        );
+        assert!(
+            unserved.is_empty(),
+            "documented but not served: {unserved:?}"
         );
     }
 }

@@ -4,8 +4,8 @@
 
 mod support;
 
-use command_host::event_store::EventStore;
 use domain::{PostId, Version};
+use event_store::EventStore;
 use hyper::{Method, StatusCode};
 use serde_json::json;
 use support::spawn_app;
@@ -298,6 +298,12 @@ async fn refusals_carry_their_status_and_change_nothing() {
     for (answer, status) in &cases {
         assert_problem(answer, *status);
     }
+    let not_allowed = &cases.last().expect("the 405 case").0;
+    assert_eq!(
+        not_allowed.header("allow"),
+        Some("POST"),
+        "405 names what is allowed"
+    );
     assert_eq!(
         app.history(&post).await.len(),
         1,
@@ -389,7 +395,7 @@ async fn identity_comes_only_from_a_valid_token() {
         )
         .await;
     assert_problem(&answer, StatusCode::UNAUTHORIZED);
-    let forged_key = command_host::auth::TokenKey::new(b"not the secret");
+    let forged_key = platform::auth::TokenKey::new(b"not the secret");
     let forged = forged_key.mint(
         &domain::UserId::parse("bob").expect("valid"),
         domain::Timestamp::from_unix_millis(i64::MAX / 2),
@@ -828,4 +834,79 @@ async fn ids_the_host_chooses_are_time_ordered() {
             < uuid::Uuid::parse_str(&second).expect("uuid"),
         "{first} was created before {second}"
     );
+}
+
+/// `GET /posts/{id}/events` answers in pages of at most 1,000 events, each
+/// linking the next; following the links reads the whole history once.
+#[tokio::test]
+async fn the_history_is_paginated_and_every_page_links_the_next() {
+    let app = spawn_app().await;
+    let post = app.create_post("alice", "a long history").await;
+    for i in 0..6 {
+        let user = format!("fan{i}");
+        let answer = app
+            .send(
+                Method::POST,
+                &format!("/posts/{post}/likes"),
+                Some(&user),
+                &[],
+                None,
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    }
+    let get = |path: String| {
+        let app = &app;
+        async move {
+            app.send(Method::GET, &path, Some("auditor"), &[], None)
+                .await
+        }
+    };
+    // Pages of 3: versions 1-3, 4-6, 7, then no next.
+    let mut versions = Vec::new();
+    let mut next = Some(format!("/posts/{post}/events?limit=3"));
+    let mut pages = 0;
+    while let Some(path) = next {
+        let answer = get(path).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        let body = answer.json();
+        let events = body["events"].as_array().expect("events").clone();
+        assert!(events.len() <= 3, "a page holds at most the limit");
+        versions.extend(
+            events
+                .iter()
+                .map(|e| e["version"].as_u64().expect("version")),
+        );
+        next = body["next"].as_str().map(str::to_owned);
+        pages += 1;
+    }
+    assert_eq!(versions, (1..=7).collect::<Vec<u64>>());
+    assert_eq!(pages, 3);
+    // Without parameters: from the start, up to 1,000, and no next here.
+    let whole = get(format!("/posts/{post}/events")).await.json();
+    assert_eq!(whole["events"].as_array().expect("events").len(), 7);
+    assert!(whole["next"].is_null());
+    // From the middle; past the end is an empty page, not 404.
+    let tail = get(format!("/posts/{post}/events?from_version=6"))
+        .await
+        .json();
+    assert_eq!(tail["events"][0]["version"], 6);
+    let past = get(format!("/posts/{post}/events?from_version=50")).await;
+    assert_eq!(past.status, StatusCode::OK);
+    assert_eq!(past.json()["events"].as_array().expect("events").len(), 0);
+    // The page size is capped, and parameters are checked.
+    for bad in [
+        "limit=0",
+        "limit=1001",
+        "limit=x",
+        "from_version=0",
+        "from_version=-1",
+        "page=2",
+    ] {
+        let answer = get(format!("/posts/{post}/events?{bad}")).await;
+        assert_problem(&answer, StatusCode::BAD_REQUEST);
+    }
+    let unknown = uuid::Uuid::now_v7();
+    let answer = get(format!("/posts/{unknown}/events?from_version=3")).await;
+    assert_problem(&answer, StatusCode::NOT_FOUND);
 }

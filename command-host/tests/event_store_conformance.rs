@@ -4,11 +4,10 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use command_host::event_store::postgres::PostgresEventStore;
-use command_host::event_store::{AnyEventStore, EventStore, ReadAllCursor, StoreError};
-use command_host::testkit;
 use domain::event::PostLiked;
 use domain::{EventEnvelope, EventMetadata, PostEvent, PostId, Timestamp, UserId, Version};
+use event_store::postgres::PostgresEventStore;
+use event_store::{AnyEventStore, EventStore, ReadAllCursor, StoreError};
 use uuid::Uuid;
 
 fn liked(stream: PostId, version: u64, user: &str) -> EventEnvelope {
@@ -74,6 +73,22 @@ async fn append_then_load_round_trips(store: &impl EventStore) {
             .expect("load")
             .is_empty()
     );
+    // Pages: from any version, at most `limit`, across appends of several events.
+    let more = batch(stream, 6, 4);
+    store
+        .append_to_stream(stream, Version::new(5), &more)
+        .await
+        .expect("append");
+    let all: Vec<_> = events.iter().chain(&more).cloned().collect();
+    for (from, limit) in [(1, 3), (2, 4), (4, 100), (9, 1), (10, 5), (11, 5)] {
+        let page = store
+            .load_stream_page(stream, Version::new(from), limit)
+            .await
+            .expect("page");
+        let start = (from as usize - 1).min(all.len());
+        let end = (start + limit).min(all.len());
+        assert_eq!(page, all[start..end], "from {from}, limit {limit}");
+    }
 }
 
 async fn concurrent_appends_at_one_version_have_one_winner(store: Arc<impl EventStore + 'static>) {

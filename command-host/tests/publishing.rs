@@ -8,9 +8,8 @@ mod support;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use command_host::event_store::{EventStore, ReadAllCursor};
-use command_host::testkit;
 use domain::EventEnvelope;
+use event_store::{EventStore, ReadAllCursor};
 use hyper::{Method, StatusCode};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};

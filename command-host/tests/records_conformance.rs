@@ -7,7 +7,6 @@ use command_host::records::postgres::PostgresCommandRecords;
 use command_host::records::{
     AnyCommandRecords, CommandRecords, IdempotencyClaim, StoredResponse, StreamHead,
 };
-use command_host::testkit;
 use domain::{PostId, Timestamp, UserId, Version};
 use uuid::Uuid;
 
@@ -18,7 +17,7 @@ fn user(name: &str) -> UserId {
 }
 
 fn now() -> Timestamp {
-    command_host::clock::now()
+    platform::clock::now()
 }
 
 fn fresh_key() -> String {

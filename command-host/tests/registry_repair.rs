@@ -1,16 +1,15 @@
 //! The stream registry is rebuilt from the event store: missing and stale rows
 //! are brought to each stream's head, current ones are left as they are.
 
-use command_host::event_store::EventStore;
-use command_host::event_store::postgres::PostgresEventStore;
 use command_host::records::postgres::PostgresCommandRecords;
 use command_host::records::{CommandRecords, StreamHead};
 use command_host::registry::{RepairReport, repair};
-use command_host::testkit;
 use domain::{
     CommandContext, CommentId, EventEnvelope, EventMetadata, Message, Post, PostCommand, PostId,
     Timestamp, UserId, Version, apply, decide,
 };
+use event_store::EventStore;
+use event_store::postgres::PostgresEventStore;
 use uuid::Uuid;
 
 fn user(name: &str) -> UserId {

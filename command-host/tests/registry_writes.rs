@@ -12,7 +12,6 @@ use command_host::records::postgres::PostgresCommandRecords;
 use command_host::records::{
     CommandRecords, IdempotencyClaim, RecordsError, StoredResponse, StreamHead,
 };
-use command_host::testkit;
 use domain::{PostId, Timestamp, UserId};
 use tokio::sync::watch;
 use uuid::Uuid;

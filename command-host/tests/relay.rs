@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use command_host::event_store::postgres::PostgresEventStore;
-use command_host::event_store::{EventStore, ReadAllCursor, ReadAllPage, StoreError};
-use command_host::metrics::Metrics;
-use command_host::publisher::KafkaPublisher;
+use command_host::metrics::CommandMetrics;
 use command_host::relay::{RelayConfig, run_relay};
-use command_host::testkit;
 use domain::event::PostLiked;
 use domain::{EventEnvelope, EventMetadata, PostEvent, PostId, Timestamp, UserId, Version};
+use event_bus::KafkaPublisher;
+use event_store::postgres::PostgresEventStore;
+use event_store::{EventStore, ReadAllCursor, ReadAllPage, StoreError};
+use platform::metrics::Metrics;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use tokio::sync::{Notify, watch};
@@ -50,6 +50,15 @@ impl EventStore for HeldStore {
         from: Version,
     ) -> Result<Vec<EventEnvelope>, StoreError> {
         self.inner.load_stream(stream_id, from).await
+    }
+
+    async fn load_stream_page(
+        &self,
+        stream_id: PostId,
+        from: Version,
+        limit: usize,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        self.inner.load_stream_page(stream_id, from, limit).await
     }
 
     async fn find_by_idempotency_key(
@@ -159,7 +168,7 @@ async fn the_next_batch_is_published_while_the_last_one_is_being_marked() {
         Arc::clone(&store),
         KafkaPublisher::new(&brokers, &topic).expect("producer"),
         Arc::clone(&wake),
-        Metrics::new(),
+        CommandMetrics::new(&Metrics::new()),
         RelayConfig {
             poll_interval: Duration::from_millis(50),
             ..RelayConfig::default()

@@ -3,28 +3,15 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use command_host::config::{ConfigError, DEFAULT_POSTGRES_URL, parsed_or, var_or};
-
-/// A schema name from the environment. Only plain identifiers are accepted,
-/// because schema names are spliced into SQL.
-pub fn schema_name_or(name: &'static str, default: &str) -> Result<String, ConfigError> {
-    let value = var_or(name, default);
-    if crate::schema::is_plain_identifier(&value) {
-        Ok(value)
-    } else {
-        Err(ConfigError {
-            name,
-            reason: format!("{value:?} must be a lowercase identifier"),
-        })
-    }
-}
+use platform::config::{ConfigError, DEFAULT_POSTGRES_URL, parsed_or, var_or};
+use read_model::SchemaName;
 
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen_addr: SocketAddr,
     pub read_model_url: String,
-    pub read_model_schema: String,
-    pub notifications_schema: String,
+    pub read_model_schema: SchemaName,
+    pub notifications_schema: SchemaName,
     pub event_store_url: String,
     pub kafka_brokers: String,
     pub kafka_topic: String,
@@ -44,8 +31,14 @@ impl Config {
         Ok(Self {
             listen_addr: parsed_or("LISTEN_ADDR", SocketAddr::from(([127, 0, 0, 1], 8083)))?,
             read_model_url: var_or("READ_MODEL_URL", DEFAULT_POSTGRES_URL),
-            read_model_schema: schema_name_or("READ_MODEL_SCHEMA", "read_model")?,
-            notifications_schema: schema_name_or("NOTIFICATIONS_SCHEMA", "notifications")?,
+            read_model_schema: parsed_or(
+                "READ_MODEL_SCHEMA",
+                SchemaName::parse("read_model").expect("a plain name"),
+            )?,
+            notifications_schema: parsed_or(
+                "NOTIFICATIONS_SCHEMA",
+                SchemaName::parse("notifications").expect("a plain name"),
+            )?,
             event_store_url: var_or("EVENT_STORE_URL", DEFAULT_POSTGRES_URL),
             kafka_brokers: var_or("KAFKA_BROKERS", "127.0.0.1:9092"),
             kafka_topic: var_or("KAFKA_TOPIC", "post-events"),

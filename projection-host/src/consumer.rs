@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use command_host::event_store::EventStore;
-use command_host::metrics::Metrics;
 use domain::EventEnvelope;
+use event_store::EventStore;
+use platform::metrics::{Counter, Gauge, Histogram, Metrics};
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -115,6 +115,7 @@ pub async fn run_consumer<S: EventStore>(
     mut shutdown: watch::Receiver<bool>,
     joined: Arc<AtomicBool>,
 ) -> Result<(), KafkaError> {
+    let metrics = ProjectionMetrics::new(&metrics, projection.name());
     let consumer = Arc::new(create_consumer(&config, projection.name(), joined)?);
     consumer.subscribe(&[&config.topic])?;
     let consumed = consume(
@@ -170,7 +171,7 @@ async fn consume<S: EventStore>(
     config: &ConsumerConfig,
     projection: &Projection,
     store: &S,
-    metrics: &Metrics,
+    metrics: &ProjectionMetrics,
     gate: &RwLock<()>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), KafkaError> {
@@ -186,7 +187,7 @@ async fn consume<S: EventStore>(
         };
         let mut batch = Batch::default();
         match first {
-            Ok(message) => batch.add(&message, metrics, name),
+            Ok(message) => batch.add(&message, metrics),
             Err(error) => {
                 tracing::warn!(%error, projection = name, "kafka receive failed");
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -196,7 +197,7 @@ async fn consume<S: EventStore>(
         let deadline = tokio::time::Instant::now() + config.max_wait;
         while batch.len() < config.max_batch {
             match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                Ok(Ok(message)) => batch.add(&message, metrics, name),
+                Ok(Ok(message)) => batch.add(&message, metrics),
                 Ok(Err(_)) | Err(_) => break,
             }
         }
@@ -214,12 +215,8 @@ async fn consume<S: EventStore>(
                         tracing::info!(projection = name, "projection recovered");
                         failing = false;
                     }
-                    metrics.observe(
-                        "sourcegram_projection_batch_seconds",
-                        &[("projection", name.to_owned())],
-                        took.as_secs_f64(),
-                    );
-                    record(metrics, name, outcome, &batch);
+                    metrics.batch_seconds.observe(took.as_secs_f64());
+                    metrics.record(outcome, &batch);
                     break;
                 }
                 Err(error) => {
@@ -227,11 +224,7 @@ async fn consume<S: EventStore>(
                         tracing::warn!(%error, projection = name, "batch not applied; retrying");
                         failing = true;
                     }
-                    metrics.inc(
-                        "sourcegram_projection_failures_total",
-                        &[("projection", name.to_owned())],
-                        1,
-                    );
+                    metrics.failures.inc(1);
                     // Never skip: the batch is retried until it applies. On
                     // shutdown it is left uncommitted and redelivered later.
                     tokio::select! {
@@ -269,12 +262,12 @@ impl Batch {
         self.received
     }
 
-    fn add(&mut self, message: &impl Message, metrics: &Metrics, name: &'static str) {
+    fn add(&mut self, message: &impl Message, metrics: &ProjectionMetrics) {
         self.received += 1;
         if let Some(created) = message.timestamp().to_millis() {
             self.transit.push((
                 domain::Timestamp::from_unix_millis(created),
-                command_host::clock::now(),
+                platform::clock::now(),
             ));
         }
         let next = self.next_offsets.entry(message.partition()).or_default();
@@ -300,64 +293,83 @@ impl Batch {
                     offset = message.offset(),
                     "skipping a message that is not an event envelope"
                 );
-                metrics.inc(
-                    "sourcegram_projection_undecodable_total",
-                    &[("projection", name.to_owned())],
-                    1,
-                );
+                metrics.undecodable.inc(1);
             }
         }
     }
 }
 
-fn record(metrics: &Metrics, name: &'static str, outcome: BatchOutcome, batch: &Batch) {
-    let label = [("projection", name.to_owned())];
-    metrics.inc(
-        "sourcegram_events_projected_total",
-        &label,
-        outcome.applied as u64,
-    );
-    metrics.inc(
-        "sourcegram_events_skipped_total",
-        &label,
-        outcome.skipped as u64,
-    );
-    metrics.inc(
-        "sourcegram_events_healed_total",
-        &label,
-        outcome.healed as u64,
-    );
-    metrics.inc("sourcegram_projection_batches_total", &label, 1);
-    let now = command_host::clock::now();
-    // End-to-end lag of every event: from the command that made it to its
-    // projection (append, outbox relay, broker, this batch).
-    metrics.observe_many(
-        "sourcegram_projection_lag_seconds",
-        &[("projection", name.to_owned())],
-        batch
-            .envelopes
-            .iter()
-            .map(|e| now.millis_since(e.occurred_at) as f64 / 1000.0),
-    );
-    // The broker's share of that lag: from the relay's producer creating the
-    // message (its Kafka timestamp, just before the broker took it) until
-    // this consumer received it.
-    metrics.observe_many(
-        "sourcegram_broker_transit_seconds",
-        &[("projection", name.to_owned())],
-        batch
-            .transit
-            .iter()
-            .map(|(created, received)| received.millis_since(*created) as f64 / 1000.0),
-    );
-    for (partition, newest) in &batch.newest_per_partition {
-        metrics.set_gauge(
+/// One projection's metrics, each named once here (docs/projection.md).
+#[derive(Debug, Clone)]
+struct ProjectionMetrics {
+    registry: Metrics,
+    name: &'static str,
+    batch_seconds: Histogram,
+    failures: Counter,
+    undecodable: Counter,
+    projected: Counter,
+    skipped: Counter,
+    healed: Counter,
+    batches: Counter,
+    /// From the command that made an event to its projection.
+    lag: Histogram,
+    /// From the relay's producer to this consumer.
+    transit: Histogram,
+}
+
+impl ProjectionMetrics {
+    fn new(registry: &Metrics, name: &'static str) -> Self {
+        let label = [("projection", name)];
+        Self {
+            registry: registry.clone(),
+            name,
+            batch_seconds: registry.histogram("sourcegram_projection_batch_seconds", &label),
+            failures: registry.counter("sourcegram_projection_failures_total", &label),
+            undecodable: registry.counter("sourcegram_projection_undecodable_total", &label),
+            projected: registry.counter("sourcegram_events_projected_total", &label),
+            skipped: registry.counter("sourcegram_events_skipped_total", &label),
+            healed: registry.counter("sourcegram_events_healed_total", &label),
+            batches: registry.counter("sourcegram_projection_batches_total", &label),
+            lag: registry.histogram("sourcegram_projection_lag_seconds", &label),
+            transit: registry.histogram("sourcegram_broker_transit_seconds", &label),
+        }
+    }
+
+    /// How far behind one partition is, by its newest projected event.
+    fn partition_lag_ms(&self, partition: i32) -> Gauge {
+        let partition = partition.to_string();
+        self.registry.gauge(
             "sourcegram_projection_lag_ms",
-            &[
-                ("projection", name.to_owned()),
-                ("partition", partition.to_string()),
-            ],
-            now.millis_since(*newest) as f64,
+            &[("projection", self.name), ("partition", &partition)],
+        )
+    }
+
+    fn record(&self, outcome: BatchOutcome, batch: &Batch) {
+        self.projected.inc(outcome.applied as u64);
+        self.skipped.inc(outcome.skipped as u64);
+        self.healed.inc(outcome.healed as u64);
+        self.batches.inc(1);
+        let now = platform::clock::now();
+        // End-to-end lag of every event: from the command that made it to its
+        // projection (append, outbox relay, broker, this batch).
+        self.lag.observe_many(
+            batch
+                .envelopes
+                .iter()
+                .map(|e| now.millis_since(e.occurred_at) as f64 / 1000.0),
         );
+        // The broker's share of that lag: from the relay's producer creating the
+        // message (its Kafka timestamp, just before the broker took it) until
+        // this consumer received it.
+        self.transit.observe_many(
+            batch
+                .transit
+                .iter()
+                .map(|(created, received)| received.millis_since(*created) as f64 / 1000.0),
+        );
+        for (partition, newest) in &batch.newest_per_partition {
+            self.partition_lag_ms(*partition)
+                .set(now.millis_since(*newest) as f64);
+        }
     }
 }

@@ -5,8 +5,6 @@
 //! - [`notifications`]: the second projection, with its own consumer group.
 //! - [`consumer`]: Kafka micro-batches, offsets committed after the transaction.
 //! - [`replay`]: full rebuild from the event store into a fresh schema, then swap.
-//! - [`rows`]: a post's rows folded in memory (replay, and checks in tests).
-//! - [`schema`]: the tables.
 //! - [`config`]: configuration from the environment.
 #![forbid(unsafe_code)]
 
@@ -15,19 +13,19 @@ pub mod consumer;
 pub mod notifications;
 pub mod projector;
 pub mod replay;
-pub mod rows;
-pub mod schema;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use command_host::event_store::EventStore;
-use command_host::http::{self, HttpResponse, Problem, RequestContext, ServerConfig};
-use command_host::metrics::Metrics;
-use command_host::pg::PgPool;
+use event_store::EventStore;
 use hyper::body::Incoming;
-use hyper::{Method, Request, StatusCode};
+use hyper::{Request, StatusCode};
+use platform::http::{self, HttpResponse, Problem, RequestContext, ServerConfig};
+use platform::metrics::Metrics;
+use platform::pg::PgPool;
+use platform::routes::{Route, find};
+use read_model::SchemaName;
 use tokio::net::TcpListener;
 use tokio::sync::{RwLock, watch};
 
@@ -41,8 +39,8 @@ use crate::replay::{ReplayError, Replayer};
 pub struct ProjectionHostDeps<S> {
     pub store: S,
     pub pool: PgPool,
-    pub read_model_schema: String,
-    pub notifications_schema: String,
+    pub read_model_schema: SchemaName,
+    pub notifications_schema: SchemaName,
     /// Consumer settings of the read model; the notifications use the same
     /// with `notifications_group`.
     pub consumer: ConsumerConfig,
@@ -145,39 +143,24 @@ enum AdminRequest {
     Healthz,
     Readyz,
     Metrics,
+    OpenApi,
     StartReplay,
     ReplayProgress,
 }
 
-impl AdminRequest {
-    fn label(self) -> &'static str {
-        match self {
-            AdminRequest::Healthz => "GET /healthz",
-            AdminRequest::Readyz => "GET /readyz",
-            AdminRequest::Metrics => "GET /metrics",
-            AdminRequest::StartReplay => "POST /admin/replay",
-            AdminRequest::ReplayProgress => "GET /admin/replay",
-        }
-    }
-}
+/// The projection host's routes, declared once: routing, 404 and 405 with
+/// `Allow`, and the labels metrics use all come from here.
+const ROUTES: &[Route<AdminRequest>] = &[
+    Route::new("GET /healthz", AdminRequest::Healthz),
+    Route::new("GET /readyz", AdminRequest::Readyz),
+    Route::new("GET /metrics", AdminRequest::Metrics),
+    Route::new("GET /openapi.json", AdminRequest::OpenApi),
+    Route::new("POST /admin/replay", AdminRequest::StartReplay),
+    Route::new("GET /admin/replay", AdminRequest::ReplayProgress),
+];
 
-fn route(method: &Method, path: &str) -> Result<AdminRequest, Problem> {
-    match (http::path_segments(path).as_slice(), method) {
-        (["healthz"], &Method::GET) => Ok(AdminRequest::Healthz),
-        (["readyz"], &Method::GET) => Ok(AdminRequest::Readyz),
-        (["metrics"], &Method::GET) => Ok(AdminRequest::Metrics),
-        (["admin", "replay"], &Method::POST) => Ok(AdminRequest::StartReplay),
-        (["admin", "replay"], &Method::GET) => Ok(AdminRequest::ReplayProgress),
-        (["healthz" | "readyz" | "metrics"] | ["admin", "replay"], _) => Err(Problem::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{method} is not allowed on {path}"),
-        )),
-        _ => Err(Problem::new(
-            StatusCode::NOT_FOUND,
-            format!("no such resource: {path}"),
-        )),
-    }
-}
+/// The projection host's HTTP contract, served at `GET /openapi.json`.
+const OPENAPI: &str = include_str!("../../docs/openapi/projection-host.json");
 
 struct App<S> {
     store: Arc<S>,
@@ -191,15 +174,15 @@ struct App<S> {
 
 impl<S: EventStore + 'static> App<S> {
     async fn handle(&self, request: Request<Incoming>, _context: RequestContext) -> HttpResponse {
-        let endpoint = match route(request.method(), request.uri().path()) {
-            Ok(endpoint) => endpoint,
+        let (endpoint, label) = match find(ROUTES, request.method(), request.uri().path()) {
+            Ok(matched) => (matched.endpoint, matched.label),
             Err(problem) => return http::with_route(problem.into_response(), "unmatched"),
         };
         let response = self
             .dispatch(endpoint, &request)
             .await
             .unwrap_or_else(Problem::into_response);
-        http::with_route(response, endpoint.label())
+        http::with_route(response, label)
     }
 
     /// The mediator: one handler per request.
@@ -212,6 +195,7 @@ impl<S: EventStore + 'static> App<S> {
             AdminRequest::Healthz => Ok(http::healthz()),
             AdminRequest::Readyz => Ok(self.readyz().await),
             AdminRequest::Metrics => Ok(self.metrics()),
+            AdminRequest::OpenApi => Ok(http::openapi(OPENAPI)),
             AdminRequest::StartReplay => {
                 self.authorize(request)?;
                 self.start_replay()
@@ -230,7 +214,7 @@ impl<S: EventStore + 'static> App<S> {
                 "the admin surface is disabled: ADMIN_TOKEN is not configured",
             ));
         };
-        let given = command_host::auth::bearer(request.headers())
+        let given = platform::auth::bearer(request.headers())
             .map_err(|e| Problem::new(StatusCode::UNAUTHORIZED, e.to_string()))?;
         if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
             return Err(Problem::new(
@@ -256,11 +240,9 @@ impl<S: EventStore + 'static> App<S> {
                     "failed"
                 }
             };
-            metrics.inc(
-                "sourcegram_replays_total",
-                &[("outcome", outcome.to_owned())],
-                1,
-            );
+            metrics
+                .counter("sourcegram_replays_total", &[("outcome", outcome)])
+                .inc(1);
         });
         Ok(http::json(StatusCode::ACCEPTED, &self.replayer.progress()))
     }
@@ -288,16 +270,12 @@ impl<S: EventStore + 'static> App<S> {
 
     fn metrics(&self) -> HttpResponse {
         let progress = self.replayer.progress();
-        self.metrics.set_gauge(
-            "sourcegram_replay_events_done",
-            &[],
-            progress.events_done as f64,
-        );
-        self.metrics.set_gauge(
-            "sourcegram_replay_events_total",
-            &[],
-            progress.events_total as f64,
-        );
+        self.metrics
+            .gauge("sourcegram_replay_events_done", &[])
+            .set(progress.events_done as f64);
+        self.metrics
+            .gauge("sourcegram_replay_events_total", &[])
+            .set(progress.events_total as f64);
         http::metrics_response(&self.metrics)
     }
 }
@@ -330,5 +308,24 @@ mod tests {
         assert_eq!(notifications.fetch_wait, read_model.fetch_wait);
         assert_eq!(notifications.topic, read_model.topic);
         assert_eq!(notifications.instance_id, read_model.instance_id);
+    }
+
+    /// Every route is in the OpenAPI document the host serves, and the
+    /// document has no operation the host does not serve.
+    #[test]
+    fn the_openapi_document_lists_exactly_the_routes_served() {
+        let (undocumented, unserved) = platform::routes::compare_with_openapi(
+            super::ROUTES,
+            include_str!("../../docs/openapi/projection-host.json"),
+        )
+        .expect("the document is JSON");
+        assert!(
+            undocumented.is_empty(),
+            "routes missing from the document: {undocumented:?}"
+        );
+        assert!(
+            unserved.is_empty(),
+            "documented but not served: {unserved:?}"
+        );
     }
 }

@@ -4,18 +4,18 @@
 
 use std::process::ExitCode;
 
-use command_host::event_store::AnyEventStore;
-use command_host::http::ServerConfig;
-use command_host::metrics::Metrics;
-use command_host::pg::PgPool;
-use command_host::shutdown_signal;
+use event_store::AnyEventStore;
+use platform::http::ServerConfig;
+use platform::metrics::Metrics;
+use platform::pg::PgPool;
+use platform::shutdown_signal;
 use projection_host::config::Config;
 use projection_host::consumer::ConsumerConfig;
 use projection_host::{ProjectionHostDeps, run};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    command_host::init_tracing();
+    platform::init_tracing();
     match serve().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {

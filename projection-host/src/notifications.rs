@@ -3,12 +3,14 @@
 //! Like the read model it tracks each stream's version in the same transaction
 //! as its effects, and notifications are keyed by the causing event's id.
 
+use platform::pg::{version_from_sql, version_to_sql};
+use read_model::SchemaName;
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use command_host::event_store::EventStore;
-use command_host::pg::PgPool;
 use domain::{EventEnvelope, PostEvent, PostId};
+use event_store::EventStore;
+use platform::pg::PgPool;
 use uuid::Uuid;
 
 use crate::projector::{
@@ -41,9 +43,9 @@ pub struct Notifications {
 }
 
 impl Notifications {
-    pub async fn open(pool: PgPool, schema: &str) -> Result<Self, ProjectionError> {
+    pub async fn open(pool: PgPool, schema: &SchemaName) -> Result<Self, ProjectionError> {
         let conn = pool.get().await?;
-        crate::schema::create_notifications(&conn, schema).await?;
+        read_model::schema::create_notifications(&conn, schema).await?;
         drop(conn);
         let s = schema;
         Ok(Self {
@@ -96,7 +98,10 @@ impl Notifications {
         let mut progress: BTreeMap<Uuid, u64> = BTreeMap::new();
         for row in tx.query(&lock, &[&ids]).await? {
             let version: i64 = row.get(1);
-            progress.insert(row.get(0), version.max(0).unsigned_abs());
+            progress.insert(
+                row.get(0),
+                version_from_sql(version).unwrap_or_default().get(),
+            );
         }
         // Gaps are healed from the store first. Then the batch's new posts are
         // recorded in one statement (a create is its stream's first event, so
@@ -135,7 +140,7 @@ impl Notifications {
             }
             if let Some((last, _)) = pending.last() {
                 streams.push(post);
-                versions.push(i64::try_from(last.version.get()).unwrap_or(i64::MAX));
+                versions.push(version_to_sql(last.version));
             }
         }
         if !new_posts.is_empty() {

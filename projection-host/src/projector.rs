@@ -6,13 +6,12 @@
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::task::Poll;
-use std::time::SystemTime;
 
-use command_host::event_store::{EventStore, StoreError};
-use command_host::pg::{PgConn, PgPool};
 use domain::{EventEnvelope, PostEvent, PostId, Version};
-use tokio_postgres::Statement;
-use tokio_postgres::types::ToSql;
+use event_store::{EventStore, StoreError};
+use platform::pg::{PgConn, PgPool, version_from_sql};
+use read_model::SchemaName;
+use read_model::live::{LiveSql, Statements, insert_created, write_effect};
 use uuid::Uuid;
 
 /// Why a batch could not be applied. Nothing of the batch was committed.
@@ -41,82 +40,28 @@ pub struct BatchOutcome {
     pub healed: usize,
 }
 
-/// The SQL of one read-model schema, formatted once.
-#[derive(Debug)]
-struct Sql {
-    lock_versions: String,
-    post_created: String,
-    message_edited: String,
-    post_liked: String,
-    post_unliked: String,
-    comment_added: String,
-    comment_edited: String,
-    comment_removed: String,
-    post_deleted: String,
-    notify: &'static str,
-}
-
-impl Sql {
-    fn new(s: &str) -> Self {
-        Self {
-            lock_versions: format!("SELECT id, version FROM {s}.posts WHERE id = ANY($1) ORDER BY id FOR UPDATE"),
-            // Every new post of a batch in one statement (a create is always
-            // its stream's first event, so writing them first keeps each
-            // stream's order).
-            post_created: format!(
-                "INSERT INTO {s}.posts (id, author, message, created_at, version)
-                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::timestamptz[], $5::bigint[])"
-            ),
-            message_edited: format!("UPDATE {s}.posts SET message = $2, edited_at = $3, version = $4 WHERE id = $1"),
-            post_liked: format!(
-                "WITH changed AS (INSERT INTO {s}.likes (post_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING 1)
-                 UPDATE {s}.posts SET likes = likes + (SELECT count(*) FROM changed), version = $3 WHERE id = $1"
-            ),
-            post_unliked: format!(
-                "WITH changed AS (DELETE FROM {s}.likes WHERE post_id = $1 AND user_id = $2 RETURNING 1)
-                 UPDATE {s}.posts SET likes = likes - (SELECT count(*) FROM changed), version = $3 WHERE id = $1"
-            ),
-            comment_added: format!(
-                "WITH changed AS (INSERT INTO {s}.comments (post_id, id, author, text, created_at) VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT DO NOTHING RETURNING 1)
-                 UPDATE {s}.posts SET comment_count = comment_count + (SELECT count(*) FROM changed), version = $6 WHERE id = $1"
-            ),
-            comment_edited: format!(
-                "WITH changed AS (UPDATE {s}.comments SET text = $3, edited_at = $4 WHERE post_id = $1 AND id = $2 RETURNING 1)
-                 UPDATE {s}.posts SET version = $5 WHERE id = $1"
-            ),
-            comment_removed: format!(
-                "WITH changed AS (UPDATE {s}.comments SET removed = true WHERE post_id = $1 AND id = $2 AND NOT removed RETURNING 1)
-                 UPDATE {s}.posts SET comment_count = comment_count - (SELECT count(*) FROM changed), version = $3 WHERE id = $1"
-            ),
-            post_deleted: format!("UPDATE {s}.posts SET deleted_at = $2, version = $3 WHERE id = $1"),
-            notify: "SELECT pg_notify('read_model_changed', change) FROM unnest($1::text[]) AS change",
-        }
-    }
-}
-
 /// The read model in one PostgreSQL schema.
 #[derive(Debug)]
 pub struct ReadModel {
     pool: PgPool,
-    schema: String,
-    sql: Sql,
+    schema: SchemaName,
+    sql: LiveSql,
 }
 
 impl ReadModel {
     /// The read model in `schema`, creating its tables if missing.
-    pub async fn open(pool: PgPool, schema: &str) -> Result<Self, ProjectionError> {
+    pub async fn open(pool: PgPool, schema: &SchemaName) -> Result<Self, ProjectionError> {
         let conn = pool.get().await?;
-        crate::schema::create_read_model(&conn, schema).await?;
+        read_model::schema::create_read_model(&conn, schema).await?;
         drop(conn);
         Ok(Self {
             pool,
-            schema: schema.to_owned(),
-            sql: Sql::new(schema),
+            schema: schema.clone(),
+            sql: LiveSql::new(schema),
         })
     }
 
-    pub fn schema(&self) -> &str {
+    pub fn schema(&self) -> &SchemaName {
         &self.schema
     }
 
@@ -144,7 +89,10 @@ impl ReadModel {
         let mut projected: BTreeMap<Uuid, u64> = BTreeMap::new();
         for row in tx.query(&statements.lock_versions, &[&ids]).await? {
             let version: i64 = row.get(1);
-            projected.insert(row.get(0), version.max(0).unsigned_abs());
+            projected.insert(
+                row.get(0),
+                version_from_sql(version).unwrap_or_default().get(),
+            );
         }
         let mut to_apply: Vec<(EventEnvelope, PostEvent)> = Vec::new();
         let mut changes = Vec::new();
@@ -293,128 +241,6 @@ where
     })
     .await?;
     Ok(done.into_iter().flatten().collect())
-}
-
-/// Inserts the posts `created` (each a `PostCreated` event) in one statement.
-async fn insert_created(
-    tx: &tokio_postgres::Transaction<'_>,
-    statements: &Statements,
-    created: &[&(EventEnvelope, PostEvent)],
-) -> Result<(), tokio_postgres::Error> {
-    let mut ids = Vec::with_capacity(created.len());
-    let (mut authors, mut messages) = (Vec::new(), Vec::new());
-    let (mut times, mut versions) = (Vec::new(), Vec::new());
-    for (envelope, event) in created {
-        if let PostEvent::PostCreated(e) = event {
-            ids.push(envelope.stream_id.as_uuid());
-            authors.push(e.author.as_str());
-            messages.push(e.message.as_str());
-            times.push(SystemTime::from(e.created_at));
-            versions.push(i64::try_from(envelope.version.get()).unwrap_or(i64::MAX));
-        }
-    }
-    if !ids.is_empty() {
-        tx.execute(
-            &statements.post_created,
-            &[&ids, &authors, &messages, &times, &versions],
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-async fn write_effect(
-    tx: &tokio_postgres::Transaction<'_>,
-    statements: &Statements,
-    envelope: &EventEnvelope,
-    event: &PostEvent,
-) -> Result<u64, tokio_postgres::Error> {
-    let id = envelope.stream_id.as_uuid();
-    let version = i64::try_from(envelope.version.get()).unwrap_or(i64::MAX);
-    let at = |t: domain::Timestamp| SystemTime::from(t);
-    let sql = statements;
-    match event {
-        // Written by `insert_created`, before the batch's other events.
-        PostEvent::PostCreated(_) => Ok(0),
-        PostEvent::MessageEdited(e) => {
-            tx.execute(
-                &sql.message_edited,
-                &[&id, &e.message.as_str(), &at(e.edited_at), &version],
-            )
-            .await
-        }
-        PostEvent::PostLiked(e) => {
-            tx.execute(&sql.post_liked, &[&id, &e.user.as_str(), &version])
-                .await
-        }
-        PostEvent::PostUnliked(e) => {
-            tx.execute(&sql.post_unliked, &[&id, &e.user.as_str(), &version])
-                .await
-        }
-        PostEvent::CommentAdded(e) => {
-            let params: [&(dyn ToSql + Sync); 6] = [
-                &id,
-                &e.comment_id.as_uuid(),
-                &e.author.as_str(),
-                &e.text.as_str(),
-                &at(e.created_at),
-                &version,
-            ];
-            tx.execute(&sql.comment_added, &params).await
-        }
-        PostEvent::CommentEdited(e) => {
-            let params: [&(dyn ToSql + Sync); 5] = [
-                &id,
-                &e.comment_id.as_uuid(),
-                &e.text.as_str(),
-                &at(e.edited_at),
-                &version,
-            ];
-            tx.execute(&sql.comment_edited, &params).await
-        }
-        PostEvent::CommentRemoved(e) => {
-            tx.execute(
-                &sql.comment_removed,
-                &[&id, &e.comment_id.as_uuid(), &version],
-            )
-            .await
-        }
-        PostEvent::PostDeleted(e) => {
-            tx.execute(&sql.post_deleted, &[&id, &at(e.deleted_at), &version])
-                .await
-        }
-    }
-}
-
-/// The schema's statements, prepared on the connection that runs the batch.
-struct Statements {
-    lock_versions: Statement,
-    post_created: Statement,
-    message_edited: Statement,
-    post_liked: Statement,
-    post_unliked: Statement,
-    comment_added: Statement,
-    comment_edited: Statement,
-    comment_removed: Statement,
-    post_deleted: Statement,
-    notify: Statement,
-}
-
-impl Statements {
-    async fn prepare(conn: &mut PgConn, sql: &Sql) -> Result<Self, tokio_postgres::Error> {
-        Ok(Self {
-            lock_versions: conn.prepared(&sql.lock_versions).await?,
-            post_created: conn.prepared(&sql.post_created).await?,
-            message_edited: conn.prepared(&sql.message_edited).await?,
-            post_liked: conn.prepared(&sql.post_liked).await?,
-            post_unliked: conn.prepared(&sql.post_unliked).await?,
-            comment_added: conn.prepared(&sql.comment_added).await?,
-            comment_edited: conn.prepared(&sql.comment_edited).await?,
-            comment_removed: conn.prepared(&sql.comment_removed).await?,
-            post_deleted: conn.prepared(&sql.post_deleted).await?,
-            notify: conn.prepared(sql.notify).await?,
-        })
-    }
 }
 
 #[cfg(test)]

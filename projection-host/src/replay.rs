@@ -3,20 +3,23 @@
 //! meanwhile, then swaps the tables in one transaction. A replay that fails
 //! leaves the live model untouched.
 
+use platform::pg::version_from_sql;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
-use command_host::event_store::{EventStore, ReadAllCursor, StoreError};
-use command_host::pg::PgPool;
 use domain::{EventEnvelope, PostId, Version};
+use event_store::{EventStore, ReadAllCursor, StoreError};
+use platform::pg::PgPool;
 use serde::Serialize;
 use tokio::sync::RwLock;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use crate::rows::StreamRows;
+use read_model::SchemaName;
+use read_model::rows::{CommentRow, CopyValues, PostRow, StreamRows, like_copy_values};
+use read_model::schema::{COMMENTS, LIKES, POSTS, READ_MODEL_TABLES, Table, analyze_sql, swap_sql};
 
 /// Events read from the store per page.
 const PAGE: usize = 5_000;
@@ -77,18 +80,23 @@ struct Tracker {
 pub struct Replayer<S> {
     store: Arc<S>,
     pool: PgPool,
-    live: String,
+    live: SchemaName,
     gate: Arc<RwLock<()>>,
     tracker: Mutex<Tracker>,
 }
 
 impl<S: EventStore + 'static> Replayer<S> {
     /// `gate` is the lock the live projector holds while applying a batch.
-    pub fn new(store: Arc<S>, pool: PgPool, live_schema: &str, gate: Arc<RwLock<()>>) -> Self {
+    pub fn new(
+        store: Arc<S>,
+        pool: PgPool,
+        live_schema: &SchemaName,
+        gate: Arc<RwLock<()>>,
+    ) -> Self {
         Self {
             store,
             pool,
-            live: live_schema.to_owned(),
+            live: live_schema.clone(),
             gate,
             tracker: Mutex::new(Tracker {
                 state: ReplayState::Idle,
@@ -179,16 +187,16 @@ impl<S: EventStore + 'static> Replayer<S> {
     }
 
     async fn rebuild_and_swap(&self) -> Result<(), ReplayError> {
-        let next = format!("{}_next", self.live);
-        let retired = format!("{}_retired", self.live);
+        let next = self.live.next();
+        let retired = self.live.retired();
         {
             let conn = self.pool.get().await?;
             conn.batch_execute(&format!(
                 "DROP SCHEMA IF EXISTS {next} CASCADE; DROP SCHEMA IF EXISTS {retired} CASCADE"
             ))
             .await?;
-            crate::schema::create_read_model(&conn, &next).await?;
-            crate::schema::create_read_model(&conn, &self.live).await?;
+            read_model::schema::create_read_model(&conn, &next).await?;
+            read_model::schema::create_read_model(&conn, &self.live).await?;
         }
         let heads = self.store.stream_heads().await?;
         let total: u64 = heads.iter().map(|(_, v)| v.get()).sum();
@@ -231,9 +239,7 @@ impl<S: EventStore + 'static> Replayer<S> {
         self.pool
             .get()
             .await?
-            .batch_execute(&format!(
-                "ANALYZE {next}.posts; ANALYZE {next}.comments; ANALYZE {next}.likes"
-            ))
+            .batch_execute(&analyze_sql(&next))
             .await?;
 
         // Phase 2: catch up with what was appended during phase 1, while the live
@@ -247,17 +253,8 @@ impl<S: EventStore + 'static> Replayer<S> {
         self.catch_up(&next).await?;
         let mut conn = self.pool.get().await?;
         let tx = conn.client().transaction().await?;
-        let live = &self.live;
-        tx.batch_execute(&format!(
-            "CREATE SCHEMA {retired};
-             ALTER TABLE {live}.posts SET SCHEMA {retired};
-             ALTER TABLE {live}.comments SET SCHEMA {retired};
-             ALTER TABLE {live}.likes SET SCHEMA {retired};
-             ALTER TABLE {next}.posts SET SCHEMA {live};
-             ALTER TABLE {next}.comments SET SCHEMA {live};
-             ALTER TABLE {next}.likes SET SCHEMA {live};"
-        ))
-        .await?;
+        tx.batch_execute(&swap_sql(&self.live, &next, &retired))
+            .await?;
         tx.commit().await?;
         conn.batch_execute(&format!(
             "DROP SCHEMA {retired} CASCADE; DROP SCHEMA {next} CASCADE"
@@ -267,7 +264,7 @@ impl<S: EventStore + 'static> Replayer<S> {
     }
 
     /// Refolds every stream whose version in the store is ahead of `schema`.
-    async fn catch_up(&self, schema: &str) -> Result<(), ReplayError> {
+    async fn catch_up(&self, schema: &SchemaName) -> Result<(), ReplayError> {
         let heads = self.store.stream_heads().await?;
         let built: HashMap<Uuid, u64> = {
             let conn = self.pool.get().await?;
@@ -277,7 +274,7 @@ impl<S: EventStore + 'static> Replayer<S> {
                 .map(|row| {
                     (
                         row.get::<_, Uuid>(0),
-                        row.get::<_, i64>(1).max(0).unsigned_abs(),
+                        version_from_sql(row.get(1)).unwrap_or_default().get(),
                     )
                 })
                 .collect()
@@ -300,18 +297,19 @@ impl<S: EventStore + 'static> Replayer<S> {
         }
         let ids: Vec<Uuid> = behind.iter().map(PostId::as_uuid).collect();
         let conn = self.pool.get().await?;
-        for table in ["likes", "comments"] {
+        // Every table but posts is keyed by post_id; posts last.
+        for table in READ_MODEL_TABLES.iter().rev() {
+            let key = if table.name == POSTS.name {
+                "id"
+            } else {
+                "post_id"
+            };
             conn.execute(
-                &format!("DELETE FROM {schema}.{table} WHERE post_id = ANY($1)"),
+                &format!("DELETE FROM {schema}.{} WHERE {key} = ANY($1)", table.name),
                 &[&ids],
             )
             .await?;
         }
-        conn.execute(
-            &format!("DELETE FROM {schema}.posts WHERE id = ANY($1)"),
-            &[&ids],
-        )
-        .await?;
         drop(conn);
         buffer.copy_into(&self.pool, schema).await
     }
@@ -330,8 +328,8 @@ fn fold(rows: &mut StreamRows, envelope: &EventEnvelope) -> Result<(), ReplayErr
 /// Rows waiting to be written with COPY.
 #[derive(Default)]
 struct RowBuffer {
-    posts: Vec<crate::rows::PostRow>,
-    comments: Vec<crate::rows::CommentRow>,
+    posts: Vec<PostRow>,
+    comments: Vec<CommentRow>,
     likes: Vec<(Uuid, String)>,
 }
 
@@ -348,61 +346,24 @@ impl RowBuffer {
 
     /// Writes and empties the buffer, in one transaction so a failure leaves no
     /// half-written post behind.
-    async fn copy_into(&mut self, pool: &PgPool, schema: &str) -> Result<(), ReplayError> {
+    async fn copy_into(&mut self, pool: &PgPool, schema: &SchemaName) -> Result<(), ReplayError> {
         let mut conn = pool.get().await?;
         let tx = conn.client().transaction().await?;
-        let at = |t: domain::Timestamp| SystemTime::from(t);
         let posts = std::mem::take(&mut self.posts);
-        copy(
-            &tx,
-            &format!("COPY {schema}.posts (id, author, message, likes, comment_count, created_at, edited_at, deleted_at, version) FROM STDIN BINARY"),
-            &[Type::UUID, Type::TEXT, Type::TEXT, Type::INT4, Type::INT4, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::INT8],
-            posts.iter().map(|p| {
-                vec![
-                    Box::new(p.id) as Box<dyn ToSql + Sync + Send>,
-                    Box::new(p.author.clone()),
-                    Box::new(p.message.clone()),
-                    Box::new(p.likes),
-                    Box::new(p.comment_count),
-                    Box::new(at(p.created_at)),
-                    Box::new(p.edited_at.map(at)),
-                    Box::new(p.deleted_at.map(at)),
-                    Box::new(p.version),
-                ]
-            }),
-        )
-        .await?;
+        copy(&tx, &POSTS, schema, posts.iter().map(PostRow::copy_values)).await?;
         let comments = std::mem::take(&mut self.comments);
         copy(
             &tx,
-            &format!("COPY {schema}.comments (post_id, id, author, text, created_at, edited_at, removed) FROM STDIN BINARY"),
-            &[Type::UUID, Type::UUID, Type::TEXT, Type::TEXT, Type::TIMESTAMPTZ, Type::TIMESTAMPTZ, Type::BOOL],
-            comments.iter().map(|c| {
-                vec![
-                    Box::new(c.post_id) as Box<dyn ToSql + Sync + Send>,
-                    Box::new(c.id),
-                    Box::new(c.author.clone()),
-                    Box::new(c.text.clone()),
-                    Box::new(at(c.created_at)),
-                    Box::new(c.edited_at.map(at)),
-                    Box::new(c.removed),
-                ]
-            }),
+            &COMMENTS,
+            schema,
+            comments.iter().map(CommentRow::copy_values),
         )
         .await?;
         let likes = std::mem::take(&mut self.likes);
-        copy(
-            &tx,
-            &format!("COPY {schema}.likes (post_id, user_id) FROM STDIN BINARY"),
-            &[Type::UUID, Type::TEXT],
-            likes.iter().map(|(post, user)| {
-                vec![
-                    Box::new(*post) as Box<dyn ToSql + Sync + Send>,
-                    Box::new(user.clone()),
-                ]
-            }),
-        )
-        .await?;
+        let likes = likes
+            .iter()
+            .map(|(post, user)| like_copy_values(*post, user));
+        copy(&tx, &LIKES, schema, likes).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -410,12 +371,12 @@ impl RowBuffer {
 
 async fn copy(
     tx: &tokio_postgres::Transaction<'_>,
-    statement: &str,
-    types: &[Type],
-    rows: impl Iterator<Item = Vec<Box<dyn ToSql + Sync + Send>>>,
+    table: &Table,
+    schema: &SchemaName,
+    rows: impl Iterator<Item = CopyValues>,
 ) -> Result<(), tokio_postgres::Error> {
-    let sink = tx.copy_in(statement).await?;
-    let writer = BinaryCopyInWriter::new(sink, types);
+    let sink = tx.copy_in(&table.copy_in(schema)).await?;
+    let writer = BinaryCopyInWriter::new(sink, &table.types());
     tokio::pin!(writer);
     for row in rows {
         let refs: Vec<&(dyn ToSql + Sync)> = row

@@ -4,15 +4,11 @@ mod support;
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use command_host::http::ServerConfig;
-use command_host::metrics::Metrics;
-use command_host::testkit;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper::{Method, StatusCode};
+use platform::http::ServerConfig;
+use platform::metrics::Metrics;
 use projection_host::{ProjectionHostDeps, run};
+use testkit::http::HttpClient;
 
 async fn call(
     addr: std::net::SocketAddr,
@@ -20,25 +16,16 @@ async fn call(
     path: &str,
     token: Option<&str>,
 ) -> (StatusCode, String) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut request = Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"));
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    let response = client
-        .request(request.body(Full::new(Bytes::new())).expect("request"))
-        .await
-        .expect("answer");
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    let authorization = token.map(|token| format!("Bearer {token}"));
+    let headers: Vec<(&str, &str)> = authorization
+        .as_deref()
+        .map(|value| ("authorization", value))
+        .into_iter()
+        .collect();
+    let answer = HttpClient::new(addr)
+        .send(method, path, &headers, None)
+        .await;
+    (answer.status, answer.body)
 }
 
 #[tokio::test]
@@ -52,7 +39,7 @@ async fn admin_replay_needs_the_token_and_reports_progress() {
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let deps = ProjectionHostDeps {
-        store: command_host::event_store::postgres::PostgresEventStore::new(w.pool.clone()),
+        store: event_store::postgres::PostgresEventStore::new(w.pool.clone()),
         pool: w.pool.clone(),
         read_model_schema: w.read_model.clone(),
         notifications_schema: w.notifications.clone(),

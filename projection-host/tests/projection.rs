@@ -8,11 +8,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use command_host::event_store::EventStore;
-use command_host::event_store::postgres::PostgresEventStore;
-use command_host::pg::PgPool;
-use command_host::testkit;
 use domain::{CommentText, PostCommand};
+use event_store::EventStore;
+use event_store::postgres::PostgresEventStore;
+use platform::pg::PgPool;
 use projection_host::consumer::Projection;
 use projection_host::notifications::Notifications;
 use projection_host::projector::ReadModel;
@@ -293,7 +292,7 @@ async fn a_replay_during_writes_swaps_in_a_model_equal_to_the_store() {
     let unanalyzed = conn
         .query(
             "SELECT relname FROM pg_stat_user_tables WHERE schemaname = $1 AND last_analyze IS NULL",
-            &[&w.read_model],
+            &[&w.read_model.as_str()],
         )
         .await
         .expect("statistics");
@@ -365,7 +364,7 @@ async fn batches_find_rows_by_key_after_the_table_outgrew_its_statistics() {
         model.apply_batch(&*w.store, &created).await.expect("apply");
         posts.push(id);
     }
-    testkit::analyze_and_hold_statistics(&admin, &rm, "posts").await;
+    testkit::analyze_and_hold_statistics(&admin, rm.as_str(), "posts").await;
     // More than five executions of each statement: the connection now uses
     // generic plans, made for a table of three rows.
     let likers = [
@@ -410,5 +409,5 @@ async fn batches_find_rows_by_key_after_the_table_outgrew_its_statistics() {
     .await;
     assert!(gone.is_some(), "the pool's connection did not close");
     // Every batch above locks its post: sixteen scans of the table at least.
-    testkit::assert_read_by_key(&admin, &rm, "posts", 16, 20_000).await;
+    testkit::assert_read_by_key(&admin, rm.as_str(), "posts", 16, 20_000).await;
 }

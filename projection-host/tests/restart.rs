@@ -7,7 +7,6 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use command_host::testkit;
 use projection_host::projector::ReadModel;
 use support::World;
 
@@ -49,8 +48,8 @@ fn start(w: &World, instance: &Instance) -> Host {
             format!("{url}{separator}options=-csearch_path%3D{}", w.schema),
         )
         .env("READ_MODEL_URL", &url)
-        .env("READ_MODEL_SCHEMA", &w.read_model)
-        .env("NOTIFICATIONS_SCHEMA", &w.notifications)
+        .env("READ_MODEL_SCHEMA", w.read_model.as_str())
+        .env("NOTIFICATIONS_SCHEMA", w.notifications.as_str())
         .env("KAFKA_BROKERS", testkit::kafka_brokers())
         .env("KAFKA_TOPIC", &w.topic)
         .env("READ_MODEL_GROUP", &instance.read_model_group)

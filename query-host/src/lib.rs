@@ -19,29 +19,34 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use command_host::auth::{self, AuthError, TokenKey};
-use command_host::http::{self, HttpResponse, Problem, RequestContext, ServerConfig};
-use command_host::metrics::Metrics;
-use command_host::pg::PgPool;
 use domain::PostId;
 use hyper::body::Incoming;
 use hyper::header::{CACHE_CONTROL, ETAG, HeaderValue};
 use hyper::{Request, StatusCode};
+use platform::auth::{self, AuthError, TokenKey};
+use platform::http::{self, HttpResponse, Problem, RequestContext, ServerConfig};
+use platform::metrics::Metrics;
+use platform::pg::PgPool;
+use read_model::SchemaName;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
+use tokio_postgres::error::SqlState;
 
 use crate::changes::Change;
 use crate::cursor::{Cursor, ListKind};
 use crate::queries::{PostFilter, Query};
 use crate::reads::{PostLookup, Reads};
 
+/// The query host's HTTP contract, served at `GET /openapi.json`.
+const OPENAPI: &str = include_str!("../../docs/openapi/query-host.json");
+
 /// What the query host runs on.
 #[derive(Debug)]
 pub struct QueryHostDeps {
     pub pool: PgPool,
-    pub read_model_schema: String,
-    pub notifications_schema: String,
+    pub read_model_schema: SchemaName,
+    pub notifications_schema: SchemaName,
     /// `None`: `/me/notifications` answers 503 saying tokens are not configured.
     pub token_key: Option<TokenKey>,
     /// How long `?min_version=N` waits for the read model to reach N.
@@ -75,6 +80,10 @@ fn problem_for(error: QueryError) -> Problem {
         QueryError::NotFound => Problem::new(StatusCode::NOT_FOUND, detail),
         QueryError::Gone => Problem::new(StatusCode::GONE, detail),
         QueryError::TokensNotConfigured => Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail),
+        QueryError::Database(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the read model has not been created yet: the projection host creates it when it starts",
+        ),
         QueryError::Database(_) => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the read model is unavailable; try again",
@@ -96,7 +105,7 @@ pub async fn run(
         listening,
     ));
     // Every read finds its rows by key or in an index's order.
-    let pool = command_host::pg::keyed(&deps.pool);
+    let pool = platform::pg::keyed(&deps.pool);
     let app = Arc::new(App {
         reads: Reads::new(pool, &deps.read_model_schema, &deps.notifications_schema),
         token_key: deps.token_key,
@@ -134,9 +143,9 @@ impl App {
         metrics: &Metrics,
     ) -> HttpResponse {
         let uri = request.uri();
-        let query =
+        let (query, label) =
             match queries::parse(request.method(), uri.path(), uri.query(), request.headers()) {
-                Ok(query) => query,
+                Ok(parsed) => parsed,
                 Err(problem) => {
                     return http::with_route(
                         problem_for(QueryError::Http(problem)).into_response(),
@@ -144,7 +153,6 @@ impl App {
                     );
                 }
             };
-        let label = query.label();
         let response = match self.dispatch(query, &request, metrics).await {
             Ok(response) => response,
             Err(error) => problem_for(error).into_response(),
@@ -177,11 +185,17 @@ impl App {
                 self.notifications(request, limit, cursor).await
             }
             Query::Healthz => Ok(http::healthz()),
-            Query::Readyz => Ok(match self.reads.ping().await {
-                Ok(()) => http::readyz(&[]),
+            Query::Readyz => Ok(match self.reads.missing_tables().await {
+                Ok(missing) => http::readyz(
+                    &missing
+                        .iter()
+                        .map(|t| format!("{t}: not created yet (the projection host creates it)"))
+                        .collect::<Vec<_>>(),
+                ),
                 Err(e) => http::readyz(&[format!("read model: {e}")]),
             }),
             Query::Metrics => Ok(http::metrics_response(metrics)),
+            Query::OpenApi => Ok(http::openapi(OPENAPI)),
         }
     }
 
@@ -225,7 +239,7 @@ impl App {
         };
         let etag = HeaderValue::from_str(&format!("\"{}\"", post.version))
             .expect("a quoted number is a valid header");
-        let mut response = if if_none_match == Some(post.version.max(0).unsigned_abs()) {
+        let mut response = if if_none_match == Some(post.version) {
             http::empty(StatusCode::NOT_MODIFIED)
         } else {
             let comments = match comments {
@@ -262,7 +276,7 @@ impl App {
         loop {
             let lookup = self.reads.get_post(id).await?;
             match &lookup {
-                PostLookup::Live(post) if post.version.max(0).unsigned_abs() >= wanted => {
+                PostLookup::Live(post) if post.version >= wanted => {
                     return Ok((lookup, true));
                 }
                 PostLookup::Deleted => return Ok((lookup, true)),
@@ -275,7 +289,7 @@ impl App {
                     Err(_elapsed) => {
                         let last = self.reads.get_post(id).await?;
                         let fresh = match &last {
-                            PostLookup::Live(post) => post.version.max(0).unsigned_abs() >= wanted,
+                            PostLookup::Live(post) => post.version >= wanted,
                             PostLookup::Deleted => true,
                             PostLookup::Missing => false,
                         };
@@ -326,7 +340,7 @@ impl App {
             .token_key
             .as_ref()
             .ok_or(QueryError::TokensNotConfigured)?;
-        let user = key.verify(auth::bearer(request.headers())?, command_host::clock::now())?;
+        let user = key.verify(auth::bearer(request.headers())?, platform::clock::now())?;
         let mut notifications = self
             .reads
             .notifications(user.as_str(), limit, cursor)

@@ -3,17 +3,17 @@
 
 use std::process::ExitCode;
 
-use command_host::auth::TokenKey;
-use command_host::http::ServerConfig;
-use command_host::metrics::Metrics;
-use command_host::pg::PgPool;
-use command_host::shutdown_signal;
+use platform::auth::TokenKey;
+use platform::http::ServerConfig;
+use platform::metrics::Metrics;
+use platform::pg::PgPool;
+use platform::shutdown_signal;
 use query_host::config::Config;
 use query_host::{QueryHostDeps, run};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    command_host::init_tracing();
+    platform::init_tracing();
     match serve().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
@@ -27,20 +27,6 @@ async fn serve() -> Result<(), String> {
     let config = Config::from_env().map_err(|e| e.to_string())?;
     let pool = PgPool::from_url(&config.read_model_url, config.pool_size)
         .map_err(|e| format!("READ_MODEL_URL: {e}"))?;
-    // Create the tables if the projection host has not yet, so reads answer
-    // empty lists instead of errors on a fresh database.
-    {
-        let conn = pool
-            .get()
-            .await
-            .map_err(|e| format!("connect read model: {e}"))?;
-        projection_host::schema::create_read_model(&conn, &config.read_model_schema)
-            .await
-            .map_err(|e| format!("read model tables: {e}"))?;
-        projection_host::schema::create_notifications(&conn, &config.notifications_schema)
-            .await
-            .map_err(|e| format!("notification tables: {e}"))?;
-    }
     if config.token_secret.is_none() {
         tracing::warn!("TOKEN_SECRET is not set: /me/notifications answers 503");
     }

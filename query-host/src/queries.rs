@@ -5,7 +5,8 @@
 use domain::{PostId, UserId};
 use hyper::{HeaderMap, Method, StatusCode};
 
-use command_host::http::{Problem, path_segments, query_pairs};
+use platform::http::{Problem, query_pairs};
+use platform::routes::{Route, find};
 
 use crate::cursor::{Cursor, ListKind};
 
@@ -45,21 +46,34 @@ pub enum Query {
     Healthz,
     Readyz,
     Metrics,
+    OpenApi,
 }
 
-impl Query {
-    pub fn label(&self) -> &'static str {
-        match self {
-            Query::ListPosts { .. } => "GET /posts",
-            Query::GetPost { .. } => "GET /posts/{id}",
-            Query::ListComments { .. } => "GET /posts/{id}/comments",
-            Query::Notifications { .. } => "GET /me/notifications",
-            Query::Healthz => "GET /healthz",
-            Query::Readyz => "GET /readyz",
-            Query::Metrics => "GET /metrics",
-        }
-    }
+/// What a path names, before its parameters are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resource {
+    Posts,
+    Post,
+    Comments,
+    Notifications,
+    Healthz,
+    Readyz,
+    Metrics,
+    OpenApi,
 }
+
+/// The query host's routes, declared once: routing, 404 and 405 with `Allow`,
+/// and the labels metrics use all come from here.
+pub const ROUTES: &[Route<Resource>] = &[
+    Route::new("GET /posts", Resource::Posts),
+    Route::new("GET /posts/{id}", Resource::Post),
+    Route::new("GET /posts/{id}/comments", Resource::Comments),
+    Route::new("GET /me/notifications", Resource::Notifications),
+    Route::new("GET /healthz", Resource::Healthz),
+    Route::new("GET /readyz", Resource::Readyz),
+    Route::new("GET /metrics", Resource::Metrics),
+    Route::new("GET /openapi.json", Resource::OpenApi),
+];
 
 fn bad(detail: impl Into<String>) -> Problem {
     Problem::new(StatusCode::BAD_REQUEST, detail)
@@ -115,41 +129,22 @@ impl Params {
     }
 }
 
-/// Parses a request into a [`Query`]: 404 for unknown paths, 405 for other
-/// methods, 400 for bad parameters.
+/// Parses a request into a [`Query`] and its route's label: 404 for unknown
+/// paths, 405 for other methods, 400 for bad parameters.
 pub fn parse(
     method: &Method,
     path: &str,
     query: Option<&str>,
     headers: &HeaderMap,
-) -> Result<Query, Problem> {
-    let segments = path_segments(path);
-    let post_id = |raw: &str| PostId::parse(raw).map_err(|e| bad(e.to_string()));
-    let known = matches!(
-        segments.as_slice(),
-        ["posts"]
-            | ["posts", _]
-            | ["posts", _, "comments"]
-            | ["me", "notifications"]
-            | ["healthz" | "readyz" | "metrics"]
-    );
-    if !known {
-        return Err(Problem::new(
-            StatusCode::NOT_FOUND,
-            format!("no such resource: {path}"),
-        ));
-    }
-    if method != Method::GET {
-        return Err(Problem::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{method} is not allowed; the query host only reads"),
-        ));
-    }
-    Ok(match segments.as_slice() {
-        ["healthz"] => Query::Healthz,
-        ["readyz"] => Query::Readyz,
-        ["metrics"] => Query::Metrics,
-        ["posts"] => {
+) -> Result<(Query, &'static str), Problem> {
+    let matched = find(ROUTES, method, path)?;
+    let post_id = || PostId::parse(matched.param("id")).map_err(|e| bad(e.to_string()));
+    let query = match matched.endpoint {
+        Resource::Healthz => Query::Healthz,
+        Resource::Readyz => Query::Readyz,
+        Resource::Metrics => Query::Metrics,
+        Resource::OpenApi => Query::OpenApi,
+        Resource::Posts => {
             let params = Params::parse(
                 query,
                 &["limit", "cursor", "author", "min_likes", "has_comments"],
@@ -188,7 +183,7 @@ pub fn parse(
                 cursor: params.cursor(ListKind::Posts)?,
             }
         }
-        ["posts", id] => {
+        Resource::Post => {
             let params = Params::parse(query, &["min_version"])?;
             let min_version = params
                 .get("min_version")
@@ -209,28 +204,28 @@ pub fn parse(
                         .ok()
                 });
             Query::GetPost {
-                id: post_id(id)?,
+                id: post_id()?,
                 min_version,
                 if_none_match,
             }
         }
-        ["posts", id, "comments"] => {
+        Resource::Comments => {
             let params = Params::parse(query, &["limit", "cursor"])?;
             Query::ListComments {
-                id: post_id(id)?,
+                id: post_id()?,
                 limit: params.limit()?,
                 cursor: params.cursor(ListKind::Comments)?,
             }
         }
-        ["me", "notifications"] => {
+        Resource::Notifications => {
             let params = Params::parse(query, &["limit", "cursor"])?;
             Query::Notifications {
                 limit: params.limit()?,
                 cursor: params.cursor(ListKind::Notifications)?,
             }
         }
-        _ => unreachable!("checked as known above"),
-    })
+    };
+    Ok((query, matched.label))
 }
 
 #[cfg(test)]
@@ -241,7 +236,7 @@ mod tests {
 
     fn check(path: &str, query: Option<&str>, expected: Result<&str, u16>) {
         let got = parse(&Method::GET, path, query, &HeaderMap::new())
-            .map(|q| q.label())
+            .map(|(_, label)| label)
             .map_err(|p| p.status.as_u16());
         assert_eq!(got, expected, "{path}?{query:?}");
     }
@@ -283,9 +278,27 @@ mod tests {
         check("/posts/not-a-uuid", None, Err(400));
         check(&format!("/posts/{ID}"), Some("min_version=-2"), Err(400));
         check("/elsewhere", None, Err(404));
-        assert_eq!(
-            parse(&Method::POST, "/posts", None, &HeaderMap::new()).map_err(|p| p.status.as_u16()),
-            Err(405)
+        let refused = parse(&Method::POST, "/posts", None, &HeaderMap::new()).expect_err("405");
+        assert_eq!(refused.status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(refused.allow.as_deref(), Some("GET"));
+    }
+
+    /// Every route is in the OpenAPI document the host serves, and the
+    /// document has no operation the host does not serve.
+    #[test]
+    fn the_openapi_document_lists_exactly_the_routes_served() {
+        let (undocumented, unserved) = platform::routes::compare_with_openapi(
+            super::ROUTES,
+            include_str!("../../docs/openapi/query-host.json"),
+        )
+        .expect("the document is JSON");
+        assert!(
+            undocumented.is_empty(),
+            "routes missing from the document: {undocumented:?}"
+        );
+        assert!(
+            unserved.is_empty(),
+            "documented but not served: {unserved:?}"
         );
     }
 }

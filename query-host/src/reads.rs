@@ -3,8 +3,11 @@
 
 use std::time::SystemTime;
 
-use command_host::pg::PgPool;
 use domain::{PostId, Timestamp};
+use platform::pg::PgPool;
+use read_model::SchemaName;
+use read_model::rows::{CommentRow, PostRow};
+use read_model::schema::{COMMENTS, POSTS, READ_MODEL_TABLES};
 use serde::Serialize;
 use tokio_postgres::Row;
 use uuid::Uuid;
@@ -21,7 +24,7 @@ pub struct PostView {
     pub comment_count: i32,
     pub created_at: Timestamp,
     pub edited_at: Option<Timestamp>,
-    pub version: i64,
+    pub version: u64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -66,36 +69,47 @@ struct Sql {
 pub struct Reads {
     pool: PgPool,
     sql: Sql,
+    tables: Vec<String>,
 }
-
-const POST_COLUMNS: &str =
-    "id, author, message, likes, comment_count, created_at, edited_at, version";
 
 fn ts(t: SystemTime) -> Timestamp {
     t.into()
 }
 
-fn post_view(row: &Row) -> PostView {
+/// A post row as the API shows it, or how it is missing.
+fn post_lookup(row: Option<&Row>) -> Result<PostLookup, tokio_postgres::Error> {
+    let Some(row) = row else {
+        return Ok(PostLookup::Missing);
+    };
+    let post = PostRow::from_row(row)?;
+    if post.deleted_at.is_some() {
+        return Ok(PostLookup::Deleted);
+    }
+    Ok(PostLookup::Live(post_view(post)))
+}
+
+fn post_view(post: PostRow) -> PostView {
     PostView {
-        id: row.get(0),
-        author: row.get(1),
-        message: row.get(2),
-        likes: row.get(3),
-        comment_count: row.get(4),
-        created_at: ts(row.get(5)),
-        edited_at: row.get::<_, Option<SystemTime>>(6).map(ts),
-        version: row.get(7),
+        id: post.id,
+        author: post.author,
+        message: post.message,
+        likes: post.likes,
+        comment_count: post.comment_count,
+        created_at: post.created_at,
+        edited_at: post.edited_at,
+        version: post.version.get(),
     }
 }
 
-fn comment_view(row: &Row) -> CommentView {
-    CommentView {
-        id: row.get(0),
-        author: row.get(1),
-        text: row.get(2),
-        created_at: ts(row.get(3)),
-        edited_at: row.get::<_, Option<SystemTime>>(4).map(ts),
-    }
+fn comment_view(row: &Row) -> Result<CommentView, tokio_postgres::Error> {
+    let comment = CommentRow::from_row(row)?;
+    Ok(CommentView {
+        id: comment.id,
+        author: comment.author,
+        text: comment.text,
+        created_at: comment.created_at,
+        edited_at: comment.edited_at,
+    })
 }
 
 fn cursor_params(cursor: Option<Cursor>) -> (Option<SystemTime>, Option<Uuid>) {
@@ -103,15 +117,22 @@ fn cursor_params(cursor: Option<Cursor>) -> (Option<SystemTime>, Option<Uuid>) {
 }
 
 impl Reads {
-    pub fn new(pool: PgPool, read_model: &str, notifications: &str) -> Self {
+    pub fn new(pool: PgPool, read_model: &SchemaName, notifications: &SchemaName) -> Self {
         let (r, n) = (read_model, notifications);
+        let (posts, comments) = (POSTS.column_list(), COMMENTS.column_list());
+        let mut tables: Vec<String> = READ_MODEL_TABLES
+            .iter()
+            .map(|t| format!("{r}.{}", t.name))
+            .collect();
+        tables.push(format!("{n}.notifications"));
         Self {
             pool,
+            tables,
             sql: Sql {
                 // One statement for every filter combination: a NULL parameter
                 // switches its filter off. Newest first, keyset on (created_at, id).
                 list_posts: format!(
-                    "SELECT {POST_COLUMNS} FROM {r}.posts
+                    "SELECT {posts} FROM {r}.posts
                      WHERE deleted_at IS NULL
                        AND ($1::text IS NULL OR author = $1)
                        AND ($2::int IS NULL OR likes >= $2)
@@ -119,11 +140,11 @@ impl Reads {
                        AND ($4::timestamptz IS NULL OR (created_at, id) < ($4, $5::uuid))
                      ORDER BY created_at DESC, id DESC LIMIT $6"
                 ),
-                get_post: format!("SELECT {POST_COLUMNS}, deleted_at FROM {r}.posts WHERE id = $1"),
+                get_post: format!("SELECT {posts} FROM {r}.posts WHERE id = $1"),
                 // The post and its live comments in one round trip: the comments
                 // come as one array per column, oldest first.
                 get_post_with_comments: format!(
-                    "SELECT {POST_COLUMNS}, deleted_at, c.ids, c.authors, c.texts, c.created, c.edited
+                    "SELECT {posts}, c.ids, c.authors, c.texts, c.created, c.edited
                      FROM {r}.posts p
                      LEFT JOIN LATERAL (
                          SELECT array_agg(id ORDER BY created_at, id) AS ids,
@@ -136,11 +157,11 @@ impl Reads {
                      WHERE p.id = $1"
                 ),
                 post_comments: format!(
-                    "SELECT id, author, text, created_at, edited_at FROM {r}.comments
+                    "SELECT {comments} FROM {r}.comments
                      WHERE post_id = $1 AND NOT removed ORDER BY created_at, id"
                 ),
                 list_comments: format!(
-                    "SELECT id, author, text, created_at, edited_at FROM {r}.comments
+                    "SELECT {comments} FROM {r}.comments
                      WHERE post_id = $1 AND NOT removed
                        AND ($2::timestamptz IS NULL OR (created_at, id) > ($2, $3::uuid))
                      ORDER BY created_at, id LIMIT $4"
@@ -155,9 +176,17 @@ impl Reads {
         }
     }
 
-    pub async fn ping(&self) -> Result<(), tokio_postgres::Error> {
+    /// The tables this host reads that do not exist yet: the projection host
+    /// creates them, the query host never writes.
+    pub async fn missing_tables(&self) -> Result<Vec<String>, tokio_postgres::Error> {
         let conn = self.pool.get().await?;
-        conn.simple_query("SELECT 1").await.map(|_| ())
+        let rows = conn
+            .query(
+                "SELECT t FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NULL",
+                &[&self.tables],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 
     /// Up to `limit + 1` posts, so the caller can tell whether a next page exists.
@@ -184,17 +213,15 @@ impl Reads {
                 ],
             )
             .await?;
-        Ok(rows.iter().map(post_view).collect())
+        rows.iter()
+            .map(|row| PostRow::from_row(row).map(post_view))
+            .collect()
     }
 
     pub async fn get_post(&self, id: PostId) -> Result<PostLookup, tokio_postgres::Error> {
         let mut conn = self.pool.get().await?;
         let statement = conn.prepared(&self.sql.get_post).await?;
-        Ok(match conn.query_opt(&statement, &[&id.as_uuid()]).await? {
-            None => PostLookup::Missing,
-            Some(row) if row.get::<_, Option<SystemTime>>(8).is_some() => PostLookup::Deleted,
-            Some(row) => PostLookup::Live(post_view(&row)),
-        })
+        post_lookup(conn.query_opt(&statement, &[&id.as_uuid()]).await?.as_ref())
     }
 
     /// The post and, if it is live, its comments oldest first: one statement.
@@ -204,17 +231,17 @@ impl Reads {
     ) -> Result<(PostLookup, Vec<CommentView>), tokio_postgres::Error> {
         let mut conn = self.pool.get().await?;
         let statement = conn.prepared(&self.sql.get_post_with_comments).await?;
-        let Some(row) = conn.query_opt(&statement, &[&id.as_uuid()]).await? else {
-            return Ok((PostLookup::Missing, Vec::new()));
+        let row = conn.query_opt(&statement, &[&id.as_uuid()]).await?;
+        let lookup = post_lookup(row.as_ref())?;
+        let (Some(row), PostLookup::Live(_)) = (row, &lookup) else {
+            return Ok((lookup, Vec::new()));
         };
-        if row.get::<_, Option<SystemTime>>(8).is_some() {
-            return Ok((PostLookup::Deleted, Vec::new()));
-        }
-        let ids: Vec<Uuid> = row.try_get::<_, Option<_>>(9)?.unwrap_or_default();
-        let authors: Vec<String> = row.try_get::<_, Option<_>>(10)?.unwrap_or_default();
-        let texts: Vec<String> = row.try_get::<_, Option<_>>(11)?.unwrap_or_default();
-        let created: Vec<SystemTime> = row.try_get::<_, Option<_>>(12)?.unwrap_or_default();
-        let edited: Vec<Option<SystemTime>> = row.try_get::<_, Option<_>>(13)?.unwrap_or_default();
+        let ids: Vec<Uuid> = row.try_get::<_, Option<_>>("ids")?.unwrap_or_default();
+        let authors: Vec<String> = row.try_get::<_, Option<_>>("authors")?.unwrap_or_default();
+        let texts: Vec<String> = row.try_get::<_, Option<_>>("texts")?.unwrap_or_default();
+        let created: Vec<SystemTime> = row.try_get::<_, Option<_>>("created")?.unwrap_or_default();
+        let edited: Vec<Option<SystemTime>> =
+            row.try_get::<_, Option<_>>("edited")?.unwrap_or_default();
         let comments = ids
             .into_iter()
             .zip(authors)
@@ -230,7 +257,7 @@ impl Reads {
                 },
             )
             .collect();
-        Ok((PostLookup::Live(post_view(&row)), comments))
+        Ok((lookup, comments))
     }
 
     pub async fn post_comments(
@@ -239,12 +266,11 @@ impl Reads {
     ) -> Result<Vec<CommentView>, tokio_postgres::Error> {
         let mut conn = self.pool.get().await?;
         let statement = conn.prepared(&self.sql.post_comments).await?;
-        Ok(conn
-            .query(&statement, &[&id.as_uuid()])
+        conn.query(&statement, &[&id.as_uuid()])
             .await?
             .iter()
             .map(comment_view)
-            .collect())
+            .collect()
     }
 
     /// Up to `limit + 1` comments, oldest first.
@@ -260,7 +286,7 @@ impl Reads {
         let rows = conn
             .query(&statement, &[&id.as_uuid(), &at, &after, &(limit + 1)])
             .await?;
-        Ok(rows.iter().map(comment_view).collect())
+        rows.iter().map(comment_view).collect()
     }
 
     /// Up to `limit + 1` notifications, newest first.

@@ -2,61 +2,40 @@
 //! every query and filter, pagination under concurrent inserts, ETag/304,
 //! read-your-writes and bad input.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
-use command_host::auth::TokenKey;
-use command_host::http::ServerConfig;
-use command_host::metrics::Metrics;
-use command_host::pg::PgPool;
-use command_host::testkit;
 use domain::{Timestamp, UserId};
-use http_body_util::{BodyExt, Full};
-use hyper::{HeaderMap, Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::StatusCode;
+use platform::auth::TokenKey;
+use platform::http::ServerConfig;
+use platform::metrics::Metrics;
+use platform::pg::PgPool;
 use query_host::{QueryHostDeps, run};
+use read_model::SchemaName;
 use serde_json::Value;
+use testkit::http::{Answer, HttpClient};
 use uuid::Uuid;
 
 const SECRET: &[u8] = b"query-test-secret";
 const BASE: i64 = 1_795_428_000_000;
 
 struct App {
-    addr: SocketAddr,
     pool: PgPool,
-    rm: String,
-    nt: String,
-    client: Client<HttpConnector, Full<Bytes>>,
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
+    rm: SchemaName,
+    nt: SchemaName,
+    client: HttpClient,
 }
 
 async fn spawn_app(min_version_wait: Duration) -> App {
     let (pool, _) = testkit::fresh_pg_schema("qh").await;
-    let rm = testkit::unique_name("rm");
-    let nt = testkit::unique_name("nt");
+    let rm = SchemaName::parse(&testkit::unique_name("rm")).expect("schema name");
+    let nt = SchemaName::parse(&testkit::unique_name("nt")).expect("schema name");
     {
         let conn = pool.get().await.expect("conn");
-        projection_host::schema::create_read_model(&conn, &rm)
+        read_model::schema::create_read_model(&conn, &rm)
             .await
             .expect("tables");
-        projection_host::schema::create_notifications(&conn, &nt)
+        read_model::schema::create_notifications(&conn, &nt)
             .await
             .expect("tables");
     }
@@ -75,38 +54,16 @@ async fn spawn_app(min_version_wait: Duration) -> App {
     };
     tokio::spawn(run(listener, deps, std::future::pending()));
     App {
-        addr,
         pool,
         rm,
         nt,
-        client: Client::builder(TokioExecutor::new()).build_http(),
+        client: HttpClient::new(addr),
     }
 }
 
 impl App {
     async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
-        let mut request = Request::builder().uri(format!("http://{}{path}", self.addr));
-        for (k, v) in headers {
-            request = request.header(*k, *v);
-        }
-        let response = self
-            .client
-            .request(request.body(Full::new(Bytes::new())).expect("request"))
-            .await
-            .expect("answer");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        Answer {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
+        self.client.get(path, headers).await
     }
 
     async fn post(&self, author: &str, at: i64, likes: i32, comments: i32, version: i64) -> Uuid {
@@ -152,14 +109,14 @@ impl App {
 
     async fn sql(&self, statement: &str, post: Uuid) {
         let conn = self.pool.get().await.expect("conn");
-        conn.execute(&statement.replace("{rm}", &self.rm), &[&post])
+        conn.execute(&statement.replace("{rm}", self.rm.as_str()), &[&post])
             .await
             .expect("sql");
     }
 
     fn token(&self, user: &str) -> String {
         let in_a_minute =
-            Timestamp::from_unix_millis(command_host::clock::now().unix_millis() + 60_000);
+            Timestamp::from_unix_millis(platform::clock::now().unix_millis() + 60_000);
         TokenKey::new(SECRET).mint(&UserId::parse(user).expect("valid"), in_a_minute)
     }
 }
@@ -503,7 +460,7 @@ async fn reads_find_posts_by_key_after_the_table_outgrew_its_statistics() {
     for (i, author) in ["alice", "bob", "carol"].into_iter().enumerate() {
         posts.push(app.post(author, BASE + i as i64, 0, 0, 1).await);
     }
-    testkit::analyze_and_hold_statistics(&admin, &app.rm, "posts").await;
+    testkit::analyze_and_hold_statistics(&admin, app.rm.as_str(), "posts").await;
     // One request at a time, so they reuse a connection: after five, it runs
     // generic plans made for a table of three rows.
     for _ in 0..20 {
@@ -523,5 +480,5 @@ async fn reads_find_posts_by_key_after_the_table_outgrew_its_statistics() {
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     }
     // Forty requests, each reading the table once, by index or not.
-    testkit::assert_read_by_key(&admin, &app.rm, "posts", 40, 20_000).await;
+    testkit::assert_read_by_key(&admin, app.rm.as_str(), "posts", 40, 20_000).await;
 }

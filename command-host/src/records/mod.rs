@@ -120,9 +120,9 @@ impl AnyCommandRecords {
     /// with `server=`) and creates the tables.
     pub async fn connect(url: &str, pool_size: usize) -> Result<Self, RecordsError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool = crate::pg::PgPool::from_url(url, pool_size)
+            let pool = platform::pg::PgPool::from_url(url, pool_size)
                 .map_err(|e| RecordsError::Unavailable(format!("bad PostgreSQL URL: {e}")))?;
-            let records = postgres::PostgresCommandRecords::new(crate::pg::keyed(&pool));
+            let records = postgres::PostgresCommandRecords::new(platform::pg::keyed(&pool));
             records.migrate().await?;
             return Ok(Self::Postgres(records));
         }

@@ -2,6 +2,7 @@
 //! `stream_registry`. Ids are stored as text and instants as epoch
 //! milliseconds, so no driver type mapping can shift them.
 
+use platform::pg::{version_from_sql, version_to_sql};
 use std::sync::{Arc, Mutex};
 
 use tiberius::{AuthMethod, Client, Config};
@@ -9,7 +10,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
-use domain::{PostId, Timestamp, UserId, Version};
+use domain::{PostId, Timestamp, UserId};
 
 use super::{CommandRecords, IdempotencyClaim, RecordsError, StoredResponse, StreamHead};
 
@@ -271,7 +272,7 @@ impl CommandRecords for MssqlCommandRecords {
     async fn record_stream_head(&self, head: &StreamHead) -> Result<(), RecordsError> {
         let (mut conn, permit) = self.checkout().await?;
         let post = head.post_id.to_string();
-        let version = i64::try_from(head.version.get()).unwrap_or(i64::MAX);
+        let version = version_to_sql(head.version);
         let updated_at = head.updated_at.unix_millis();
         let result = conn
             .execute(
@@ -309,7 +310,7 @@ impl CommandRecords for MssqlCommandRecords {
         Ok(Some(StreamHead {
             post_id,
             author: UserId::parse(author).map_err(corrupt)?,
-            version: Version::new(u64::try_from(version).map_err(corrupt)?),
+            version: version_from_sql(version).map_err(corrupt)?,
             deleted: row.try_get(2).map_err(corrupt)?.unwrap_or(false),
             updated_at: Timestamp::from_unix_millis(row.try_get(3).map_err(corrupt)?.unwrap_or(0)),
         }))

@@ -1,13 +1,14 @@
 //! Command records on PostgreSQL: `idempotency_keys` and `stream_registry`.
 //! Table names are unqualified, so the pool's `search_path` chooses the schema.
 
+use platform::pg::{version_from_sql, version_to_sql};
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use domain::{PostId, Timestamp, UserId, Version};
+use domain::{PostId, Timestamp, UserId};
 
 use super::{CommandRecords, IdempotencyClaim, RecordsError, StoredResponse, StreamHead};
-use crate::pg::PgPool;
+use platform::pg::PgPool;
 
 const MIGRATE: &str = "
 SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.sourcegram_records'));
@@ -190,7 +191,7 @@ impl CommandRecords for PostgresCommandRecords {
             &[
                 &head.post_id.as_uuid(),
                 &head.author.as_str(),
-                &i64::try_from(head.version.get()).unwrap_or(i64::MAX),
+                &version_to_sql(head.version),
                 &head.deleted,
                 &SystemTime::from(head.updated_at),
             ],
@@ -215,10 +216,7 @@ impl CommandRecords for PostgresCommandRecords {
         }
         let ids: Vec<uuid::Uuid> = latest.keys().copied().collect();
         let authors: Vec<&str> = latest.values().map(|h| h.author.as_str()).collect();
-        let versions: Vec<i64> = latest
-            .values()
-            .map(|h| i64::try_from(h.version.get()).unwrap_or(i64::MAX))
-            .collect();
+        let versions: Vec<i64> = latest.values().map(|h| version_to_sql(h.version)).collect();
         let deleted: Vec<bool> = latest.values().map(|h| h.deleted).collect();
         let times: Vec<SystemTime> = latest
             .values()
@@ -248,7 +246,7 @@ impl CommandRecords for PostgresCommandRecords {
         Ok(Some(StreamHead {
             post_id,
             author: UserId::parse(&author).map_err(corrupt)?,
-            version: Version::new(u64::try_from(version).map_err(corrupt)?),
+            version: version_from_sql(version).map_err(corrupt)?,
             deleted: row.try_get(2).map_err(corrupt)?,
             updated_at: updated_at.into(),
         }))

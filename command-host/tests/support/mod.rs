@@ -6,23 +6,19 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
-use command_host::auth::TokenKey;
-use command_host::event_store::postgres::PostgresEventStore;
-use command_host::http::ServerConfig;
-use command_host::metrics::Metrics;
-use command_host::pg::PgPool;
-use command_host::publisher::KafkaPublisher;
+use command_host::CommandHostDeps;
 use command_host::records::CommandRecords;
 use command_host::records::postgres::PostgresCommandRecords;
 use command_host::relay::RelayConfig;
-use command_host::{CommandHostDeps, testkit};
 use domain::{Timestamp, UserId};
-use http_body_util::{BodyExt, Full};
-use hyper::{HeaderMap, Method, Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use event_bus::KafkaPublisher;
+use event_store::postgres::PostgresEventStore;
+use hyper::{Method, StatusCode};
+use platform::auth::TokenKey;
+use platform::http::ServerConfig;
+use platform::metrics::Metrics;
+use platform::pg::PgPool;
+use testkit::http::HttpClient;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -36,26 +32,12 @@ pub struct TestApp {
     pub brokers: String,
     pub store: PostgresEventStore,
     key: TokenKey,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: HttpClient,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<std::io::Result<()>>>,
 }
 
-pub struct Answer {
-    pub status: StatusCode,
-    pub headers: HeaderMap,
-    pub body: String,
-}
-
-impl Answer {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
+pub use testkit::http::Answer;
 
 /// Starts the host on a fresh schema and topic.
 pub async fn spawn_app() -> TestApp {
@@ -115,7 +97,7 @@ pub async fn spawn_app_with<R: CommandRecords + 'static>(
         brokers,
         store,
         key: TokenKey::new(SECRET),
-        client: Client::builder(TokioExecutor::new()).build_http(),
+        client: HttpClient::new(addr),
         stop: Some(stop),
         task: Some(task),
     }
@@ -125,7 +107,7 @@ impl TestApp {
     pub fn token(&self, user: &str) -> String {
         let user = UserId::parse(user).expect("valid test user");
         let in_an_hour =
-            Timestamp::from_unix_millis(command_host::clock::now().unix_millis() + 3_600_000);
+            Timestamp::from_unix_millis(platform::clock::now().unix_millis() + 3_600_000);
         self.key.mint(&user, in_an_hour)
     }
 
@@ -143,42 +125,14 @@ impl TestApp {
         headers: &[(&str, &str)],
         body: Option<Vec<u8>>,
     ) -> Answer {
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(format!("http://{}{path}", self.addr));
-        if let Some(user) = user {
-            builder = builder.header("authorization", format!("Bearer {}", self.token(user)));
-        }
-        let has_content_type = headers
-            .iter()
-            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
-        if body.is_some() && !has_content_type {
-            builder = builder.header("content-type", "application/json");
-        }
-        for (name, value) in headers {
-            builder = builder.header(*name, *value);
-        }
-        let request = builder
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .expect("valid request");
-        let response = self
-            .client
-            .request(request)
-            .await
-            .expect("the host answers");
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("read body")
-            .to_bytes();
-        Answer {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        }
+        let authorization = user.map(|user| format!("Bearer {}", self.token(user)));
+        let mut all: Vec<(&str, &str)> = authorization
+            .as_deref()
+            .map(|value| ("authorization", value))
+            .into_iter()
+            .collect();
+        all.extend_from_slice(headers);
+        self.client.send(method, path, &all, body).await
     }
 
     pub async fn post_json(&self, path: &str, user: &str, body: serde_json::Value) -> Answer {

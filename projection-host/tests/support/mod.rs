@@ -8,17 +8,18 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use command_host::event_store::postgres::PostgresEventStore;
-use command_host::event_store::{EventStore, ReadAllCursor};
-use command_host::pg::PgPool;
-use command_host::publisher::KafkaPublisher;
-use command_host::testkit;
 use domain::{
     CommandContext, CommentId, CommentText, EventEnvelope, EventMetadata, Message, Post,
     PostCommand, PostId, Timestamp, UserId, Version, apply, decide,
 };
+use event_bus::KafkaPublisher;
+use event_store::postgres::PostgresEventStore;
+use event_store::{EventStore, ReadAllCursor};
+use platform::pg::PgPool;
 use projection_host::consumer::{ConsumerConfig, Projection, run_consumer};
-use projection_host::rows::{CommentRow, PostRow, StreamRows};
+use read_model::SchemaName;
+use read_model::rows::{CommentRow, PostRow, StreamRows};
+use read_model::schema::{COMMENTS, LIKES, POSTS, Table};
 use tokio::sync::{RwLock, watch};
 use uuid::Uuid;
 
@@ -27,8 +28,8 @@ pub struct World {
     pub pool: PgPool,
     /// The event store's schema.
     pub schema: String,
-    pub read_model: String,
-    pub notifications: String,
+    pub read_model: SchemaName,
+    pub notifications: SchemaName,
     pub topic: String,
     pub publisher: KafkaPublisher,
     rng: u64,
@@ -45,8 +46,8 @@ pub async fn world() -> World {
         store: Arc::new(store),
         pool,
         schema,
-        read_model: testkit::unique_name("rm"),
-        notifications: testkit::unique_name("nt"),
+        read_model: SchemaName::parse(&testkit::unique_name("rm")).expect("schema name"),
+        notifications: SchemaName::parse(&testkit::unique_name("nt")).expect("schema name"),
         topic,
         publisher,
         rng: 0x5eed,
@@ -259,7 +260,7 @@ impl World {
             self.consumer_config(group),
             Arc::new(projection),
             Arc::clone(&self.store),
-            command_host::metrics::Metrics::new(),
+            platform::metrics::Metrics::new(),
             gate,
             stopped,
             Default::default(),
@@ -290,7 +291,7 @@ impl World {
     }
 
     /// Waits until the read model in `schema` equals the fold of the store.
-    pub async fn converges(&self, schema: &str, within: Duration) -> bool {
+    pub async fn converges(&self, schema: &SchemaName, within: Duration) -> bool {
         let expected = self.expected().await;
         let pool = self.pool.clone();
         let matched = testkit::eventually(within, || {
@@ -316,53 +317,33 @@ impl World {
 }
 
 /// The rows of the read model in `schema`, per post.
-pub async fn actual(pool: &PgPool, schema: &str) -> BTreeMap<Uuid, StreamRows> {
+pub async fn actual(pool: &PgPool, schema: &SchemaName) -> BTreeMap<Uuid, StreamRows> {
     let conn = pool.get().await.expect("connection");
     let mut all: BTreeMap<Uuid, StreamRows> = BTreeMap::new();
-    let ts = |t: std::time::SystemTime| Timestamp::from(t);
-    for row in conn
-        .query(
-            &format!("SELECT id, author, message, likes, comment_count, created_at, edited_at, deleted_at, version FROM {schema}.posts"),
-            &[],
+    let select = |table: &Table| {
+        format!(
+            "SELECT {} FROM {schema}.{}",
+            table.column_list(),
+            table.name
         )
-        .await
-        .expect("posts")
-    {
-        let id: Uuid = row.get(0);
-        all.entry(id).or_default().post = Some(PostRow {
-            id,
-            author: row.get(1),
-            message: row.get(2),
-            likes: row.get(3),
-            comment_count: row.get(4),
-            created_at: ts(row.get(5)),
-            edited_at: row.get::<_, Option<std::time::SystemTime>>(6).map(ts),
-            deleted_at: row.get::<_, Option<std::time::SystemTime>>(7).map(ts),
-            version: row.get(8),
-        });
+    };
+    for row in conn.query(&select(&POSTS), &[]).await.expect("posts") {
+        let post = PostRow::from_row(&row).expect("a post row");
+        let id = post.id;
+        all.entry(id).or_default().post = Some(post);
     }
-    for row in conn
-        .query(&format!("SELECT post_id, id, author, text, created_at, edited_at, removed FROM {schema}.comments"), &[])
-        .await
-        .expect("comments")
-    {
-        let comment = CommentRow {
-            post_id: row.get(0),
-            id: row.get(1),
-            author: row.get(2),
-            text: row.get(3),
-            created_at: ts(row.get(4)),
-            edited_at: row.get::<_, Option<std::time::SystemTime>>(5).map(ts),
-            removed: row.get(6),
-        };
-        all.entry(comment.post_id).or_default().comments.insert(comment.id, comment);
+    for row in conn.query(&select(&COMMENTS), &[]).await.expect("comments") {
+        let comment = CommentRow::from_row(&row).expect("a comment row");
+        all.entry(comment.post_id)
+            .or_default()
+            .comments
+            .insert(comment.id, comment);
     }
-    for row in conn
-        .query(&format!("SELECT post_id, user_id FROM {schema}.likes"), &[])
-        .await
-        .expect("likes")
-    {
-        all.entry(row.get(0)).or_default().likes.insert(row.get(1));
+    for row in conn.query(&select(&LIKES), &[]).await.expect("likes") {
+        all.entry(row.get("post_id"))
+            .or_default()
+            .likes
+            .insert(row.get("user_id"));
     }
     all
 }

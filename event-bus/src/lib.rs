@@ -1,6 +1,7 @@
-//! Publishing envelopes to Kafka: topic `post-events`, key = stream id (one post's
+//! How events travel on Kafka: topic `post-events`, key = stream id (one post's
 //! events stay in order on one partition), value = the envelope JSON, headers
 //! `type` and `schema`. The producer is idempotent with `acks=all`.
+#![forbid(unsafe_code)]
 
 use std::time::Duration;
 

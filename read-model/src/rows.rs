@@ -1,10 +1,33 @@
-//! A post's read-model rows folded in memory from its events. The replay writes
-//! these in bulk; tests compare the live model against them.
+//! A post's read-model rows: decoded from PostgreSQL (the query host), encoded
+//! for COPY (the replay), and folded in memory from its events (the replay, and
+//! tests that compare the live model against it). Column names and order come
+//! from [`crate::schema`].
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::SystemTime;
 
-use domain::{EventEnvelope, PostEvent, Timestamp};
+use domain::{EventEnvelope, PostEvent, Timestamp, Version};
+use platform::pg::{version_from_sql, version_to_sql};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
+
+/// One row's values for COPY, in its table's column order.
+pub type CopyValues = Vec<Box<dyn ToSql + Sync + Send>>;
+
+fn at(t: Timestamp) -> SystemTime {
+    SystemTime::from(t)
+}
+
+fn timestamp(row: &Row, column: &str) -> Result<Timestamp, tokio_postgres::Error> {
+    Ok(row.try_get::<_, SystemTime>(column)?.into())
+}
+
+fn optional_timestamp(row: &Row, column: &str) -> Result<Option<Timestamp>, tokio_postgres::Error> {
+    Ok(row
+        .try_get::<_, Option<SystemTime>>(column)?
+        .map(Timestamp::from))
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PostRow {
@@ -16,7 +39,7 @@ pub struct PostRow {
     pub created_at: Timestamp,
     pub edited_at: Option<Timestamp>,
     pub deleted_at: Option<Timestamp>,
-    pub version: i64,
+    pub version: Version,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +53,71 @@ pub struct CommentRow {
     pub removed: bool,
 }
 
+impl PostRow {
+    /// A row selected with [`crate::schema::POSTS`]'s columns.
+    pub fn from_row(row: &Row) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            id: row.try_get("id")?,
+            author: row.try_get("author")?,
+            message: row.try_get("message")?,
+            likes: row.try_get("likes")?,
+            comment_count: row.try_get("comment_count")?,
+            created_at: timestamp(row, "created_at")?,
+            edited_at: optional_timestamp(row, "edited_at")?,
+            deleted_at: optional_timestamp(row, "deleted_at")?,
+            version: version_from_sql(row.try_get("version")?).unwrap_or_default(),
+        })
+    }
+
+    /// The values COPY writes, in [`crate::schema::POSTS`]'s column order.
+    pub fn copy_values(&self) -> CopyValues {
+        vec![
+            Box::new(self.id),
+            Box::new(self.author.clone()),
+            Box::new(self.message.clone()),
+            Box::new(self.likes),
+            Box::new(self.comment_count),
+            Box::new(at(self.created_at)),
+            Box::new(self.edited_at.map(at)),
+            Box::new(self.deleted_at.map(at)),
+            Box::new(version_to_sql(self.version)),
+        ]
+    }
+}
+
+impl CommentRow {
+    /// A row selected with [`crate::schema::COMMENTS`]'s columns.
+    pub fn from_row(row: &Row) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            post_id: row.try_get("post_id")?,
+            id: row.try_get("id")?,
+            author: row.try_get("author")?,
+            text: row.try_get("text")?,
+            created_at: timestamp(row, "created_at")?,
+            edited_at: optional_timestamp(row, "edited_at")?,
+            removed: row.try_get("removed")?,
+        })
+    }
+
+    /// The values COPY writes, in [`crate::schema::COMMENTS`]'s column order.
+    pub fn copy_values(&self) -> CopyValues {
+        vec![
+            Box::new(self.post_id),
+            Box::new(self.id),
+            Box::new(self.author.clone()),
+            Box::new(self.text.clone()),
+            Box::new(at(self.created_at)),
+            Box::new(self.edited_at.map(at)),
+            Box::new(self.removed),
+        ]
+    }
+}
+
+/// The values COPY writes for one like, in [`crate::schema::LIKES`]'s column order.
+pub fn like_copy_values(post: Uuid, user: &str) -> CopyValues {
+    vec![Box::new(post), Box::new(user.to_owned())]
+}
+
 /// Everything the read model holds about one post.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StreamRows {
@@ -41,7 +129,7 @@ pub struct StreamRows {
 impl StreamRows {
     /// Folds one event into the rows, with the same effects as the live projector.
     pub fn apply(&mut self, envelope: &EventEnvelope, event: &PostEvent) {
-        let version = i64::try_from(envelope.version.get()).unwrap_or(i64::MAX);
+        let version = envelope.version;
         if let PostEvent::PostCreated(e) = event {
             self.post = Some(PostRow {
                 id: e.post_id.as_uuid(),

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
 
+use domain::Version;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
@@ -219,5 +220,40 @@ mod tests {
                 .get_options(),
             Some("-c enable_seqscan=off")
         );
+    }
+}
+
+/// A stored version that cannot be one: negative.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("stored version {0} is negative")]
+pub struct NegativeVersion(pub i64);
+
+/// A stream version as SQL stores it (`bigint`). No stream comes near
+/// `i64::MAX` events; saturating keeps the conversion total.
+pub fn version_to_sql(version: Version) -> i64 {
+    i64::try_from(version.get()).unwrap_or(i64::MAX)
+}
+
+/// A stored `bigint` back as a stream version.
+pub fn version_from_sql(value: i64) -> Result<Version, NegativeVersion> {
+    u64::try_from(value)
+        .map(Version::new)
+        .map_err(|_| NegativeVersion(value))
+}
+
+#[cfg(test)]
+mod version_tests {
+    use domain::Version;
+
+    use super::{NegativeVersion, version_from_sql, version_to_sql};
+
+    #[test]
+    fn versions_round_trip_through_sql() {
+        for v in [0, 1, 42, i64::MAX.unsigned_abs()] {
+            let version = Version::new(v);
+            assert_eq!(version_from_sql(version_to_sql(version)), Ok(version));
+        }
+        assert_eq!(version_to_sql(Version::new(u64::MAX)), i64::MAX);
+        assert_eq!(version_from_sql(-1), Err(NegativeVersion(-1)));
     }
 }

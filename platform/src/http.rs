@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{HeaderMap, Request, Response, StatusCode};
@@ -163,16 +163,15 @@ where
         .get::<Route>()
         .map_or("unmatched", |r| r.0);
     let status = response.status().as_u16().to_string();
-    metrics.inc(
-        "http_requests_total",
-        &[("route", route.to_owned()), ("status", status)],
-        1,
-    );
-    metrics.observe(
-        "http_request_duration_seconds",
-        &[("route", route.to_owned())],
-        context.received_at.elapsed().as_secs_f64(),
-    );
+    metrics
+        .counter(
+            "http_requests_total",
+            &[("route", route), ("status", &status)],
+        )
+        .inc(1);
+    metrics
+        .histogram("http_request_duration_seconds", &[("route", route)])
+        .observe(context.received_at.elapsed().as_secs_f64());
     response.headers_mut().insert(
         REQUEST_ID,
         HeaderValue::from_str(&context.request_id.to_string())
@@ -189,6 +188,8 @@ pub struct Problem {
     pub detail: String,
     /// A short slug naming the kind of problem; the body's `type` is `/problems/<slug>`.
     pub kind: &'static str,
+    /// For 405: the methods the resource takes, sent as `Allow`.
+    pub allow: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -206,7 +207,13 @@ impl Problem {
             status,
             detail: detail.into(),
             kind: default_kind(status),
+            allow: None,
         }
+    }
+
+    pub fn with_allow(mut self, methods: String) -> Self {
+        self.allow = Some(methods);
+        self
     }
 
     pub fn with_kind(mut self, kind: &'static str) -> Self {
@@ -232,6 +239,9 @@ impl Problem {
             CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            response.headers_mut().insert(ALLOW, allow);
+        }
         response
     }
 }
@@ -254,19 +264,7 @@ fn default_kind(status: StatusCode) -> &'static str {
     }
 }
 
-/// Reads a JSON request body of at most `max_body_bytes` into `T`.
-/// 415 unless the content type is JSON, 413 when too large, 400 when the bytes
-/// are not UTF-8 JSON of the expected shape (including nesting past serde_json's
-/// recursion limit).
-pub async fn read_json<T: DeserializeOwned>(
-    request: Request<Incoming>,
-    max_body_bytes: usize,
-) -> Result<T, Problem> {
-    let bytes = read_json_bytes(request, max_body_bytes).await?;
-    parse_json(&bytes)
-}
-
-/// As [`read_json`], but returns the raw bytes (for fingerprinting) after the
+/// Reads a JSON request body of at most `max_body_bytes` and returns its raw bytes (for fingerprinting) after the
 /// same content-type and size checks.
 pub async fn read_json_bytes(
     request: Request<Incoming>,
@@ -296,7 +294,8 @@ pub async fn read_json_bytes(
     }
 }
 
-/// Parses JSON bytes already read, with the same 400 answers as [`read_json`].
+/// Parses JSON bytes read by [`read_json_bytes`]: 400 when they are not UTF-8
+/// JSON of the expected shape (including nesting past serde_json's recursion limit).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     if std::str::from_utf8(bytes).is_err() {
         return Err(Problem::new(
@@ -453,6 +452,15 @@ pub fn readyz(failures: &[String]) -> HttpResponse {
 }
 
 /// `GET /metrics` in Prometheus text format.
+/// A host's OpenAPI document, as kept in the repository.
+pub fn openapi(document: &'static str) -> HttpResponse {
+    let mut response = Response::new(Full::new(Bytes::from_static(document.as_bytes())));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
 pub fn metrics_response(metrics: &Metrics) -> HttpResponse {
     with_route(
         text(

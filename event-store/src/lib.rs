@@ -83,6 +83,15 @@ pub trait EventStore: Send + Sync {
         from: Version,
     ) -> impl Future<Output = Result<Vec<EventEnvelope>, StoreError>> + Send;
 
+    /// At most `limit` of the stream's events with `version >= from`, in
+    /// version order: one page of its history, read without loading the rest.
+    fn load_stream_page(
+        &self,
+        stream_id: PostId,
+        from: Version,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<EventEnvelope>, StoreError>> + Send;
+
     /// The events `user` appended under idempotency key `key`, in stream and
     /// version order: one command's events, since a key names one request.
     /// This is how a retry learns that its first attempt was appended, even
@@ -142,9 +151,9 @@ impl AnyEventStore {
     /// or indexes.
     pub async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool = crate::pg::PgPool::from_url(url, pool_size)
+            let pool = platform::pg::PgPool::from_url(url, pool_size)
                 .map_err(|e| StoreError::Unavailable(format!("bad PostgreSQL URL: {e}")))?;
-            let store = postgres::PostgresEventStore::new(crate::pg::keyed(&pool));
+            let store = postgres::PostgresEventStore::new(platform::pg::keyed(&pool));
             store.migrate().await?;
             return Ok(Self::Postgres(store));
         }
@@ -180,6 +189,18 @@ impl EventStore for AnyEventStore {
         match self {
             Self::Postgres(store) => store.load_stream(stream_id, from).await,
             Self::Mongo(store) => store.load_stream(stream_id, from).await,
+        }
+    }
+
+    async fn load_stream_page(
+        &self,
+        stream_id: PostId,
+        from: Version,
+        limit: usize,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        match self {
+            Self::Postgres(store) => store.load_stream_page(stream_id, from, limit).await,
+            Self::Mongo(store) => store.load_stream_page(stream_id, from, limit).await,
         }
     }
 

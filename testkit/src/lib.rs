@@ -7,6 +7,8 @@
 //! starts. These services are required: a test that cannot reach them fails.
 //! MongoDB and SQL Server are optional: see [`mongodb_url`] and [`mssql_url`].
 
+pub mod http;
+
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -15,7 +17,7 @@ use rdkafka::client::DefaultClientContext;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
-use crate::pg::PgPool;
+use platform::pg::PgPool;
 
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://sourcegram:sourcegram@127.0.0.1:5432/sourcegram";
 pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:9092";

@@ -284,6 +284,32 @@ impl EventStore for MongoEventStore {
         Ok(events)
     }
 
+    async fn load_stream_page(
+        &self,
+        stream_id: PostId,
+        from: Version,
+        limit: usize,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        let stream = stream_id.to_string();
+        // A commit's `_id` is the stream and the version it ends at, so the
+        // commits holding `from` and after are one range of the primary key;
+        // each holds at least one event, so `limit` commits are enough.
+        let commits = self
+            .find_commits(
+                doc! { "_id": {
+                    "$gte": stream_version_key(&stream, from),
+                    "$lte": stream_version_key(&stream, Version::new(u64::MAX)),
+                } },
+                doc! { "_id": 1 },
+                Some(version_of(limit.max(1) as u64)),
+            )
+            .await?;
+        let mut events = Self::flatten(&commits)?;
+        events.retain(|e| e.version >= from);
+        events.truncate(limit);
+        Ok(events)
+    }
+
     async fn find_by_idempotency_key(
         &self,
         user: &UserId,

@@ -3,6 +3,7 @@
 //! statement as the events. Table names are unqualified, so the pool's
 //! `search_path` chooses the schema.
 
+use platform::pg::{version_from_sql, version_to_sql};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,8 +16,8 @@ use uuid::Uuid;
 use domain::{EventEnvelope, EventMetadata, PostId, Timestamp, UserId, Version};
 
 use super::{EventStore, ReadAllCursor, ReadAllPage, StoreError};
-use crate::batch::{BatchLimits, Batcher};
-use crate::pg::{PgPool, PooledConn};
+use platform::batch::{BatchLimits, Batcher};
+use platform::pg::{PgPool, PooledConn};
 
 const MIGRATE: &str = "
 SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.sourcegram_events'));
@@ -73,7 +74,7 @@ BEGIN
 END $$;
 ";
 
-// One statement for the appends of many commands (see `crate::batch`), each to
+// One statement for the appends of many commands (see `platform::batch`), each to
 // its own stream: a command's events go in only if its stream is still at its
 // expected version, so each command is all or nothing, and the stream ids
 // returned say which commands went in. A concurrent writer of the same version
@@ -101,6 +102,8 @@ const APPEND_BATCHES_IN_FLIGHT: usize = 1;
 
 const LOAD: &str = "SELECT event_id, stream_id, stream_type, version, event_type, schema, occurred_at, metadata, data
 FROM events WHERE stream_id = $1 AND version >= $2 ORDER BY version";
+const LOAD_PAGE: &str = "SELECT event_id, stream_id, stream_type, version, event_type, schema, occurred_at, metadata, data
+FROM events WHERE stream_id = $1 AND version >= $2 ORDER BY version LIMIT $3";
 const BY_IDEMPOTENCY_KEY: &str = "SELECT event_id, stream_id, stream_type, version, event_type, schema, occurred_at, metadata, data
 FROM events WHERE metadata->>'user' = $1 AND metadata->>'idempotency_key' = $2
   AND metadata->>'idempotency_key' IS NOT NULL
@@ -144,15 +147,11 @@ fn unavailable(error: tokio_postgres::Error) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
 
-fn version_param(version: Version) -> i64 {
-    i64::try_from(version.get()).unwrap_or(i64::MAX)
-}
-
 /// Events as the two parallel arrays the outbox statements unnest.
 fn key_params(events: &[(PostId, Version)]) -> (Vec<Uuid>, Vec<i64>) {
     events
         .iter()
-        .map(|(s, v)| (s.as_uuid(), version_param(*v)))
+        .map(|(s, v)| (s.as_uuid(), version_to_sql(*v)))
         .unzip()
 }
 
@@ -305,8 +304,8 @@ async fn append_statement(
     let mut data = Vec::with_capacity(count);
     for (append, event) in events {
         streams.push(append.stream_id.as_uuid());
-        expected.push(version_param(append.expected));
-        versions.push(version_param(event.version));
+        expected.push(version_to_sql(append.expected));
+        versions.push(version_to_sql(event.version));
         ids.push(event.event_id);
         stream_types.push(event.stream_type.as_str());
         types.push(event.event_type.as_str());
@@ -360,7 +359,7 @@ fn envelope_from_row(row: &Row) -> Result<EventEnvelope, StoreError> {
         event_id: row.try_get("event_id").map_err(|e| corrupt(&e))?,
         stream_id: PostId::from_uuid(row.try_get("stream_id").map_err(|e| corrupt(&e))?),
         stream_type: row.try_get("stream_type").map_err(|e| corrupt(&e))?,
-        version: Version::new(u64::try_from(version).map_err(|e| corrupt(&e))?),
+        version: version_from_sql(version).map_err(|e| corrupt(&e))?,
         event_type: row.try_get("event_type").map_err(|e| corrupt(&e))?,
         schema: u32::try_from(schema).map_err(|e| corrupt(&e))?,
         occurred_at: Timestamp::from(occurred_at),
@@ -397,8 +396,22 @@ impl EventStore for PostgresEventStore {
         stream_id: PostId,
         from: Version,
     ) -> Result<Vec<EventEnvelope>, StoreError> {
-        self.query_envelopes(LOAD, &[&stream_id.as_uuid(), &version_param(from)])
+        self.query_envelopes(LOAD, &[&stream_id.as_uuid(), &version_to_sql(from)])
             .await
+    }
+
+    async fn load_stream_page(
+        &self,
+        stream_id: PostId,
+        from: Version,
+        limit: usize,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.query_envelopes(
+            LOAD_PAGE,
+            &[&stream_id.as_uuid(), &version_to_sql(from), &limit],
+        )
+        .await
     }
 
     async fn find_by_idempotency_key(
@@ -425,7 +438,7 @@ impl EventStore for PostgresEventStore {
             Some((stream_id, version)) => {
                 self.query_envelopes(
                     READ_ALL_AFTER,
-                    &[&stream_id.as_uuid(), &version_param(version), &limit_param],
+                    &[&stream_id.as_uuid(), &version_to_sql(version), &limit_param],
                 )
                 .await?
             }
@@ -450,7 +463,7 @@ impl EventStore for PostgresEventStore {
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 Ok((
                     PostId::from_uuid(stream),
-                    Version::new(version.max(0).unsigned_abs()),
+                    version_from_sql(version).map_err(|e| StoreError::Corrupt(e.to_string()))?,
                 ))
             })
             .collect()
@@ -503,7 +516,7 @@ impl EventStore for PostgresEventStore {
 #[cfg(test)]
 mod tests {
     use super::UNPUBLISHED;
-    use crate::testkit;
+    use testkit;
 
     /// The outbox read must not compare every outbox row with every skipped
     /// event (a nested loop over the skip list): it hashes the list once.

@@ -1,0 +1,62 @@
+//! What Sourcegram's three hosts share, and nothing of any one host's domain:
+//!
+//! - [`http`]: the hyper accept loop, problem+json, JSON bodies, route tables.
+//! - [`auth`]: HMAC-signed bearer tokens.
+//! - [`metrics`]: a small Prometheus registry with typed handles.
+//! - [`routes`]: route tables: matching, 404, 405 with `Allow`, labels.
+//! - [`pg`]: the PostgreSQL connection pool, and versions to and from SQL.
+//! - [`batch`]: group commit, so concurrent writes share a statement.
+//! - [`config`]: configuration from the environment.
+//! - [`clock`]: where the hosts read the time.
+//!
+//! It links no broker client and no other database driver than PostgreSQL's,
+//! so the query host, which needs only this, stays small.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod batch;
+pub mod clock;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod pg;
+pub mod routes;
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`). Each host's `main`
+/// calls this first.
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+}
+
+/// Completes on Ctrl-C or SIGTERM: the shutdown future every host's `main` uses.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+}
