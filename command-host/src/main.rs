@@ -38,13 +38,7 @@ async fn main() -> ExitCode {
         }
         Some(other) => Err(format!("unknown subcommand {other:?}\n{USAGE}")),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("command-host: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    platform::exit_code("command-host", result)
 }
 
 async fn serve() -> Result<(), String> {
@@ -57,10 +51,7 @@ async fn serve() -> Result<(), String> {
         .map_err(|e| format!("connect command records: {e}"))?;
     let publisher = KafkaPublisher::new(&config.kafka_brokers, &config.kafka_topic)
         .map_err(|e| e.to_string())?;
-    let listener = tokio::net::TcpListener::bind(config.listen_addr)
-        .await
-        .map_err(|e| format!("bind {}: {e}", config.listen_addr))?;
-    tracing::info!(addr = %config.listen_addr, "command host listening");
+    let listener = platform::bind(config.listen_addr, "command host").await?;
     let deps = CommandHostDeps {
         store,
         records,

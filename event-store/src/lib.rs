@@ -168,6 +168,16 @@ impl AnyEventStore {
     }
 }
 
+/// Forwards a call to the adapter inside.
+macro_rules! each_adapter {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            Self::Postgres($store) => $call,
+            Self::Mongo($store) => $call,
+        }
+    };
+}
+
 impl EventStore for AnyEventStore {
     async fn append_to_stream(
         &self,
@@ -175,10 +185,7 @@ impl EventStore for AnyEventStore {
         expected: Version,
         events: &[EventEnvelope],
     ) -> Result<(), StoreError> {
-        match self {
-            Self::Postgres(store) => store.append_to_stream(stream_id, expected, events).await,
-            Self::Mongo(store) => store.append_to_stream(stream_id, expected, events).await,
-        }
+        each_adapter!(self, store => store.append_to_stream(stream_id, expected, events).await)
     }
 
     async fn load_stream(
@@ -186,10 +193,7 @@ impl EventStore for AnyEventStore {
         stream_id: PostId,
         from: Version,
     ) -> Result<Vec<EventEnvelope>, StoreError> {
-        match self {
-            Self::Postgres(store) => store.load_stream(stream_id, from).await,
-            Self::Mongo(store) => store.load_stream(stream_id, from).await,
-        }
+        each_adapter!(self, store => store.load_stream(stream_id, from).await)
     }
 
     async fn load_stream_page(
@@ -198,10 +202,7 @@ impl EventStore for AnyEventStore {
         from: Version,
         limit: usize,
     ) -> Result<Vec<EventEnvelope>, StoreError> {
-        match self {
-            Self::Postgres(store) => store.load_stream_page(stream_id, from, limit).await,
-            Self::Mongo(store) => store.load_stream_page(stream_id, from, limit).await,
-        }
+        each_adapter!(self, store => store.load_stream_page(stream_id, from, limit).await)
     }
 
     async fn find_by_idempotency_key(
@@ -209,10 +210,7 @@ impl EventStore for AnyEventStore {
         user: &UserId,
         key: &str,
     ) -> Result<Vec<EventEnvelope>, StoreError> {
-        match self {
-            Self::Postgres(store) => store.find_by_idempotency_key(user, key).await,
-            Self::Mongo(store) => store.find_by_idempotency_key(user, key).await,
-        }
+        each_adapter!(self, store => store.find_by_idempotency_key(user, key).await)
     }
 
     async fn read_all(
@@ -220,17 +218,11 @@ impl EventStore for AnyEventStore {
         cursor: &ReadAllCursor,
         limit: usize,
     ) -> Result<ReadAllPage, StoreError> {
-        match self {
-            Self::Postgres(store) => store.read_all(cursor, limit).await,
-            Self::Mongo(store) => store.read_all(cursor, limit).await,
-        }
+        each_adapter!(self, store => store.read_all(cursor, limit).await)
     }
 
     async fn stream_heads(&self) -> Result<Vec<(PostId, Version)>, StoreError> {
-        match self {
-            Self::Postgres(store) => store.stream_heads().await,
-            Self::Mongo(store) => store.stream_heads().await,
-        }
+        each_adapter!(self, store => store.stream_heads().await)
     }
 
     async fn unpublished(
@@ -238,30 +230,18 @@ impl EventStore for AnyEventStore {
         limit: usize,
         skip: &[(PostId, Version)],
     ) -> Result<Vec<EventEnvelope>, StoreError> {
-        match self {
-            Self::Postgres(store) => store.unpublished(limit, skip).await,
-            Self::Mongo(store) => store.unpublished(limit, skip).await,
-        }
+        each_adapter!(self, store => store.unpublished(limit, skip).await)
     }
 
     async fn mark_published(&self, events: &[(PostId, Version)]) -> Result<(), StoreError> {
-        match self {
-            Self::Postgres(store) => store.mark_published(events).await,
-            Self::Mongo(store) => store.mark_published(events).await,
-        }
+        each_adapter!(self, store => store.mark_published(events).await)
     }
 
     async fn unpublished_count(&self) -> Result<u64, StoreError> {
-        match self {
-            Self::Postgres(store) => store.unpublished_count().await,
-            Self::Mongo(store) => store.unpublished_count().await,
-        }
+        each_adapter!(self, store => store.unpublished_count().await)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        match self {
-            Self::Postgres(store) => store.ping().await,
-            Self::Mongo(store) => store.ping().await,
-        }
+        each_adapter!(self, store => store.ping().await)
     }
 }

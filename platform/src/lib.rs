@@ -22,6 +22,30 @@ pub mod metrics;
 pub mod pg;
 pub mod routes;
 
+/// A host's exit status from what its `main` did; an error is printed first,
+/// prefixed with the host's name.
+pub fn exit_code(host: &str, result: Result<(), String>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("{host}: {message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Binds a host's listener, saying where it listens.
+pub async fn bind(
+    addr: std::net::SocketAddr,
+    host: &str,
+) -> Result<tokio::net::TcpListener, String> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("bind {addr}: {e}"))?;
+    tracing::info!(%addr, "{host} listening");
+    Ok(listener)
+}
+
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`). Each host's `main`
 /// calls this first.
 pub fn init_tracing() {

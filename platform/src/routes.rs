@@ -132,6 +132,21 @@ pub fn compare_with_openapi<E>(
     ))
 }
 
+/// Panics, naming the difference, unless `document` lists exactly the routes
+/// of `routes`: the test each host runs against the document it serves.
+pub fn assert_documented<E>(routes: &[Route<E>], document: &str) {
+    let (undocumented, unserved) =
+        compare_with_openapi(routes, document).expect("the OpenAPI document is JSON");
+    assert!(
+        undocumented.is_empty(),
+        "routes missing from the document: {undocumented:?}"
+    );
+    assert!(
+        unserved.is_empty(),
+        "documented but not served: {unserved:?}"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use hyper::{Method, StatusCode};

@@ -28,17 +28,12 @@ pub struct Config {
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
+        let (read_model_schema, notifications_schema) = read_model::schema::schemas_from_env()?;
         Ok(Self {
             listen_addr: parsed_or("LISTEN_ADDR", SocketAddr::from(([127, 0, 0, 1], 8083)))?,
             read_model_url: var_or("READ_MODEL_URL", DEFAULT_POSTGRES_URL),
-            read_model_schema: parsed_or(
-                "READ_MODEL_SCHEMA",
-                SchemaName::parse("read_model").expect("a plain name"),
-            )?,
-            notifications_schema: parsed_or(
-                "NOTIFICATIONS_SCHEMA",
-                SchemaName::parse("notifications").expect("a plain name"),
-            )?,
+            read_model_schema,
+            notifications_schema,
             event_store_url: var_or("EVENT_STORE_URL", DEFAULT_POSTGRES_URL),
             kafka_brokers: var_or("KAFKA_BROKERS", "127.0.0.1:9092"),
             kafka_topic: var_or("KAFKA_TOPIC", "post-events"),

@@ -16,13 +16,7 @@ use projection_host::{ProjectionHostDeps, run};
 #[tokio::main]
 async fn main() -> ExitCode {
     platform::init_tracing();
-    match serve().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("projection-host: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    platform::exit_code("projection-host", serve().await)
 }
 
 async fn serve() -> Result<(), String> {
@@ -35,10 +29,7 @@ async fn serve() -> Result<(), String> {
     if config.admin_token.is_none() {
         tracing::warn!("ADMIN_TOKEN is not set: the replay admin surface is disabled");
     }
-    let listener = tokio::net::TcpListener::bind(config.listen_addr)
-        .await
-        .map_err(|e| format!("bind {}: {e}", config.listen_addr))?;
-    tracing::info!(addr = %config.listen_addr, "projection host listening");
+    let listener = platform::bind(config.listen_addr, "projection host").await?;
     let deps = ProjectionHostDeps {
         store,
         pool,

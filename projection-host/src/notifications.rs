@@ -83,11 +83,7 @@ impl Notifications {
         store: &S,
         batch: &[EventEnvelope],
     ) -> Result<BatchOutcome, ProjectionError> {
-        let (by_stream, duplicates) = group_by_stream(batch);
-        let mut outcome = BatchOutcome {
-            skipped: duplicates,
-            ..BatchOutcome::default()
-        };
+        let (by_stream, mut outcome) = group_by_stream(batch);
         let mut conn = self.pool.get().await?;
         let lock = conn.prepared(&self.sql.lock_progress).await?;
         let set_progress = conn.prepared(&self.sql.set_progress).await?;

@@ -75,11 +75,7 @@ impl ReadModel {
         store: &S,
         batch: &[EventEnvelope],
     ) -> Result<BatchOutcome, ProjectionError> {
-        let (by_stream, duplicates) = group_by_stream(batch);
-        let mut outcome = BatchOutcome {
-            skipped: duplicates,
-            ..BatchOutcome::default()
-        };
+        let (by_stream, mut outcome) = group_by_stream(batch);
         let mut conn = self.pool.get().await?;
         let statements = Statements::prepare(&mut conn, &self.sql).await?;
         let tx = keyed_transaction(&mut conn).await?;
@@ -145,11 +141,12 @@ pub(crate) async fn keyed_transaction(
     Ok(tx)
 }
 
-/// A batch's events grouped by stream and version, and how many were exact
-/// duplicates within the batch.
+/// A batch's events grouped by stream and version.
 pub(crate) type ByStream<'a> = BTreeMap<PostId, BTreeMap<Version, &'a EventEnvelope>>;
 
-pub(crate) fn group_by_stream(batch: &[EventEnvelope]) -> (ByStream<'_>, usize) {
+/// Groups a batch by stream and version; the outcome starts with the exact
+/// duplicates within the batch counted as skipped.
+pub(crate) fn group_by_stream(batch: &[EventEnvelope]) -> (ByStream<'_>, BatchOutcome) {
     let mut by_stream: ByStream<'_> = BTreeMap::new();
     for envelope in batch {
         by_stream
@@ -158,7 +155,11 @@ pub(crate) fn group_by_stream(batch: &[EventEnvelope]) -> (ByStream<'_>, usize) 
             .insert(envelope.version, envelope);
     }
     let distinct: usize = by_stream.values().map(BTreeMap::len).sum();
-    (by_stream, batch.len() - distinct)
+    let outcome = BatchOutcome {
+        skipped: batch.len() - distinct,
+        ..BatchOutcome::default()
+    };
+    (by_stream, outcome)
 }
 
 /// The events of one stream still to apply after version `projected`, in order

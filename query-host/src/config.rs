@@ -19,17 +19,12 @@ pub struct Config {
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
+        let (read_model_schema, notifications_schema) = read_model::schema::schemas_from_env()?;
         Ok(Self {
             listen_addr: parsed_or("LISTEN_ADDR", SocketAddr::from(([127, 0, 0, 1], 8082)))?,
             read_model_url: var_or("READ_MODEL_URL", DEFAULT_POSTGRES_URL),
-            read_model_schema: parsed_or(
-                "READ_MODEL_SCHEMA",
-                SchemaName::parse("read_model").expect("a plain name"),
-            )?,
-            notifications_schema: parsed_or(
-                "NOTIFICATIONS_SCHEMA",
-                SchemaName::parse("notifications").expect("a plain name"),
-            )?,
+            read_model_schema,
+            notifications_schema,
             token_secret: std::env::var("TOKEN_SECRET").ok().filter(|s| !s.is_empty()),
             pool_size: parsed_or("PG_POOL_SIZE", 16)?,
             min_version_wait: Duration::from_millis(parsed_or("MIN_VERSION_WAIT_MS", 3_000)?),

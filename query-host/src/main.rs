@@ -14,13 +14,7 @@ use query_host::{QueryHostDeps, run};
 #[tokio::main]
 async fn main() -> ExitCode {
     platform::init_tracing();
-    match serve().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("query-host: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    platform::exit_code("query-host", serve().await)
 }
 
 async fn serve() -> Result<(), String> {
@@ -30,10 +24,7 @@ async fn serve() -> Result<(), String> {
     if config.token_secret.is_none() {
         tracing::warn!("TOKEN_SECRET is not set: /me/notifications answers 503");
     }
-    let listener = tokio::net::TcpListener::bind(config.listen_addr)
-        .await
-        .map_err(|e| format!("bind {}: {e}", config.listen_addr))?;
-    tracing::info!(addr = %config.listen_addr, "query host listening");
+    let listener = platform::bind(config.listen_addr, "query host").await?;
     let deps = QueryHostDeps {
         pool,
         read_model_schema: config.read_model_schema,

@@ -4,6 +4,7 @@
 
 use std::fmt;
 
+use platform::config::{ConfigError, parsed_or};
 use tokio_postgres::types::Type;
 
 /// The longest suffix a schema name is given for a copy of it ([`SchemaName::next`],
@@ -72,6 +73,17 @@ impl std::str::FromStr for SchemaName {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
     }
+}
+
+/// Where the read model and the notifications live, from `READ_MODEL_SCHEMA`
+/// and `NOTIFICATIONS_SCHEMA` (defaults `read_model`, `notifications`): the
+/// projection host writes there and the query host reads there.
+pub fn schemas_from_env() -> Result<(SchemaName, SchemaName), ConfigError> {
+    let plain = |name: &str| SchemaName::parse(name).expect("a plain name");
+    Ok((
+        parsed_or("READ_MODEL_SCHEMA", plain("read_model"))?,
+        parsed_or("NOTIFICATIONS_SCHEMA", plain("notifications"))?,
+    ))
 }
 
 /// One table of the read model: its name and columns, in the order rows are

@@ -138,6 +138,16 @@ impl AnyCommandRecords {
     }
 }
 
+/// Forwards a call to the adapter inside.
+macro_rules! each_adapter {
+    ($self:ident, $records:ident => $call:expr) => {
+        match $self {
+            Self::Postgres($records) => $call,
+            Self::Mssql($records) => $call,
+        }
+    };
+}
+
 impl CommandRecords for AnyCommandRecords {
     async fn claim_idempotency_key(
         &self,
@@ -147,18 +157,7 @@ impl CommandRecords for AnyCommandRecords {
         now: Timestamp,
         stale_after_ms: i64,
     ) -> Result<IdempotencyClaim, RecordsError> {
-        match self {
-            Self::Postgres(records) => {
-                records
-                    .claim_idempotency_key(user, key, fingerprint, now, stale_after_ms)
-                    .await
-            }
-            Self::Mssql(records) => {
-                records
-                    .claim_idempotency_key(user, key, fingerprint, now, stale_after_ms)
-                    .await
-            }
-        }
+        each_adapter!(self, records => records.claim_idempotency_key(user, key, fingerprint, now, stale_after_ms).await)
     }
 
     async fn complete_idempotency_key(
@@ -167,44 +166,26 @@ impl CommandRecords for AnyCommandRecords {
         key: &str,
         response: &StoredResponse,
     ) -> Result<(), RecordsError> {
-        match self {
-            Self::Postgres(records) => records.complete_idempotency_key(user, key, response).await,
-            Self::Mssql(records) => records.complete_idempotency_key(user, key, response).await,
-        }
+        each_adapter!(self, records => records.complete_idempotency_key(user, key, response).await)
     }
 
     async fn release_idempotency_key(&self, user: &UserId, key: &str) -> Result<(), RecordsError> {
-        match self {
-            Self::Postgres(records) => records.release_idempotency_key(user, key).await,
-            Self::Mssql(records) => records.release_idempotency_key(user, key).await,
-        }
+        each_adapter!(self, records => records.release_idempotency_key(user, key).await)
     }
 
     async fn record_stream_head(&self, head: &StreamHead) -> Result<(), RecordsError> {
-        match self {
-            Self::Postgres(records) => records.record_stream_head(head).await,
-            Self::Mssql(records) => records.record_stream_head(head).await,
-        }
+        each_adapter!(self, records => records.record_stream_head(head).await)
     }
 
     async fn record_stream_heads(&self, heads: &[StreamHead]) -> Result<(), RecordsError> {
-        match self {
-            Self::Postgres(records) => records.record_stream_heads(heads).await,
-            Self::Mssql(records) => records.record_stream_heads(heads).await,
-        }
+        each_adapter!(self, records => records.record_stream_heads(heads).await)
     }
 
     async fn stream_head(&self, post_id: PostId) -> Result<Option<StreamHead>, RecordsError> {
-        match self {
-            Self::Postgres(records) => records.stream_head(post_id).await,
-            Self::Mssql(records) => records.stream_head(post_id).await,
-        }
+        each_adapter!(self, records => records.stream_head(post_id).await)
     }
 
     async fn ping(&self) -> Result<(), RecordsError> {
-        match self {
-            Self::Postgres(records) => records.ping().await,
-            Self::Mssql(records) => records.ping().await,
-        }
+        each_adapter!(self, records => records.ping().await)
     }
 }
