@@ -14,12 +14,12 @@ use hyper::{HeaderMap, Method, Request, StatusCode};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use uuid::Uuid;
 
 use domain::{
     CommandContext, CommentId, CommentText, EventEnvelope, EventMetadata, Message, Post,
-    PostCommand, PostEvent, PostId, UserId, Version, apply, decide,
+    PostCommand, PostEvent, PostId, SNAPSHOT_SCHEMA, UserId, Version, apply, decide,
 };
 
 use crate::error::{CommandError, problem_for};
@@ -27,7 +27,7 @@ use crate::metrics::CommandMetrics;
 use crate::records::{CommandRecords, IdempotencyClaim, StoredResponse, StreamHead};
 use crate::routes::{self, Endpoint, route};
 use event_bus::KafkaPublisher;
-use event_store::{EventStore, StoreError};
+use event_store::{EventStore, Snapshot, StoreError};
 use platform::auth::{self, TokenKey};
 use platform::batch::{BatchLimits, Batcher};
 use platform::clock;
@@ -42,6 +42,12 @@ const IDEMPOTENCY_STALE_MS: i64 = 30_000;
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
 /// Cached post states kept before unused ones are dropped.
 const STREAM_CACHE_CAPACITY: usize = 10_000;
+/// Most commands decided together and appended in one write.
+const MAX_BATCH: usize = 256;
+/// Events read from the store at a time when a post catches up.
+const CATCH_UP_PAGE: usize = 10_000;
+/// Events appended to a post between two of its snapshots (docs/hot-posts.md).
+const SNAPSHOT_EVERY: u64 = 1_000;
 
 /// Everything the command host can be asked, after routing and parsing.
 #[derive(Debug)]
@@ -110,7 +116,7 @@ impl HistoryPage {
 }
 
 /// A command aimed at one post, with who asks and how.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct WriteRequest {
     pub post_id: PostId,
     pub command: PostCommand,
@@ -133,6 +139,7 @@ struct Written {
 
 /// What a write may have done when it failed: whether events might have been
 /// appended decides if its idempotency claim may be given back.
+#[derive(Debug)]
 enum WriteFailure {
     NothingAppended(CommandError),
     MaybeAppended(CommandError),
@@ -198,17 +205,35 @@ pub(crate) fn registry_batcher<R: CommandRecords + 'static>(
     )
 }
 
-/// One async lock per post, holding its last known state. Writes to one post are
-/// serialized inside this host, so they do not race each other; the cached state
-/// spares a load before each write. Another host's write shows up as a conflict
-/// on append, which drops the cached state and reloads.
+/// One slot per post: its last known state, and the writes waiting for it.
+/// Writes to one post are decided one after the other inside this host, so
+/// they do not race each other; the ones that arrive while a batch is at the
+/// store form the next batch, decided in order and appended together. The
+/// cached state spares a load before each write. Another host's write shows
+/// up as a conflict on append, which drops the cached state and reloads.
 #[derive(Debug, Default)]
 pub(crate) struct StreamSlots {
-    slots: Mutex<HashMap<PostId, Arc<tokio::sync::Mutex<Option<Post>>>>>,
+    slots: Mutex<HashMap<PostId, Arc<PostSlot>>>,
 }
 
+#[derive(Debug, Default)]
+pub(crate) struct PostSlot {
+    state: tokio::sync::Mutex<SlotState>,
+    queue: Mutex<Vec<Queued>>,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    post: Option<Post>,
+    /// The version of the post's latest snapshot that this host knows of.
+    snapshot_at: Version,
+}
+
+/// A write waiting for its batch, and where its answer goes.
+type Queued = (WriteRequest, oneshot::Sender<Result<Written, WriteFailure>>);
+
 impl StreamSlots {
-    fn slot(&self, post_id: PostId) -> Arc<tokio::sync::Mutex<Option<Post>>> {
+    fn slot(&self, post_id: PostId) -> Arc<PostSlot> {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         if slots.len() >= STREAM_CACHE_CAPACITY {
             // Only slots nobody holds can go; their state is reloaded when needed.
@@ -218,10 +243,22 @@ impl StreamSlots {
     }
 }
 
-impl<S: EventStore, R: CommandRecords> App<S, R> {
+/// What one command of a batch comes to, once decided against the state the
+/// commands before it leave.
+enum Planned {
+    /// Its events, and the answer it gets once they are appended.
+    Appends {
+        envelopes: Vec<EventEnvelope>,
+        written: Written,
+    },
+    /// It appends nothing: a repeated like, a refusal, a 412.
+    Answered(Result<Written, CommandError>),
+}
+
+impl<S: EventStore + 'static, R: CommandRecords + 'static> App<S, R> {
     /// Turns one HTTP request into a response. Never fails: errors become problems.
     pub async fn handle(
-        &self,
+        self: &Arc<Self>,
         request: Request<Incoming>,
         context: RequestContext,
     ) -> HttpResponse {
@@ -315,7 +352,10 @@ impl<S: EventStore, R: CommandRecords> App<S, R> {
     }
 
     /// The mediator: one handler per request kind.
-    pub async fn dispatch(&self, request: CommandRequest) -> Result<HttpResponse, CommandError> {
+    pub async fn dispatch(
+        self: &Arc<Self>,
+        request: CommandRequest,
+    ) -> Result<HttpResponse, CommandError> {
         match request {
             CommandRequest::Write(write) => self.write_idempotently(write).await,
             CommandRequest::History(post_id, page) => self.history(post_id, page).await,
@@ -328,7 +368,10 @@ impl<S: EventStore, R: CommandRecords> App<S, R> {
 
     /// Runs a write under its idempotency key, if it has one: a retry with the same
     /// key and request gets the first answer; nothing is appended twice.
-    async fn write_idempotently(&self, write: WriteRequest) -> Result<HttpResponse, CommandError> {
+    async fn write_idempotently(
+        self: &Arc<Self>,
+        write: WriteRequest,
+    ) -> Result<HttpResponse, CommandError> {
         let Some(key) = write.idempotency_key.clone() else {
             return match self.write(&write).await {
                 Ok(written) => Ok(written_response(&written)),
@@ -438,141 +481,252 @@ impl<S: EventStore, R: CommandRecords> App<S, R> {
         })))
     }
 
-    /// load → decide → append, retried against fresh state when another writer won.
-    async fn write(&self, write: &WriteRequest) -> Result<Written, WriteFailure> {
-        use WriteFailure::{MaybeAppended, NothingAppended};
+    /// Queues the write for its post and waits for its answer. The batch runs
+    /// in a task of its own, so a client that hangs up never cancels the writes
+    /// of the others in its batch.
+    async fn write(self: &Arc<Self>, write: &WriteRequest) -> Result<Written, WriteFailure> {
         let slot = self.streams.slot(write.post_id);
-        let mut cached = slot.lock().await;
-        let creating = matches!(write.command, PostCommand::CreatePost { .. });
+        let (answer, answered) = oneshot::channel();
+        slot.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((write.clone(), answer));
+        let app = Arc::clone(self);
+        tokio::spawn(async move { app.drain(&slot).await });
+        answered.await.unwrap_or_else(|_| {
+            Err(WriteFailure::MaybeAppended(CommandError::Store(
+                StoreError::Unavailable("the write's batch ended without an answer".to_owned()),
+            )))
+        })
+    }
+
+    /// Takes the post's lock and writes what is queued, batch after batch,
+    /// until nothing waits. A task that finds its write already done by the
+    /// batch before it finds an empty queue and leaves.
+    async fn drain(&self, slot: &PostSlot) {
+        let mut state = slot.state.lock().await;
+        loop {
+            let batch: Vec<Queued> = {
+                let mut queue = slot.queue.lock().unwrap_or_else(|p| p.into_inner());
+                let take = queue.len().min(MAX_BATCH);
+                queue.drain(..take).collect()
+            };
+            if batch.is_empty() {
+                return;
+            }
+            self.write_batch(&mut state, batch).await;
+        }
+    }
+
+    /// load → decide every command in order → one append, retried against
+    /// fresh state when another writer won. Each command gets its own answer.
+    async fn write_batch(&self, state: &mut SlotState, batch: Vec<Queued>) {
+        use WriteFailure::{MaybeAppended, NothingAppended};
+        let post_id = batch[0].0.post_id;
+        // A new post's id was made for its request: it has nothing to load.
+        let creating = batch
+            .iter()
+            .all(|(w, _)| matches!(w.command, PostCommand::CreatePost { .. }));
+        let (writes, answers): (Vec<WriteRequest>, Vec<_>) = batch.into_iter().unzip();
+        let answer_all = |answers: Vec<oneshot::Sender<_>>,
+                          results: Vec<Result<Written, WriteFailure>>| {
+            for (answer, result) in answers.into_iter().zip(results) {
+                // The caller went away; its write is done all the same.
+                let _ = answer.send(result);
+            }
+        };
         for _attempt in 0..MAX_ATTEMPTS {
             // Whether `post` is known to be the store's latest state: just loaded,
             // or checked against the store since it was cached.
-            let (mut post, mut confirmed) = match cached.take() {
+            let (mut post, mut confirmed) = match state.post.take() {
                 Some(post) => (post, false),
-                // A new post's id was generated for this request: nothing to load.
                 None if creating => (Post::default(), true),
-                None => (
-                    self.load_post(write.post_id)
-                        .await
-                        .map_err(NothingAppended)?,
-                    true,
-                ),
+                None => match self.load_post(post_id, state).await {
+                    Ok(post) => (post, true),
+                    Err(error) => {
+                        let results = writes
+                            .iter()
+                            .map(|_| Err(NothingAppended(clone_store_error(&error))))
+                            .collect();
+                        return answer_all(answers, results);
+                    }
+                },
             };
-            let context = CommandContext {
-                actor: write.actor.clone(),
-                now: clock::now(),
-                post_id: write.post_id,
-                new_comment_id: CommentId::from_uuid(Uuid::now_v7()),
-            };
-            let comment_id = match &write.command {
-                PostCommand::AddComment { .. } => Some(context.new_comment_id),
-                PostCommand::EditComment { comment_id, .. }
-                | PostCommand::RemoveComment { comment_id } => Some(*comment_id),
-                _ => None,
-            };
-            let written = |version| Written {
-                status: success_status(&write.command),
-                post_id: write.post_id,
-                comment_id,
-                version,
-            };
-            let events = loop {
-                let verdict = match judge(&post, write, &context) {
-                    Ok(events) if !events.is_empty() => break events,
-                    verdict => verdict,
-                };
-                // An answer that appends nothing (a refusal, a 412, a repeated like)
-                // is only as true as the state it was decided on, and another host
-                // may have written since this one cached the post: such an answer
-                // is given only once the store shows nothing newer.
-                if !confirmed {
-                    confirmed = true;
-                    if self
-                        .catch_up(write.post_id, &mut post)
-                        .await
-                        .map_err(NothingAppended)?
-                    {
-                        continue;
+            let (plan, base) = loop {
+                let base = post.version();
+                let plan = plan_batch(&mut post, &writes);
+                let appends = plan.iter().any(|p| matches!(p, Planned::Appends { .. }));
+                // An answer that appends nothing (a refusal, a 412, a repeated
+                // like) is only as true as the state it was decided on, and
+                // another host may have written since this one cached the post.
+                // When the batch appends, the append checks that state; when it
+                // does not, the answers wait until the store shows nothing newer.
+                if appends || confirmed {
+                    break (plan, base);
+                }
+                confirmed = true;
+                match self.catch_up(post_id, &mut post).await {
+                    Ok(true) => continue,
+                    Ok(false) => break (plan, base),
+                    Err(error) => {
+                        let results = writes
+                            .iter()
+                            .map(|_| Err(NothingAppended(clone_store_error(&error))))
+                            .collect();
+                        return answer_all(answers, results);
                     }
                 }
-                let version = post.version();
-                *cached = Some(post);
-                return match verdict {
-                    Ok(_) => Ok(written(version)),
-                    Err(error) => Err(NothingAppended(error)),
-                };
             };
-            let metadata = EventMetadata {
-                user: write.actor.clone(),
-                request_id: write.request_id,
-                idempotency_key: write.idempotency_key.clone(),
-            };
-            let mut version = post.version();
-            let envelopes: Vec<EventEnvelope> = events
+            let envelopes: Vec<EventEnvelope> = plan
                 .iter()
-                .map(|event| {
-                    version = version.next();
-                    EventEnvelope::new(
-                        write.post_id,
-                        version,
-                        event,
-                        Uuid::now_v7(),
-                        context.now,
-                        metadata.clone(),
-                    )
+                .flat_map(|p| match p {
+                    Planned::Appends { envelopes, .. } => envelopes.clone(),
+                    Planned::Answered(_) => Vec::new(),
                 })
                 .collect();
-            match self
-                .store
-                .append_to_stream(write.post_id, post.version(), &envelopes)
-                .await
-            {
+            if envelopes.is_empty() {
+                state.post = Some(post);
+                let results = plan
+                    .into_iter()
+                    .map(|p| match p {
+                        Planned::Answered(result) => result.map_err(NothingAppended),
+                        Planned::Appends { .. } => unreachable!("nothing appends"),
+                    })
+                    .collect();
+                return answer_all(answers, results);
+            }
+            match self.store.append_to_stream(post_id, base, &envelopes).await {
                 Ok(()) => {
-                    for event in &events {
-                        apply(&mut post, event);
+                    let mut results = Vec::with_capacity(plan.len());
+                    for planned in plan {
+                        results.push(match planned {
+                            Planned::Appends { written, .. } => Ok(written),
+                            Planned::Answered(result) => result.map_err(NothingAppended),
+                        });
                     }
                     self.relay_wake.notify_one();
                     self.metrics.events_appended.inc(envelopes.len() as u64);
-                    self.record_head(&post, context.now);
-                    let version = post.version();
-                    *cached = Some(post);
-                    return Ok(written(version));
+                    self.metrics.write_batches.inc(1);
+                    self.metrics.batched_commands.inc(writes.len() as u64);
+                    self.record_head(&post, clock::now());
+                    self.snapshot_if_due(&post, state);
+                    state.post = Some(post);
+                    return answer_all(answers, results);
                 }
                 Err(StoreError::Conflict { .. }) => {
+                    // Another writer moved the post on: decide everything again
+                    // against its fresh state (an If-Match write then gets 412).
                     self.metrics.append_conflicts.inc(1);
-                    if write.if_match.is_some() {
-                        let current = self
-                            .load_post(write.post_id)
-                            .await
-                            .map_err(NothingAppended)?
-                            .version();
-                        return Err(NothingAppended(CommandError::PreconditionFailed {
-                            current,
-                        }));
-                    }
                 }
-                Err(error) => return Err(MaybeAppended(error.into())),
+                Err(error) => {
+                    let results = plan
+                        .iter()
+                        .map(|p| match p {
+                            Planned::Appends { .. } => Err(MaybeAppended(error.clone().into())),
+                            Planned::Answered(_) => Err(NothingAppended(error.clone().into())),
+                        })
+                        .collect();
+                    return answer_all(answers, results);
+                }
             }
         }
-        Err(NothingAppended(CommandError::Conflict))
+        let results = writes
+            .iter()
+            .map(|_| Err(NothingAppended(CommandError::Conflict)))
+            .collect();
+        answer_all(answers, results)
+    }
+
+    /// Saves a snapshot of `post` beside its events once enough events have
+    /// gone in since the last one. The save runs on its own: nothing waits for
+    /// it, and a failed one is only a slower load later.
+    fn snapshot_if_due(&self, post: &Post, state: &mut SlotState) {
+        if post.version().get() < state.snapshot_at.get() + SNAPSHOT_EVERY {
+            return;
+        }
+        state.snapshot_at = post.version();
+        let (post, store, metrics) = (post.clone(), Arc::clone(&self.store), self.metrics.clone());
+        tokio::spawn(async move {
+            let Some(post_id) = post.id() else {
+                return;
+            };
+            let version = post.version();
+            let data = match tokio::task::spawn_blocking(move || post.to_snapshot()).await {
+                Ok(data) => data,
+                Err(error) => return tracing::warn!(%error, "snapshot not taken"),
+            };
+            let snapshot = Snapshot {
+                stream_id: post_id,
+                version,
+                schema: SNAPSHOT_SCHEMA,
+                data,
+            };
+            match store.save_snapshot(&snapshot).await {
+                Ok(()) => metrics.snapshots_saved.inc(1),
+                Err(error) => tracing::warn!(%error, %post_id, "snapshot not saved"),
+            }
+        });
     }
 
     /// Applies the events appended to `post` since its version, if any; says
     /// whether there were some. One indexed read that finds nothing when the
     /// state is current.
+    /// Reads a page at a time, so a long stream without a snapshot never
+    /// sits in memory whole.
     async fn catch_up(&self, post_id: PostId, post: &mut Post) -> Result<bool, CommandError> {
-        let envelopes = self
-            .store
-            .load_stream(post_id, post.version().next())
-            .await?;
-        for envelope in &envelopes {
-            apply(post, &decode(post_id, envelope)?);
+        let mut caught_up = false;
+        loop {
+            let envelopes = self
+                .store
+                .load_stream_page(post_id, post.version().next(), CATCH_UP_PAGE)
+                .await?;
+            for envelope in &envelopes {
+                apply(post, &decode(post_id, envelope)?);
+            }
+            caught_up |= !envelopes.is_empty();
+            if envelopes.len() < CATCH_UP_PAGE {
+                return Ok(caught_up);
+            }
         }
-        Ok(!envelopes.is_empty())
     }
 
-    async fn load_post(&self, post_id: PostId) -> Result<Post, CommandError> {
+    /// The post's state: its latest snapshot, if one of this build's layout
+    /// is there and reads back, and the events after it. `state` learns which
+    /// version the snapshot was at, so the next one is taken in due time.
+    async fn load_post(
+        &self,
+        post_id: PostId,
+        state: &mut SlotState,
+    ) -> Result<Post, CommandError> {
         let mut post = Post::default();
+        match self.store.load_snapshot(post_id).await {
+            Ok(Some(snapshot)) if snapshot.schema != SNAPSHOT_SCHEMA => {
+                tracing::debug!(%post_id, schema = snapshot.schema, "snapshot of another layout ignored");
+                self.metrics.snapshots_of_other_layout.inc(1);
+            }
+            Ok(Some(snapshot)) => match Post::from_snapshot(&snapshot.data) {
+                Ok(restored)
+                    if restored.version() == snapshot.version && restored.id() == Some(post_id) =>
+                {
+                    self.metrics.snapshots_used.inc(1);
+                    post = restored;
+                }
+                Ok(_) => {
+                    tracing::warn!(%post_id, "snapshot ignored: it is not of this post at its version");
+                    self.metrics.snapshots_unreadable.inc(1);
+                }
+                Err(error) => {
+                    tracing::warn!(%post_id, %error, "snapshot ignored");
+                    self.metrics.snapshots_unreadable.inc(1);
+                }
+            },
+            Ok(None) => {}
+            // The events are the truth: fold them all.
+            Err(error) => {
+                tracing::warn!(%post_id, %error, "snapshot unreadable; folding every event")
+            }
+        }
+        state.snapshot_at = post.version();
         self.catch_up(post_id, &mut post).await?;
         Ok(post)
     }
@@ -658,6 +812,73 @@ impl<S: EventStore, R: CommandRecords> App<S, R> {
             self.metrics.outbox_unpublished.set(backlog as f64);
         }
         http::metrics_response(&self.metrics.registry)
+    }
+}
+
+/// Decides each write in order against the state the writes before it leave,
+/// and builds the envelopes of those that append, numbered on from `post`.
+/// Their events are applied to `post` as they are decided, so `post` is the
+/// state after the batch's append; if that append fails, the caller drops it.
+fn plan_batch(post: &mut Post, writes: &[WriteRequest]) -> Vec<Planned> {
+    let mut version = post.version();
+    writes
+        .iter()
+        .map(|write| {
+            let context = CommandContext {
+                actor: write.actor.clone(),
+                now: clock::now(),
+                post_id: write.post_id,
+                new_comment_id: CommentId::from_uuid(Uuid::now_v7()),
+            };
+            let comment_id = match &write.command {
+                PostCommand::AddComment { .. } => Some(context.new_comment_id),
+                PostCommand::EditComment { comment_id, .. }
+                | PostCommand::RemoveComment { comment_id } => Some(*comment_id),
+                _ => None,
+            };
+            let written = |version| Written {
+                status: success_status(&write.command),
+                post_id: write.post_id,
+                comment_id,
+                version,
+            };
+            let events = match judge(post, write, &context) {
+                Ok(events) if events.is_empty() => return Planned::Answered(Ok(written(version))),
+                Ok(events) => events,
+                Err(error) => return Planned::Answered(Err(error)),
+            };
+            let metadata = EventMetadata {
+                user: write.actor.clone(),
+                request_id: write.request_id,
+                idempotency_key: write.idempotency_key.clone(),
+            };
+            let envelopes = events
+                .iter()
+                .map(|event| {
+                    version = version.next();
+                    apply(post, event);
+                    EventEnvelope::new(
+                        write.post_id,
+                        version,
+                        event,
+                        Uuid::now_v7(),
+                        context.now,
+                        metadata.clone(),
+                    )
+                })
+                .collect();
+            Planned::Appends {
+                envelopes,
+                written: written(version),
+            }
+        })
+        .collect()
+}
+
+fn clone_store_error(error: &CommandError) -> CommandError {
+    match error {
+        CommandError::Store(store) => CommandError::Store(store.clone()),
+        other => CommandError::Store(StoreError::Unavailable(other.to_string())),
     }
 }
 

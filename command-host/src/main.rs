@@ -19,8 +19,9 @@ use platform::{clock, shutdown_signal};
 
 const USAGE: &str = "usage:
   command-host                                  serve (configuration from the environment)
-  command-host mint-token <user> [--ttl-seconds N]
-                                                print a bearer token for <user>, signed with TOKEN_SECRET
+  command-host mint-token <user> [--ttl-seconds N] [--count N]
+                                                print a bearer token for <user>, signed with TOKEN_SECRET;
+                                                with --count, one each for <user>1 .. <user>N
   command-host repair-registry                  rebuild the stream registry (RECORDS_URL) from the
                                                 event store (EVENT_STORE_URL); safe while hosts serve";
 
@@ -94,23 +95,37 @@ async fn repair_registry() -> Result<(), String> {
 
 fn mint_token(args: &[String]) -> Result<(), String> {
     let (user, rest) = args.split_first().ok_or_else(|| USAGE.to_owned())?;
-    let ttl_seconds: u64 = match rest {
-        [] => 24 * 3_600,
-        [flag, value] if flag == "--ttl-seconds" => value
-            .parse()
-            .map_err(|_| format!("bad --ttl-seconds {value:?}"))?,
-        _ => return Err(USAGE.to_owned()),
+    let (mut ttl_seconds, mut count) = (24 * 3_600, None);
+    for pair in rest.chunks(2) {
+        let number = |value: &String| {
+            value
+                .parse::<u64>()
+                .map_err(|_| format!("bad {} {value:?}", pair[0]))
+        };
+        match pair {
+            [flag, value] if flag == "--ttl-seconds" => ttl_seconds = number(value)?,
+            [flag, value] if flag == "--count" => count = Some(number(value)?),
+            _ => return Err(USAGE.to_owned()),
+        }
+    }
+    let users: Vec<UserId> = match count {
+        None => vec![UserId::parse(user).map_err(|e| e.to_string())?],
+        Some(n) => (1..=n)
+            .map(|i| UserId::parse(&format!("{user}{i}")).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?,
     };
-    let user = UserId::parse(user).map_err(|e| e.to_string())?;
     let secret =
         config::required("TOKEN_SECRET", "it signs the token").map_err(|e| e.to_string())?;
     let ttl = Duration::from_secs(ttl_seconds);
     let expires_at = Timestamp::from_unix_millis(
         clock::now().unix_millis() + i64::try_from(ttl.as_millis()).map_err(|_| "ttl too large")?,
     );
-    println!(
-        "{}",
-        TokenKey::new(secret.as_bytes()).mint(&user, expires_at)
-    );
+    let key = TokenKey::new(secret.as_bytes());
+    let mut out = String::new();
+    for user in &users {
+        out.push_str(&key.mint(user, expires_at));
+        out.push('\n');
+    }
+    print!("{out}");
     Ok(())
 }

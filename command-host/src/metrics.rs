@@ -16,6 +16,16 @@ pub struct CommandMetrics {
     pub publish_failures: Counter,
     /// From the command that made an event until the broker acknowledged it.
     pub outbox_delay: Histogram,
+    /// Appends of commands to one post decided together, and how many
+    /// commands they carried: their ratio is the mean batch.
+    pub write_batches: Counter,
+    pub batched_commands: Counter,
+    pub snapshots_saved: Counter,
+    /// Loads that started from a snapshot; snapshots passed over because
+    /// they were of another layout, or did not read back.
+    pub snapshots_used: Counter,
+    pub snapshots_of_other_layout: Counter,
+    pub snapshots_unreadable: Counter,
 }
 
 impl CommandMetrics {
@@ -30,6 +40,19 @@ impl CommandMetrics {
             events_published: registry.counter("sourcegram_events_published_total", &[]),
             publish_failures: registry.counter("sourcegram_publish_failures_total", &[]),
             outbox_delay: registry.histogram("sourcegram_outbox_delay_seconds", &[]),
+            write_batches: registry.counter("sourcegram_write_batches_total", &[]),
+            batched_commands: registry.counter("sourcegram_batched_commands_total", &[]),
+            snapshots_saved: registry.counter("sourcegram_snapshots_saved_total", &[]),
+            snapshots_used: registry
+                .counter("sourcegram_snapshot_loads_total", &[("outcome", "used")]),
+            snapshots_of_other_layout: registry.counter(
+                "sourcegram_snapshot_loads_total",
+                &[("outcome", "other_layout")],
+            ),
+            snapshots_unreadable: registry.counter(
+                "sourcegram_snapshot_loads_total",
+                &[("outcome", "unreadable")],
+            ),
         }
     }
 }

@@ -4,11 +4,11 @@
 
 mod support;
 
-use domain::{PostId, Version};
+use domain::{PostEvent, PostId, Version};
 use event_store::EventStore;
 use hyper::{Method, StatusCode};
 use serde_json::json;
-use support::spawn_app;
+use support::{TestApp, ok_version, spawn_app};
 
 fn assert_problem(answer: &support::Answer, status: StatusCode) {
     assert_eq!(answer.status, status, "{}", answer.body);
@@ -28,9 +28,7 @@ fn assert_problem(answer: &support::Answer, status: StatusCode) {
 async fn every_command_succeeds_with_the_documented_status_and_shape() {
     let app = spawn_app().await;
 
-    let created = app
-        .post_json("/posts", "alice", json!({"message": "  hello world  "}))
-        .await;
+    let created = app.create("alice", "  hello world  ").await;
     assert_eq!(created.status, StatusCode::CREATED);
     let body = created.json();
     let post = body["id"].as_str().expect("id").to_owned();
@@ -41,78 +39,18 @@ async fn every_command_succeeds_with_the_documented_status_and_shape() {
     );
     assert!(created.header("x-request-id").is_some());
 
-    let edited = app
-        .put_json(
-            &format!("/posts/{post}/message"),
-            "alice",
-            json!({"message": "edited"}),
-        )
-        .await;
     assert_eq!(
-        (edited.status, edited.json()["version"].clone()),
-        (StatusCode::OK, json!(2))
+        ok_version(&app.edit_message(&post, "alice", "edited").await),
+        2
     );
 
-    let liked = app
-        .send(
-            Method::POST,
-            &format!("/posts/{post}/likes"),
-            Some("bob"),
-            &[],
-            None,
-        )
-        .await;
-    assert_eq!(
-        (liked.status, liked.json()["version"].clone()),
-        (StatusCode::OK, json!(3))
-    );
-    let liked_again = app
-        .send(
-            Method::POST,
-            &format!("/posts/{post}/likes"),
-            Some("bob"),
-            &[],
-            None,
-        )
-        .await;
-    assert_eq!(
-        (liked_again.status, liked_again.json()["version"].clone()),
-        (StatusCode::OK, json!(3))
-    );
-    let unliked = app
-        .send(
-            Method::DELETE,
-            &format!("/posts/{post}/likes"),
-            Some("bob"),
-            &[],
-            None,
-        )
-        .await;
-    assert_eq!(
-        (unliked.status, unliked.json()["version"].clone()),
-        (StatusCode::OK, json!(4))
-    );
-    let not_liked = app
-        .send(
-            Method::DELETE,
-            &format!("/posts/{post}/likes"),
-            Some("carol"),
-            &[],
-            None,
-        )
-        .await;
-    assert_eq!(
-        (not_liked.status, not_liked.json()["version"].clone()),
-        (StatusCode::OK, json!(4))
-    );
+    // A repeated like, and an unlike of a post not liked, change nothing.
+    assert_eq!(ok_version(&app.like(&post, "bob").await), 3);
+    assert_eq!(ok_version(&app.like(&post, "bob").await), 3);
+    assert_eq!(ok_version(&app.unlike(&post, "bob").await), 4);
+    assert_eq!(ok_version(&app.unlike(&post, "carol").await), 4);
 
-    let commented = app
-        .post_json(
-            &format!("/posts/{post}/comments"),
-            "carol",
-            json!({"text": "nice"}),
-        )
-        .await;
+    let commented = app.comment(&post, "carol", "nice").await;
     assert_eq!(commented.status, StatusCode::CREATED);
     let comment = commented.json();
     assert_eq!(comment["id"], post.as_str());
@@ -122,41 +60,15 @@ async fn every_command_succeeds_with_the_documented_status_and_shape() {
         .expect("comment_id")
         .to_owned();
 
-    let comment_edited = app
-        .put_json(
-            &format!("/posts/{post}/comments/{cid}"),
-            "carol",
-            json!({"text": "very nice"}),
-        )
-        .await;
+    let comment_edited = app.edit_comment(&post, &cid, "carol", "very nice").await;
     assert_eq!(comment_edited.status, StatusCode::OK);
-    let removed = app
-        .send(
-            Method::DELETE,
-            &format!("/posts/{post}/comments/{cid}"),
-            Some("alice"),
-            &[],
-            None,
-        )
-        .await;
+    let removed = app.remove_comment(&post, &cid, "alice").await;
     assert_eq!(
         removed.status,
         StatusCode::OK,
         "the post's author may remove a comment"
     );
-    let deleted = app
-        .send(
-            Method::DELETE,
-            &format!("/posts/{post}"),
-            Some("alice"),
-            &[],
-            None,
-        )
-        .await;
-    assert_eq!(
-        (deleted.status, deleted.json()["version"].clone()),
-        (StatusCode::OK, json!(8))
-    );
+    assert_eq!(ok_version(&app.delete_post(&post, "alice").await), 8);
 
     let events = app.history(&post).await;
     let types: Vec<&str> = events
@@ -165,16 +77,8 @@ async fn every_command_succeeds_with_the_documented_status_and_shape() {
         .collect();
     assert_eq!(
         types,
-        [
-            "PostCreated",
-            "MessageEdited",
-            "PostLiked",
-            "PostUnliked",
-            "CommentAdded",
-            "CommentEdited",
-            "CommentRemoved",
-            "PostDeleted"
-        ]
+        PostEvent::TYPES,
+        "an event of every type, in the order the commands ran"
     );
     for (i, event) in events.iter().enumerate() {
         assert_eq!(event["version"], i as u64 + 1);
@@ -198,100 +102,44 @@ async fn refusals_carry_their_status_and_change_nothing() {
     let unknown = PostId::from_uuid(uuid::Uuid::new_v4());
 
     let cases: Vec<(support::Answer, StatusCode)> = vec![
+        (app.create("alice", "   ").await, StatusCode::BAD_REQUEST),
         (
-            app.post_json("/posts", "alice", json!({"message": "   "}))
-                .await,
+            app.create("alice", &"x".repeat(2_001)).await,
             StatusCode::BAD_REQUEST,
         ),
         (
-            app.post_json("/posts", "alice", json!({"message": "x".repeat(2_001)}))
-                .await,
+            app.create("alice", "bell\u{7}").await,
             StatusCode::BAD_REQUEST,
         ),
         (
-            app.post_json("/posts", "alice", json!({"message": "bell\u{7}"}))
-                .await,
-            StatusCode::BAD_REQUEST,
-        ),
-        (
-            app.put_json(
-                &format!("/posts/{post}/message"),
-                "mallory",
-                json!({"message": "pwned"}),
-            )
-            .await,
+            app.edit_message(&post, "mallory", "pwned").await,
             StatusCode::FORBIDDEN,
         ),
         (
-            app.send(
-                Method::DELETE,
-                &format!("/posts/{post}"),
-                Some("mallory"),
-                &[],
-                None,
-            )
-            .await,
+            app.delete_post(&post, "mallory").await,
             StatusCode::FORBIDDEN,
         ),
         (
-            app.put_json(
-                &format!("/posts/{unknown}/message"),
-                "alice",
-                json!({"message": "x"}),
-            )
-            .await,
+            app.edit_message(unknown, "alice", "x").await,
+            StatusCode::NOT_FOUND,
+        ),
+        (app.like(unknown, "bob").await, StatusCode::NOT_FOUND),
+        (
+            app.edit_comment(&post, uuid::Uuid::new_v4(), "bob", "x")
+                .await,
             StatusCode::NOT_FOUND,
         ),
         (
-            app.send(
-                Method::POST,
-                &format!("/posts/{unknown}/likes"),
-                Some("bob"),
-                &[],
-                None,
-            )
-            .await,
+            app.get_as(&format!("/posts/{unknown}/events"), "bob").await,
             StatusCode::NOT_FOUND,
         ),
         (
-            app.put_json(
-                &format!("/posts/{post}/comments/{}", uuid::Uuid::new_v4()),
-                "bob",
-                json!({"text": "x"}),
-            )
-            .await,
-            StatusCode::NOT_FOUND,
-        ),
-        (
-            app.send(
-                Method::GET,
-                &format!("/posts/{unknown}/events"),
-                Some("bob"),
-                &[],
-                None,
-            )
-            .await,
-            StatusCode::NOT_FOUND,
-        ),
-        (
-            app.send(
-                Method::GET,
-                "/posts/not-a-uuid/events",
-                Some("bob"),
-                &[],
-                None,
-            )
-            .await,
+            app.get_as("/posts/not-a-uuid/events", "bob").await,
             StatusCode::BAD_REQUEST,
         ),
+        (app.get_as("/nowhere", "bob").await, StatusCode::NOT_FOUND),
         (
-            app.send(Method::GET, "/nowhere", Some("bob"), &[], None)
-                .await,
-            StatusCode::NOT_FOUND,
-        ),
-        (
-            app.send(Method::PATCH, "/posts", Some("bob"), &[], None)
-                .await,
+            app.call_as(Method::PATCH, "/posts", "bob").await,
             StatusCode::METHOD_NOT_ALLOWED,
         ),
     ];
@@ -312,63 +160,19 @@ async fn refusals_carry_their_status_and_change_nothing() {
 
     let cid = app.add_comment(&post, "bob", "hi").await;
     let edit_other = app
-        .put_json(
-            &format!("/posts/{post}/comments/{cid}"),
-            "alice",
-            json!({"text": "edited by post author"}),
-        )
+        .edit_comment(&post, &cid, "alice", "edited by post author")
         .await;
     assert_problem(&edit_other, StatusCode::FORBIDDEN);
-    let remove_third = app
-        .send(
-            Method::DELETE,
-            &format!("/posts/{post}/comments/{cid}"),
-            Some("carol"),
-            &[],
-            None,
-        )
-        .await;
+    let remove_third = app.remove_comment(&post, &cid, "carol").await;
     assert_problem(&remove_third, StatusCode::FORBIDDEN);
 
-    let deleted = app
-        .send(
-            Method::DELETE,
-            &format!("/posts/{post}"),
-            Some("alice"),
-            &[],
-            None,
-        )
-        .await;
+    let deleted = app.delete_post(&post, "alice").await;
     assert_eq!(deleted.status, StatusCode::OK);
     for answer in [
-        app.send(
-            Method::POST,
-            &format!("/posts/{post}/likes"),
-            Some("bob"),
-            &[],
-            None,
-        )
-        .await,
-        app.put_json(
-            &format!("/posts/{post}/message"),
-            "alice",
-            json!({"message": "back"}),
-        )
-        .await,
-        app.post_json(
-            &format!("/posts/{post}/comments"),
-            "bob",
-            json!({"text": "hello?"}),
-        )
-        .await,
-        app.send(
-            Method::DELETE,
-            &format!("/posts/{post}"),
-            Some("alice"),
-            &[],
-            None,
-        )
-        .await,
+        app.like(&post, "bob").await,
+        app.edit_message(&post, "alice", "back").await,
+        app.comment(&post, "bob", "hello?").await,
+        app.delete_post(&post, "alice").await,
     ] {
         assert_problem(&answer, StatusCode::GONE);
     }
@@ -385,72 +189,32 @@ async fn identity_comes_only_from_a_valid_token() {
     let missing = app.send(Method::POST, &path, None, &[], None).await;
     assert_problem(&missing, StatusCode::UNAUTHORIZED);
     let expired = format!("Bearer {}", app.expired_token("bob"));
-    let answer = app
-        .send(
-            Method::POST,
-            &path,
-            None,
-            &[("authorization", &expired)],
-            None,
-        )
-        .await;
-    assert_problem(&answer, StatusCode::UNAUTHORIZED);
     let forged_key = platform::auth::TokenKey::new(b"not the secret");
     let forged = forged_key.mint(
         &domain::UserId::parse("bob").expect("valid"),
         domain::Timestamp::from_unix_millis(i64::MAX / 2),
     );
-    let answer = app
-        .send(
-            Method::POST,
-            &path,
-            None,
-            &[("authorization", &format!("Bearer {forged}"))],
-            None,
-        )
-        .await;
-    assert_problem(&answer, StatusCode::UNAUTHORIZED);
-    let tampered = app.token("bob").replacen("bob", "alice", 1);
-    let answer = app
-        .send(
-            Method::POST,
-            &path,
-            None,
-            &[("authorization", &format!("Bearer {tampered}"))],
-            None,
-        )
-        .await;
-    assert_problem(&answer, StatusCode::UNAUTHORIZED);
-    let answer = app
-        .send(
-            Method::POST,
-            &path,
-            None,
-            &[("authorization", "Basic Ym9iOmJvYg==")],
-            None,
-        )
-        .await;
-    assert_problem(&answer, StatusCode::UNAUTHORIZED);
+    let forged = format!("Bearer {forged}");
+    let tampered = format!("Bearer {}", app.token("bob").replacen("bob", "alice", 1));
+    for authorization in [&expired, &forged, &tampered, "Basic Ym9iOmJvYg=="] {
+        let headers = [("authorization", authorization)];
+        let answer = app.send(Method::POST, &path, None, &headers, None).await;
+        assert_problem(&answer, StatusCode::UNAUTHORIZED);
+    }
 
     // A body cannot name the actor: the unknown field is refused outright.
     let answer = app
-        .send(
-            Method::PUT,
+        .put_json(
             &format!("/posts/{post}/message"),
-            Some("mallory"),
-            &[],
-            Some(br#"{"message":"x","author":"alice"}"#.to_vec()),
+            "mallory",
+            json!({"message": "x", "author": "alice"}),
         )
         .await;
     assert_problem(&answer, StatusCode::BAD_REQUEST);
     assert_eq!(app.history(&post).await.len(), 1);
 
     for open in ["/healthz", "/metrics"] {
-        assert_eq!(
-            app.send(Method::GET, open, None, &[], None).await.status,
-            StatusCode::OK,
-            "{open}"
-        );
+        assert_eq!(app.get(open).await.status, StatusCode::OK, "{open}");
     }
     app.stop().await;
 }
@@ -461,12 +225,9 @@ async fn one_hundred_concurrent_likes_give_exactly_one_hundred_events() {
     let post = app.create_post("alice", "like me").await;
     let mut tasks = Vec::new();
     for i in 0..100 {
-        let app = std::sync::Arc::clone(&app);
-        let path = format!("/posts/{post}/likes");
+        let (app, post) = (std::sync::Arc::clone(&app), post.clone());
         tasks.push(tokio::spawn(async move {
-            app.send(Method::POST, &path, Some(&format!("user{i}")), &[], None)
-                .await
-                .status
+            app.like(&post, &format!("user{i}")).await.status
         }));
     }
     for task in tasks {
@@ -493,170 +254,81 @@ async fn one_hundred_concurrent_likes_give_exactly_one_hundred_events() {
 async fn if_match_makes_a_write_conditional() {
     let app = spawn_app().await;
     let post = app.create_post("alice", "v1").await;
-    let path = format!("/posts/{post}/message");
-    let body = json!({"message": "v2"}).to_string().into_bytes();
 
-    let stale = app
-        .send(
-            Method::PUT,
-            &path,
-            Some("alice"),
-            &[("if-match", "\"7\"")],
-            Some(body.clone()),
-        )
-        .await;
+    let stale = app.edit_if_match(&post, "alice", "\"7\"", "v2").await;
     assert_problem(&stale, StatusCode::PRECONDITION_FAILED);
-    let fresh = app
-        .send(
-            Method::PUT,
-            &path,
-            Some("alice"),
-            &[("if-match", "\"1\"")],
-            Some(body.clone()),
-        )
-        .await;
+    let fresh = app.edit_if_match(&post, "alice", "\"1\"", "v2").await;
     assert_eq!(fresh.status, StatusCode::OK, "{}", fresh.body);
     assert_eq!(fresh.header("etag"), Some("\"2\""));
-    let replay = app
-        .send(
-            Method::PUT,
-            &path,
-            Some("alice"),
-            &[("if-match", "\"1\"")],
-            Some(body.clone()),
-        )
-        .await;
+    let replay = app.edit_if_match(&post, "alice", "\"1\"", "v2").await;
     assert_problem(&replay, StatusCode::PRECONDITION_FAILED);
-    let garbage = app
-        .send(
-            Method::PUT,
-            &path,
-            Some("alice"),
-            &[("if-match", "seven")],
-            Some(body),
-        )
-        .await;
+    let garbage = app.edit_if_match(&post, "alice", "seven", "v2").await;
     assert_problem(&garbage, StatusCode::BAD_REQUEST);
     assert_eq!(app.history(&post).await.len(), 2);
     app.stop().await;
 }
 
+/// `user` creates a post under the idempotency key `create-1`.
+async fn create_once(app: &TestApp, user: &str) -> support::Answer {
+    let body = json!({"message": "once"});
+    app.send_keyed(Method::POST, "/posts", user, "create-1", Some(body))
+        .await
+}
+
 #[tokio::test]
 async fn idempotency_keys_replay_the_first_answer_even_after_a_restart() {
     let app = spawn_app().await;
-    let key = [("idempotency-key", "create-1")];
-    let body = json!({"message": "once"}).to_string().into_bytes();
-    let first = app
-        .send(
-            Method::POST,
-            "/posts",
-            Some("alice"),
-            &key,
-            Some(body.clone()),
-        )
-        .await;
+    let first = create_once(&app, "alice").await;
     assert_eq!(first.status, StatusCode::CREATED);
-    let second = app
-        .send(
-            Method::POST,
-            "/posts",
-            Some("alice"),
-            &key,
-            Some(body.clone()),
-        )
-        .await;
+    let second = create_once(&app, "alice").await;
     assert_eq!(second.status, StatusCode::CREATED);
     assert_eq!(second.body, first.body);
     assert_eq!(second.header("location"), first.header("location"));
     assert_eq!(second.header("idempotent-replayed"), Some("true"));
 
-    let other_body = json!({"message": "twice"}).to_string().into_bytes();
+    let other_body = Some(json!({"message": "twice"}));
     let mismatch = app
-        .send(
-            Method::POST,
-            "/posts",
-            Some("alice"),
-            &key,
-            Some(other_body),
-        )
+        .send_keyed(Method::POST, "/posts", "alice", "create-1", other_body)
         .await;
     assert_problem(&mismatch, StatusCode::UNPROCESSABLE_ENTITY);
 
     // The same key from another user is another key.
-    let bobs = app
-        .send(
-            Method::POST,
-            "/posts",
-            Some("bob"),
-            &key,
-            Some(body.clone()),
-        )
-        .await;
+    let bobs = create_once(&app, "bob").await;
     assert_eq!(bobs.status, StatusCode::CREATED);
     assert_ne!(bobs.json()["id"], first.json()["id"]);
 
     // A refused request is answered the same on retry.
     let post = first.json()["id"].as_str().expect("id").to_owned();
-    let forbidden_key = [("idempotency-key", "steal-1")];
-    let steal = app
-        .send(
-            Method::DELETE,
-            &format!("/posts/{post}"),
-            Some("mallory"),
-            &forbidden_key,
-            None,
-        )
-        .await;
-    assert_problem(&steal, StatusCode::FORBIDDEN);
-    let steal_again = app
-        .send(
-            Method::DELETE,
-            &format!("/posts/{post}"),
-            Some("mallory"),
-            &forbidden_key,
-            None,
-        )
-        .await;
+    let steal = || {
+        let path = format!("/posts/{post}");
+        let app = &app;
+        async move {
+            app.send_keyed(Method::DELETE, &path, "mallory", "steal-1", None)
+                .await
+        }
+    };
+    let stolen = steal().await;
+    assert_problem(&stolen, StatusCode::FORBIDDEN);
+    let stolen_again = steal().await;
     assert_eq!(
-        (steal_again.status, steal_again.body.clone()),
-        (steal.status, steal.body.clone())
+        (stolen_again.status, stolen_again.body.clone()),
+        (stolen.status, stolen.body.clone())
     );
 
-    let like_key = [("idempotency-key", "like-1")];
+    let likes = format!("/posts/{post}/likes");
     let like = app
-        .send(
-            Method::POST,
-            &format!("/posts/{post}/likes"),
-            Some("bob"),
-            &like_key,
-            None,
-        )
+        .send_keyed(Method::POST, &likes, "bob", "like-1", None)
         .await;
     assert_eq!(like.status, StatusCode::OK);
 
-    let (pool, schema, topic, brokers) = (
-        app.pool.clone(),
-        app.schema.clone(),
-        app.topic.clone(),
-        app.brokers.clone(),
-    );
-    app.stop().await;
-    let restarted = support::spawn_app_on(pool, schema, topic, brokers).await;
-    let after_restart = restarted
-        .send(Method::POST, "/posts", Some("alice"), &key, Some(body))
-        .await;
+    let restarted = app.restart().await;
+    let after_restart = create_once(&restarted, "alice").await;
     assert_eq!(
         (after_restart.status, after_restart.body.clone()),
         (StatusCode::CREATED, first.body.clone())
     );
     let like_after = restarted
-        .send(
-            Method::POST,
-            &format!("/posts/{post}/likes"),
-            Some("bob"),
-            &like_key,
-            None,
-        )
+        .send_keyed(Method::POST, &likes, "bob", "like-1", None)
         .await;
     assert_eq!(like_after.body, like.body);
     assert_eq!(
@@ -665,13 +337,7 @@ async fn idempotency_keys_replay_the_first_answer_even_after_a_restart() {
         "created and liked once each"
     );
     let bad_key = restarted
-        .send(
-            Method::POST,
-            &format!("/posts/{post}/likes"),
-            Some("bob"),
-            &[("idempotency-key", "")],
-            None,
-        )
+        .send_keyed(Method::POST, &likes, "bob", "", None)
         .await;
     assert_problem(&bad_key, StatusCode::BAD_REQUEST);
     restarted.stop().await;
@@ -681,7 +347,6 @@ async fn idempotency_keys_replay_the_first_answer_even_after_a_restart() {
 async fn hostile_bodies_get_4xx_and_the_host_keeps_serving() {
     let app = spawn_app().await;
     let post = app.create_post("alice", "target").await;
-    let path = format!("/posts/{post}/comments");
     let nested = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
     let mut big = b"{\"text\":\"".to_vec();
     big.extend(std::iter::repeat_n(b'a', 10 * 1024 * 1024));
@@ -719,6 +384,7 @@ async fn hostile_bodies_get_4xx_and_the_host_keeps_serving() {
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ),
     ];
+    let path = format!("/posts/{post}/comments");
     for (body, content_type, status) in cases {
         let headers: Vec<(&str, &str)> = content_type
             .map(|c| ("content-type", c))
@@ -741,24 +407,19 @@ async fn hostile_bodies_get_4xx_and_the_host_keeps_serving() {
     assert_eq!(no_type.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
     let sql = "'); DROP TABLE events; -- \u{1F600} مرحبا";
-    let stored = app.post_json(&path, "bob", json!({"text": sql})).await;
+    let stored = app.comment(&post, "bob", sql).await;
     assert_eq!(stored.status, StatusCode::CREATED, "{}", stored.body);
     let events = app.history(&post).await;
     assert_eq!(events.len(), 2);
     assert_eq!(events[1]["data"]["text"], sql, "stored verbatim");
-    assert_eq!(
-        app.send(Method::GET, "/healthz", None, &[], None)
-            .await
-            .status,
-        StatusCode::OK
-    );
+    assert_eq!(app.get("/healthz").await.status, StatusCode::OK);
     app.stop().await;
 }
 
 #[tokio::test]
 async fn readyz_and_metrics_report_the_dependencies_and_the_work() {
     let app = spawn_app().await;
-    let ready = app.send(Method::GET, "/readyz", None, &[], None).await;
+    let ready = app.get("/readyz").await;
     assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
     app.create_post("alice", "counted").await;
     let post = PostId::parse(&app.create_post("alice", "counted too").await).expect("uuid");
@@ -770,7 +431,7 @@ async fn readyz_and_metrics_report_the_dependencies_and_the_work() {
             .len(),
         1
     );
-    let metrics = app.send(Method::GET, "/metrics", None, &[], None).await;
+    let metrics = app.get("/metrics").await;
     assert_eq!(metrics.status, StatusCode::OK);
     for line in [
         "sourcegram_events_appended_total 2",
@@ -795,10 +456,7 @@ async fn readyz_and_metrics_report_the_dependencies_and_the_work() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let mut body = String::new();
     while std::time::Instant::now() < deadline {
-        body = app
-            .send(Method::GET, "/metrics", None, &[], None)
-            .await
-            .body;
+        body = app.get("/metrics").await.body;
         if delays(&body) >= 2 {
             break;
         }
@@ -843,24 +501,11 @@ async fn the_history_is_paginated_and_every_page_links_the_next() {
     let app = spawn_app().await;
     let post = app.create_post("alice", "a long history").await;
     for i in 0..6 {
-        let user = format!("fan{i}");
-        let answer = app
-            .send(
-                Method::POST,
-                &format!("/posts/{post}/likes"),
-                Some(&user),
-                &[],
-                None,
-            )
-            .await;
-        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        ok_version(&app.like(&post, &format!("fan{i}")).await);
     }
     let get = |path: String| {
         let app = &app;
-        async move {
-            app.send(Method::GET, &path, Some("auditor"), &[], None)
-                .await
-        }
+        async move { app.get_as(&path, "auditor").await }
     };
     // Pages of 3: versions 1-3, 4-6, 7, then no next.
     let mut versions = Vec::new();

@@ -10,61 +10,9 @@
 
 mod support;
 
-use command_host::records::postgres::PostgresCommandRecords;
-use command_host::records::{
-    CommandRecords, IdempotencyClaim, RecordsError, StoredResponse, StreamHead,
-};
-use domain::{PostId, Timestamp, UserId};
 use hyper::{Method, StatusCode};
 use serde_json::json;
-use support::{Answer, TestApp};
-
-/// The PostgreSQL records, except that no answer is ever recorded: the host
-/// dies, as far as the stores can tell, between the append and the record.
-#[derive(Clone)]
-struct DyingRecords {
-    inner: PostgresCommandRecords,
-}
-
-impl CommandRecords for DyingRecords {
-    async fn claim_idempotency_key(
-        &self,
-        user: &UserId,
-        key: &str,
-        fingerprint: &[u8; 32],
-        now: Timestamp,
-        stale_after_ms: i64,
-    ) -> Result<IdempotencyClaim, RecordsError> {
-        self.inner
-            .claim_idempotency_key(user, key, fingerprint, now, stale_after_ms)
-            .await
-    }
-
-    async fn complete_idempotency_key(
-        &self,
-        _user: &UserId,
-        _key: &str,
-        _response: &StoredResponse,
-    ) -> Result<(), RecordsError> {
-        Err(RecordsError::Unavailable("the host died here".to_owned()))
-    }
-
-    async fn release_idempotency_key(&self, user: &UserId, key: &str) -> Result<(), RecordsError> {
-        self.inner.release_idempotency_key(user, key).await
-    }
-
-    async fn record_stream_head(&self, head: &StreamHead) -> Result<(), RecordsError> {
-        self.inner.record_stream_head(head).await
-    }
-
-    async fn stream_head(&self, post_id: PostId) -> Result<Option<StreamHead>, RecordsError> {
-        self.inner.stream_head(post_id).await
-    }
-
-    async fn ping(&self) -> Result<(), RecordsError> {
-        self.inner.ping().await
-    }
-}
+use support::{Answer, HookedRecords, TestApp, ok_version};
 
 /// Two hosts on one fresh schema and topic; the first one's records never
 /// record an answer when `dying`.
@@ -72,15 +20,14 @@ async fn two_hosts(dying: bool) -> (TestApp, TestApp) {
     let (pool, schema) = testkit::fresh_pg_schema("once").await;
     let topic = testkit::fresh_topic("once", 1).await;
     let brokers = testkit::kafka_brokers();
-    let inner = PostgresCommandRecords::new(pool.clone());
-    inner.migrate().await.expect("migrate command records");
     let first = if dying {
+        let records = HookedRecords::new(support::migrated_records(&pool).await);
         support::spawn_app_with(
             pool.clone(),
             schema.clone(),
             topic.clone(),
             brokers.clone(),
-            DyingRecords { inner },
+            records.failing_completions(),
         )
         .await
     } else {
@@ -88,24 +35,6 @@ async fn two_hosts(dying: bool) -> (TestApp, TestApp) {
     };
     let second = support::spawn_app_on(pool, schema, topic, brokers).await;
     (first, second)
-}
-
-async fn send_keyed(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    user: &str,
-    key: &str,
-    body: Option<serde_json::Value>,
-) -> Answer {
-    app.send(
-        method,
-        path,
-        Some(user),
-        &[("idempotency-key", key)],
-        body.map(|b| b.to_string().into_bytes()),
-    )
-    .await
 }
 
 /// How many events carry `key` in their metadata.
@@ -136,67 +65,84 @@ async fn age_claim(app: &TestApp, key: &str) {
     assert_eq!(aged, 1, "one unfinished claim of {key}");
 }
 
-/// A keyed write goes through the dying host, then is retried on the other one
-/// while the claim is fresh, after it went stale, and once more: every retry
-/// gets the same answer, and the key's one event is never appended again.
-async fn crash_then_retry(
-    dying: &TestApp,
-    other: &TestApp,
-    path: &str,
-    body: Option<serde_json::Value>,
-    method: Method,
-    expected_status: StatusCode,
-) -> serde_json::Value {
-    let key = testkit::unique_name("key");
-    let first = send_keyed(dying, method.clone(), path, "alice", &key, body.clone()).await;
-    assert_eq!(
-        first.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        first.body
-    );
-    assert_eq!(events_with_key(other, &key).await, 1, "appended once");
+/// A host that dies between appending a keyed write and recording its answer,
+/// and another one on the same stores, to retry on.
+struct Crashing {
+    dying: TestApp,
+    other: TestApp,
+}
 
-    // While the claim is fresh: the first outcome, rebuilt from the event.
-    let fresh = send_keyed(other, method.clone(), path, "alice", &key, body.clone()).await;
-    assert_eq!(fresh.status, expected_status, "{}", fresh.body);
-    assert_eq!(fresh.header("idempotent-replayed"), Some("true"));
+impl Crashing {
+    async fn start() -> Self {
+        let (dying, other) = two_hosts(true).await;
+        Self { dying, other }
+    }
 
-    // After the claim went stale: the same, and nothing runs a second time.
-    age_claim(other, &key).await;
-    let stale = send_keyed(other, method.clone(), path, "alice", &key, body.clone()).await;
-    assert_eq!(stale.status, expected_status, "{}", stale.body);
-    assert_eq!(stale.json(), fresh.json());
-    assert_eq!(stale.header("location"), fresh.header("location"));
+    /// A keyed write goes through the dying host, then is retried on the other
+    /// one while the claim is fresh, after it went stale, and once more: every
+    /// retry gets the same answer, and the key's one event is never appended
+    /// again. Returns the first retry's answer.
+    async fn crash_then_retry(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Answer {
+        let (dying, other) = (&self.dying, &self.other);
+        let key = testkit::unique_name("key");
+        let first = dying
+            .send_keyed(method.clone(), path, "alice", &key, body.clone())
+            .await;
+        assert_eq!(
+            first.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            first.body
+        );
+        assert_eq!(events_with_key(other, &key).await, 1, "appended once");
 
-    // The answer is now recorded: a third retry is a plain replay.
-    let recorded = send_keyed(other, method, path, "alice", &key, body).await;
-    assert_eq!(recorded.status, expected_status, "{}", recorded.body);
-    assert_eq!(recorded.json(), fresh.json());
-    assert_eq!(
-        events_with_key(other, &key).await,
-        1,
-        "never appended twice"
-    );
+        // While the claim is fresh: the first outcome, rebuilt from the event.
+        let fresh = other
+            .send_keyed(method.clone(), path, "alice", &key, body.clone())
+            .await;
+        assert_eq!(
+            fresh.header("idempotent-replayed"),
+            Some("true"),
+            "{}",
+            fresh.body
+        );
 
-    fresh.json()
+        // After the claim went stale: the same, and nothing runs a second time.
+        age_claim(other, &key).await;
+        let stale = other
+            .send_keyed(method.clone(), path, "alice", &key, body.clone())
+            .await;
+        assert_eq!(stale.expect_json(fresh.status), fresh.json());
+        assert_eq!(stale.header("location"), fresh.header("location"));
+
+        // The answer is now recorded: a third retry is a plain replay.
+        let recorded = other.send_keyed(method, path, "alice", &key, body).await;
+        assert_eq!(recorded.expect_json(fresh.status), fresh.json());
+        assert_eq!(
+            events_with_key(other, &key).await,
+            1,
+            "never appended twice"
+        );
+        fresh
+    }
 }
 
 #[tokio::test]
 async fn a_retry_after_a_crash_between_append_and_answer_gets_the_first_outcome() {
-    let (dying, other) = two_hosts(true).await;
+    let crashing = Crashing::start().await;
+    let other = &crashing.other;
 
     // A create: the retry names the post the first attempt created, and no
     // second post exists.
-    let created = crash_then_retry(
-        &dying,
-        &other,
-        "/posts",
-        Some(json!({"message": "once"})),
-        Method::POST,
-        StatusCode::CREATED,
-    )
-    .await;
+    let created = crashing
+        .crash_then_retry(Method::POST, "/posts", Some(json!({"message": "once"})))
+        .await
+        .expect_json(StatusCode::CREATED);
     let post = created["id"].as_str().expect("id").to_owned();
     assert_eq!(created["version"], 1);
     let mut conn = other.pool.get().await.expect("connection");
@@ -212,27 +158,19 @@ async fn a_retry_after_a_crash_between_append_and_answer_gets_the_first_outcome(
     assert_eq!(creates, 1, "no orphan post");
 
     // An edit.
-    let edited = crash_then_retry(
-        &dying,
-        &other,
-        &format!("/posts/{post}/message"),
-        Some(json!({"message": "edited once"})),
-        Method::PUT,
-        StatusCode::OK,
-    )
-    .await;
+    let message = Some(json!({"message": "edited once"}));
+    let edited = crashing
+        .crash_then_retry(Method::PUT, &format!("/posts/{post}/message"), message)
+        .await
+        .expect_json(StatusCode::OK);
     assert_eq!(edited, json!({"id": post, "version": 2}));
 
     // A comment: the retry names the comment the first attempt added.
-    let commented = crash_then_retry(
-        &dying,
-        &other,
-        &format!("/posts/{post}/comments"),
-        Some(json!({"text": "first!"})),
-        Method::POST,
-        StatusCode::CREATED,
-    )
-    .await;
+    let text = Some(json!({"text": "first!"}));
+    let commented = crashing
+        .crash_then_retry(Method::POST, &format!("/posts/{post}/comments"), text)
+        .await
+        .expect_json(StatusCode::CREATED);
     assert_eq!(commented["version"], 3);
     let events = other.history(&post).await;
     assert_eq!(events[2]["type"], "CommentAdded");
@@ -240,27 +178,13 @@ async fn a_retry_after_a_crash_between_append_and_answer_gets_the_first_outcome(
 
     // A like, retried after others moved the post on: the version is the
     // like's own, not the post's latest.
-    let liked = crash_then_retry(
-        &dying,
-        &other,
-        &format!("/posts/{post}/likes"),
-        None,
-        Method::POST,
-        StatusCode::OK,
-    )
-    .await;
+    let liked = crashing
+        .crash_then_retry(Method::POST, &format!("/posts/{post}/likes"), None)
+        .await
+        .expect_json(StatusCode::OK);
     assert_eq!(liked["version"], 4);
     for fan in ["bob", "carol"] {
-        let answer = other
-            .send(
-                Method::POST,
-                &format!("/posts/{post}/likes"),
-                Some(fan),
-                &[],
-                None,
-            )
-            .await;
-        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        ok_version(&other.like(&post, fan).await);
     }
     let events = other.history(&post).await;
     assert_eq!(events.len(), 6, "{events:#?}");
@@ -276,34 +200,8 @@ async fn a_retry_after_a_crash_between_append_and_answer_gets_the_first_outcome(
             "PostLiked"
         ]
     );
-    dying.stop().await;
-    other.stop().await;
-}
-
-async fn like(app: &TestApp, post: &str, user: &str, method: Method) -> Answer {
-    let answer = app
-        .send(
-            method,
-            &format!("/posts/{post}/likes"),
-            Some(user),
-            &[],
-            None,
-        )
-        .await;
-    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
-    answer
-}
-
-async fn edit_if_match(app: &TestApp, post: &str, version: u64, message: &str) -> Answer {
-    let etag = format!("\"{version}\"");
-    app.send(
-        Method::PUT,
-        &format!("/posts/{post}/message"),
-        Some("alice"),
-        &[("if-match", etag.as_str())],
-        Some(json!({ "message": message }).to_string().into_bytes()),
-    )
-    .await
+    crashing.dying.stop().await;
+    crashing.other.stop().await;
 }
 
 #[tokio::test]
@@ -312,32 +210,23 @@ async fn two_hosts_never_answer_from_state_the_other_moved_on() {
     let post = a.create_post("alice", "shared").await;
 
     // Like via A, unlike via B, like again via A: the second like is appended.
-    assert_eq!(
-        like(&a, &post, "u", Method::POST).await.json()["version"],
-        2
-    );
-    assert_eq!(
-        like(&b, &post, "u", Method::DELETE).await.json()["version"],
-        3
-    );
-    assert_eq!(
-        like(&a, &post, "u", Method::POST).await.json()["version"],
-        4
-    );
+    assert_eq!(ok_version(&a.like(&post, "u").await), 2);
+    assert_eq!(ok_version(&b.unlike(&post, "u").await), 3);
+    assert_eq!(ok_version(&a.like(&post, "u").await), 4);
     let events = a.history(&post).await;
     assert_eq!(events.last().expect("events")["type"], "PostLiked");
 
     // A repeated like via B sees A's like: a no-op at the current version.
-    assert_eq!(
-        like(&b, &post, "u", Method::POST).await.json()["version"],
-        4
-    );
+    assert_eq!(ok_version(&b.like(&post, "u").await), 4);
 
     // Conditional edits alternate between the hosts, each on the version the
     // other just wrote.
     let mut version = 4;
     for (round, host) in [&b, &a, &b, &a].into_iter().enumerate() {
-        let answer = edit_if_match(host, &post, version, &format!("edit {round}")).await;
+        let etag = format!("\"{version}\"");
+        let answer = host
+            .edit_if_match(&post, "alice", &etag, &format!("edit {round}"))
+            .await;
         assert_eq!(
             answer.status,
             StatusCode::OK,
@@ -348,7 +237,8 @@ async fn two_hosts_never_answer_from_state_the_other_moved_on() {
         assert_eq!(answer.json()["version"], version);
     }
     // A stale precondition is refused with the post's real version.
-    let stale = edit_if_match(&b, &post, version - 1, "too late").await;
+    let etag = format!("\"{}\"", version - 1);
+    let stale = b.edit_if_match(&post, "alice", &etag, "too late").await;
     assert_eq!(
         stale.status,
         StatusCode::PRECONDITION_FAILED,
@@ -362,7 +252,7 @@ async fn two_hosts_never_answer_from_state_the_other_moved_on() {
     );
 
     // A comment added via A can be edited via B, whose cached state predates it.
-    let _ = like(&b, &post, "v", Method::POST).await;
+    ok_version(&b.like(&post, "v").await);
     let comment_id = a.add_comment(&post, "carol", "hi").await;
     let edited = b
         .put_json(
@@ -374,25 +264,9 @@ async fn two_hosts_never_answer_from_state_the_other_moved_on() {
     assert_eq!(edited.status, StatusCode::OK, "{}", edited.body);
 
     // Deleted via A: B answers 410, not from its cache.
-    let deleted = a
-        .send(
-            Method::DELETE,
-            &format!("/posts/{post}"),
-            Some("alice"),
-            &[],
-            None,
-        )
-        .await;
+    let deleted = a.delete_post(&post, "alice").await;
     assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.body);
-    let gone = b
-        .send(
-            Method::DELETE,
-            &format!("/posts/{post}/likes"),
-            Some("v"),
-            &[],
-            None,
-        )
-        .await;
+    let gone = b.unlike(&post, "v").await;
     assert_eq!(gone.status, StatusCode::GONE, "{}", gone.body);
 
     a.stop().await;

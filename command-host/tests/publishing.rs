@@ -10,11 +10,9 @@ use std::time::Duration;
 
 use domain::EventEnvelope;
 use event_store::{EventStore, ReadAllCursor};
-use hyper::{Method, StatusCode};
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use hyper::StatusCode;
 use rdkafka::message::{Headers, Message};
-use serde_json::json;
-use support::{TestApp, spawn_app, spawn_app_on};
+use support::{TestApp, ok_version, spawn_app, spawn_app_on};
 
 /// Every message on `topic`, read from the start until `expected` arrived and
 /// nothing more came for a second. Returns (key, envelope, type header) in
@@ -24,12 +22,7 @@ async fn consume_all(
     topic: &str,
     expected: usize,
 ) -> Vec<(String, EventEnvelope, String)> {
-    let consumer: StreamConsumer = testkit::consumer_config(&testkit::unique_name("verify"))
-        .set("bootstrap.servers", brokers)
-        .set("fetch.wait.max.ms", "20")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[topic]).expect("subscribe");
+    let consumer = testkit::verifying_consumer(brokers, topic);
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -152,16 +145,7 @@ async fn write_some(app: &TestApp, posts: usize, likes_each: usize) -> usize {
         let post = app.create_post(&format!("author{p}"), "hello").await;
         acknowledged += 1;
         for l in 0..likes_each {
-            let answer = app
-                .send(
-                    Method::POST,
-                    &format!("/posts/{post}/likes"),
-                    Some(&format!("fan{l}")),
-                    &[],
-                    None,
-                )
-                .await;
-            assert_eq!(answer.status, StatusCode::OK);
+            ok_version(&app.like(&post, &format!("fan{l}")).await);
             acknowledged += 1;
         }
     }
@@ -173,12 +157,7 @@ async fn every_appended_event_is_published_once_in_order_per_key() {
     let app = spawn_app().await;
     let acknowledged = write_some(&app, 10, 5).await;
     let edited = app.create_post("editor", "v1").await;
-    app.put_json(
-        &format!("/posts/{edited}/message"),
-        "editor",
-        json!({"message": "v2"}),
-    )
-    .await;
+    app.edit_message(&edited, "editor", "v2").await;
     outbox_drained(&app, Duration::from_secs(30)).await;
     let stored = all_stored(&app).await;
     assert_eq!(stored.len(), acknowledged + 2);
@@ -187,15 +166,22 @@ async fn every_appended_event_is_published_once_in_order_per_key() {
     app.stop().await;
 }
 
-#[tokio::test]
-async fn writes_during_a_broker_outage_are_published_when_it_returns() {
-    let mut broker = testkit::PrivateKafka::start().await;
-    let topic = testkit::unique_name("outage").replace('_', "-");
+/// A broker of the test's own, and the host on a fresh schema and a topic on
+/// that broker.
+async fn app_on_a_private_broker(name: &str) -> (testkit::PrivateKafka, TestApp) {
+    let broker = testkit::PrivateKafka::start().await;
+    let topic = testkit::unique_name(name).replace('_', "-");
     testkit::create_topic(&broker.brokers(), &topic, 3)
         .await
         .expect("create topic");
-    let (pool, schema) = testkit::fresh_pg_schema("cmd_outage").await;
-    let app = spawn_app_on(pool, schema, topic.clone(), broker.brokers()).await;
+    let (pool, schema) = testkit::fresh_pg_schema(&format!("cmd_{name}")).await;
+    let app = spawn_app_on(pool, schema, topic, broker.brokers()).await;
+    (broker, app)
+}
+
+#[tokio::test]
+async fn writes_during_a_broker_outage_are_published_when_it_returns() {
+    let (mut broker, app) = app_on_a_private_broker("outage").await;
 
     let before = write_some(&app, 3, 2).await;
     outbox_drained(&app, Duration::from_secs(30)).await;
@@ -215,7 +201,7 @@ async fn writes_during_a_broker_outage_are_published_when_it_returns() {
         before + during,
         "every acknowledged write is stored"
     );
-    let seen = consume_all(&broker.brokers(), &topic, stored.len()).await;
+    let seen = consume_all(&broker.brokers(), &app.topic, stored.len()).await;
     assert_published_exactly_once_in_order(&stored, &seen);
     app.stop().await;
     broker.stop().await;
@@ -223,14 +209,8 @@ async fn writes_during_a_broker_outage_are_published_when_it_returns() {
 
 #[tokio::test]
 async fn the_relay_recovers_when_the_broker_restarts_with_sends_in_flight() {
-    let mut broker = testkit::PrivateKafka::start().await;
-    let topic = testkit::unique_name("inflight").replace('_', "-");
-    testkit::create_topic(&broker.brokers(), &topic, 3)
-        .await
-        .expect("create topic");
-    let (pool, schema) = testkit::fresh_pg_schema("cmd_inflight").await;
-    let app =
-        std::sync::Arc::new(spawn_app_on(pool, schema, topic.clone(), broker.brokers()).await);
+    let (mut broker, app) = app_on_a_private_broker("inflight").await;
+    let app = std::sync::Arc::new(app);
 
     // Writers keep going while the broker stops and comes back.
     let writers: Vec<_> = (0..4)
@@ -240,13 +220,7 @@ async fn the_relay_recovers_when_the_broker_restarts_with_sends_in_flight() {
                 let mut acknowledged = 0;
                 let end = tokio::time::Instant::now() + Duration::from_secs(4);
                 while tokio::time::Instant::now() < end {
-                    let answer = app
-                        .post_json(
-                            "/posts",
-                            &format!("writer{w}"),
-                            json!({"message": "in flight"}),
-                        )
-                        .await;
+                    let answer = app.create(&format!("writer{w}"), "in flight").await;
                     if answer.status == StatusCode::CREATED {
                         acknowledged += 1;
                     }
@@ -273,7 +247,7 @@ async fn the_relay_recovers_when_the_broker_restarts_with_sends_in_flight() {
     );
     // Whatever was in flight may arrive twice; nothing may be missing, and each
     // post's first arrivals keep version order.
-    let seen = consume_all(&broker.brokers(), &topic, stored.len()).await;
+    let seen = consume_all(&broker.brokers(), &app.topic, stored.len()).await;
     let arrived: std::collections::HashSet<_> = seen
         .iter()
         .map(|(_, e, _)| (e.stream_id, e.version))

@@ -1,8 +1,11 @@
 //! The `CommandRecords` contract, written once and run against every adapter:
 //! PostgreSQL always, SQL Server when `MSSQL_URL` is set (else a SKIPPED line).
 
+mod support;
+
 use std::sync::Arc;
 
+use IdempotencyClaim::{Claimed, Completed, InProgress, Mismatch};
 use command_host::records::postgres::PostgresCommandRecords;
 use command_host::records::{
     AnyCommandRecords, CommandRecords, IdempotencyClaim, StoredResponse, StreamHead,
@@ -37,25 +40,29 @@ async fn claim(
         .expect("claim")
 }
 
+/// Asserts what `who` gets for claiming `key` with `fingerprint` at `at`.
+async fn expect_claim(
+    records: &impl CommandRecords,
+    who: &str,
+    key: &str,
+    fingerprint: u8,
+    at: Timestamp,
+    expected: IdempotencyClaim,
+) {
+    assert_eq!(
+        claim(records, who, key, fingerprint, at).await,
+        expected,
+        "{who} claiming {key} with fingerprint {fingerprint}"
+    );
+}
+
 async fn claim_complete_and_replay(records: &impl CommandRecords) {
     let key = fresh_key();
-    assert_eq!(
-        claim(records, "alice", &key, 1, now()).await,
-        IdempotencyClaim::Claimed
-    );
-    assert_eq!(
-        claim(records, "alice", &key, 1, now()).await,
-        IdempotencyClaim::InProgress
-    );
-    assert_eq!(
-        claim(records, "alice", &key, 2, now()).await,
-        IdempotencyClaim::Mismatch
-    );
-    assert_eq!(
-        claim(records, "bob", &key, 2, now()).await,
-        IdempotencyClaim::Claimed,
-        "keys are per user"
-    );
+    expect_claim(records, "alice", &key, 1, now(), Claimed).await;
+    expect_claim(records, "alice", &key, 1, now(), InProgress).await;
+    expect_claim(records, "alice", &key, 2, now(), Mismatch).await;
+    // Keys are per user.
+    expect_claim(records, "bob", &key, 2, now(), Claimed).await;
     let response = StoredResponse {
         status: 201,
         location: Some("/posts/x".to_owned()),
@@ -65,51 +72,27 @@ async fn claim_complete_and_replay(records: &impl CommandRecords) {
         .complete_idempotency_key(&user("alice"), &key, &response)
         .await
         .expect("complete");
-    assert_eq!(
-        claim(records, "alice", &key, 1, now()).await,
-        IdempotencyClaim::Completed(response)
-    );
-    assert_eq!(
-        claim(records, "alice", &key, 2, now()).await,
-        IdempotencyClaim::Mismatch
-    );
+    expect_claim(records, "alice", &key, 1, now(), Completed(response)).await;
+    expect_claim(records, "alice", &key, 2, now(), Mismatch).await;
     records.ping().await.expect("ping");
 }
 
 async fn release_frees_the_key_and_stale_claims_are_taken_over(records: &impl CommandRecords) {
     let key = fresh_key();
-    assert_eq!(
-        claim(records, "alice", &key, 1, now()).await,
-        IdempotencyClaim::Claimed
-    );
+    expect_claim(records, "alice", &key, 1, now(), Claimed).await;
     records
         .release_idempotency_key(&user("alice"), &key)
         .await
         .expect("release");
-    assert_eq!(
-        claim(records, "alice", &key, 1, now()).await,
-        IdempotencyClaim::Claimed
-    );
+    expect_claim(records, "alice", &key, 1, now(), Claimed).await;
 
     let stale = fresh_key();
     let long_ago = Timestamp::from_unix_millis(now().unix_millis() - 10 * STALE_MS);
-    assert_eq!(
-        claim(records, "alice", &stale, 1, long_ago).await,
-        IdempotencyClaim::Claimed
-    );
-    assert_eq!(
-        claim(records, "alice", &stale, 2, now()).await,
-        IdempotencyClaim::Mismatch
-    );
-    assert_eq!(
-        claim(records, "alice", &stale, 1, now()).await,
-        IdempotencyClaim::Claimed,
-        "taken over"
-    );
-    assert_eq!(
-        claim(records, "alice", &stale, 1, now()).await,
-        IdempotencyClaim::InProgress
-    );
+    expect_claim(records, "alice", &stale, 1, long_ago, Claimed).await;
+    expect_claim(records, "alice", &stale, 2, now(), Mismatch).await;
+    // Taken over.
+    expect_claim(records, "alice", &stale, 1, now(), Claimed).await;
+    expect_claim(records, "alice", &stale, 1, now(), InProgress).await;
 }
 
 async fn concurrent_claims_have_one_winner(records: Arc<impl CommandRecords + 'static>) {
@@ -118,10 +101,7 @@ async fn concurrent_claims_have_one_winner(records: Arc<impl CommandRecords + 's
         if stale_claim_first {
             // A stale claim first: twenty retries race to take it over.
             let long_ago = Timestamp::from_unix_millis(now().unix_millis() - 10 * STALE_MS);
-            assert_eq!(
-                claim(&*records, "carol", &key, 7, long_ago).await,
-                IdempotencyClaim::Claimed
-            );
+            expect_claim(&*records, "carol", &key, 7, long_ago, Claimed).await;
         }
         let tasks: Vec<_> = (0..20)
             .map(|_| {
@@ -133,8 +113,8 @@ async fn concurrent_claims_have_one_winner(records: Arc<impl CommandRecords + 's
         let mut claimed = 0;
         for task in tasks {
             match task.await.expect("task") {
-                IdempotencyClaim::Claimed => claimed += 1,
-                IdempotencyClaim::InProgress => {}
+                Claimed => claimed += 1,
+                InProgress => {}
                 other => panic!("unexpected {other:?}"),
             }
         }
@@ -152,26 +132,18 @@ async fn stream_heads_never_move_back(records: &impl CommandRecords) {
         deleted,
         updated_at: Timestamp::from_unix_millis(1_795_428_000_000 + version as i64),
     };
-    records
-        .record_stream_head(&head(3, false))
-        .await
-        .expect("record");
-    records
-        .record_stream_head(&head(2, false))
-        .await
-        .expect("record an older head");
-    assert_eq!(
-        records.stream_head(post).await.expect("head"),
-        Some(head(3, false))
-    );
-    records
-        .record_stream_head(&head(5, true))
-        .await
-        .expect("record");
-    assert_eq!(
-        records.stream_head(post).await.expect("head"),
-        Some(head(5, true))
-    );
+    // A head behind the stored one leaves the row as it is.
+    for (version, deleted, stored) in [(3, false, 3), (2, false, 3), (5, true, 5)] {
+        records
+            .record_stream_head(&head(version, deleted))
+            .await
+            .expect("record");
+        assert_eq!(
+            records.stream_head(post).await.expect("head"),
+            Some(head(stored, deleted)),
+            "after recording version {version}"
+        );
+    }
 }
 
 async fn stream_heads_in_one_call_each_land_and_never_move_back(records: &impl CommandRecords) {
@@ -213,9 +185,7 @@ async fn stream_heads_in_one_call_each_land_and_never_move_back(records: &impl C
 
 async fn postgres() -> Arc<PostgresCommandRecords> {
     let (pool, _) = testkit::fresh_pg_schema("rec").await;
-    let records = PostgresCommandRecords::new(pool);
-    records.migrate().await.expect("migrate");
-    Arc::new(records)
+    Arc::new(support::migrated_records(&pool).await)
 }
 
 async fn mssql(case: &str) -> Option<Arc<AnyCommandRecords>> {
@@ -228,57 +198,28 @@ async fn mssql(case: &str) -> Option<Arc<AnyCommandRecords>> {
     ))
 }
 
-macro_rules! conformance {
-    ($name:ident, |$records:ident| $body:expr) => {
-        mod $name {
-            use super::*;
-
-            #[tokio::test]
-            async fn postgres_adapter() {
-                let $records = postgres().await;
-                $body;
-            }
-
-            #[tokio::test]
-            async fn mssql_adapter() {
-                let Some($records) = mssql(stringify!($name)).await else {
-                    return;
-                };
-                $body;
-            }
-        }
+testkit::conformance! {
+    required postgres_adapter: postgres,
+    optional mssql_adapter: mssql;
+    claim_complete_replay: |records| claim_complete_and_replay(&*records).await;
+    release_and_stale: |records| {
+        release_frees_the_key_and_stale_claims_are_taken_over(&*records).await
+    };
+    concurrent_claims: |records| concurrent_claims_have_one_winner(records).await;
+    stream_heads: |records| stream_heads_never_move_back(&*records).await;
+    stream_heads_batched: |records| {
+        stream_heads_in_one_call_each_land_and_never_move_back(&*records).await
     };
 }
-
-conformance!(claim_complete_replay, |records| claim_complete_and_replay(
-    &*records
-)
-.await);
-conformance!(release_and_stale, |records| {
-    release_frees_the_key_and_stale_claims_are_taken_over(&*records).await
-});
-conformance!(concurrent_claims, |records| {
-    concurrent_claims_have_one_winner(records).await
-});
-conformance!(stream_heads, |records| stream_heads_never_move_back(
-    &*records
-)
-.await);
-conformance!(stream_heads_batched, |records| {
-    stream_heads_in_one_call_each_land_and_never_move_back(&*records).await
-});
 
 /// The PostgreSQL records as the hosts open them, on a registry analyzed while
 /// it held three rows and then grown to 20,000: lookups planned back then must
 /// still find a post's row by key, not read the whole table each time.
 #[tokio::test]
 async fn postgres_finds_registry_rows_by_key_after_the_table_outgrew_its_statistics() {
-    let (admin_pool, schema) = testkit::fresh_pg_schema("plans").await;
+    let (url, schema, admin) = testkit::fresh_pg_schema_url("plans").await;
     // One connection, so every call runs on the statements it prepared.
-    let records = AnyCommandRecords::connect(&testkit::postgres_url_in(&schema), 1)
-        .await
-        .expect("connect");
-    let admin = admin_pool.get().await.expect("conn");
+    let records = AnyCommandRecords::connect(&url, 1).await.expect("connect");
     let posts: Vec<PostId> = (0..3).map(|_| PostId::from_uuid(Uuid::new_v4())).collect();
     for post in &posts {
         let head = StreamHead {

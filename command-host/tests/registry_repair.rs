@@ -1,7 +1,8 @@
 //! The stream registry is rebuilt from the event store: missing and stale rows
 //! are brought to each stream's head, current ones are left as they are.
 
-use command_host::records::postgres::PostgresCommandRecords;
+mod support;
+
 use command_host::records::{CommandRecords, StreamHead};
 use command_host::registry::{RepairReport, repair};
 use domain::{
@@ -74,11 +75,8 @@ fn head(post: PostId, author: &str, version: u64, deleted: bool) -> StreamHead {
 
 #[tokio::test]
 async fn repair_brings_missing_and_stale_rows_to_each_streams_head() {
-    let (pool, _) = testkit::fresh_pg_schema("repair").await;
-    let store = PostgresEventStore::new(pool.clone());
-    store.migrate().await.expect("migrate");
-    let records = PostgresCommandRecords::new(pool);
-    records.migrate().await.expect("migrate");
+    let (store, pool) = support::fresh_event_store("repair").await;
+    let records = support::migrated_records(&pool).await;
 
     // a: never recorded; b: recorded at v1, then liked and deleted; c: current.
     let ids: Vec<PostId> = (0..3).map(|_| PostId::from_uuid(Uuid::new_v4())).collect();
@@ -87,17 +85,17 @@ async fn repair_brings_missing_and_stale_rows_to_each_streams_head() {
     write(&store, &mut a, ids[0], "bob", PostCommand::LikePost).await;
     write(&store, &mut a, ids[0], "carol", PostCommand::LikePost).await;
     write(&store, &mut b, ids[1], "bob", create()).await;
+    write(&store, &mut c, ids[2], "carol", create()).await;
+    let recorded = [
+        head(ids[1], "bob", 1, false),
+        head(ids[2], "carol", 1, false),
+    ];
     records
-        .record_stream_head(&head(ids[1], "bob", 1, false))
+        .record_stream_heads(&recorded)
         .await
         .expect("record");
     write(&store, &mut b, ids[1], "alice", PostCommand::LikePost).await;
     write(&store, &mut b, ids[1], "bob", PostCommand::DeletePost).await;
-    write(&store, &mut c, ids[2], "carol", create()).await;
-    records
-        .record_stream_head(&head(ids[2], "carol", 1, false))
-        .await
-        .expect("record");
 
     let report = repair(&store, &records).await.expect("repair");
     assert_eq!(

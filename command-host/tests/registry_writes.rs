@@ -8,69 +8,11 @@ mod support;
 
 use std::time::Duration;
 
-use command_host::records::postgres::PostgresCommandRecords;
-use command_host::records::{
-    CommandRecords, IdempotencyClaim, RecordsError, StoredResponse, StreamHead,
-};
-use domain::{PostId, Timestamp, UserId};
+use command_host::records::CommandRecords;
+use domain::PostId;
+use support::HookedRecords;
 use tokio::sync::watch;
 use uuid::Uuid;
-
-/// The PostgreSQL records; `record_stream_heads` waits until `open` is true.
-#[derive(Clone)]
-struct HeldRecords {
-    inner: PostgresCommandRecords,
-    open: watch::Receiver<bool>,
-}
-
-impl CommandRecords for HeldRecords {
-    async fn claim_idempotency_key(
-        &self,
-        user: &UserId,
-        key: &str,
-        fingerprint: &[u8; 32],
-        now: Timestamp,
-        stale_after_ms: i64,
-    ) -> Result<IdempotencyClaim, RecordsError> {
-        self.inner
-            .claim_idempotency_key(user, key, fingerprint, now, stale_after_ms)
-            .await
-    }
-
-    async fn complete_idempotency_key(
-        &self,
-        user: &UserId,
-        key: &str,
-        response: &StoredResponse,
-    ) -> Result<(), RecordsError> {
-        self.inner
-            .complete_idempotency_key(user, key, response)
-            .await
-    }
-
-    async fn release_idempotency_key(&self, user: &UserId, key: &str) -> Result<(), RecordsError> {
-        self.inner.release_idempotency_key(user, key).await
-    }
-
-    async fn record_stream_head(&self, head: &StreamHead) -> Result<(), RecordsError> {
-        self.record_stream_heads(std::slice::from_ref(head)).await
-    }
-
-    async fn record_stream_heads(&self, heads: &[StreamHead]) -> Result<(), RecordsError> {
-        let mut open = self.open.clone();
-        // The sender lives as long as the test.
-        let _ = open.wait_for(|open| *open).await;
-        self.inner.record_stream_heads(heads).await
-    }
-
-    async fn stream_head(&self, post_id: PostId) -> Result<Option<StreamHead>, RecordsError> {
-        self.inner.stream_head(post_id).await
-    }
-
-    async fn ping(&self) -> Result<(), RecordsError> {
-        self.inner.ping().await
-    }
-}
 
 fn post_id(id: &str) -> PostId {
     PostId::from_uuid(Uuid::parse_str(id).expect("post id"))
@@ -80,13 +22,9 @@ fn post_id(id: &str) -> PostId {
 async fn writes_are_answered_before_their_registry_rows_and_shutdown_writes_them() {
     let (pool, schema) = testkit::fresh_pg_schema("registry").await;
     let topic = testkit::fresh_topic("registry", 1).await;
-    let inner = PostgresCommandRecords::new(pool.clone());
-    inner.migrate().await.expect("migrate command records");
+    let inner = support::migrated_records(&pool).await;
     let (gate, open) = watch::channel(false);
-    let records = HeldRecords {
-        inner: inner.clone(),
-        open,
-    };
+    let records = HookedRecords::new(inner.clone()).holding_registry_writes(open);
     let app = support::spawn_app_with(pool, schema, topic, testkit::kafka_brokers(), records).await;
 
     // Answered while its registry row is held back.

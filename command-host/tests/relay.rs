@@ -3,6 +3,8 @@
 //! and the real broker; a thin wrapper around the PostgreSQL store holds the
 //! relay at the two points the test needs to control.
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -13,9 +15,9 @@ use domain::event::PostLiked;
 use domain::{EventEnvelope, EventMetadata, PostEvent, PostId, Timestamp, UserId, Version};
 use event_bus::KafkaPublisher;
 use event_store::postgres::PostgresEventStore;
-use event_store::{EventStore, ReadAllCursor, ReadAllPage, StoreError};
+use event_store::{EventStore, ReadAllCursor, ReadAllPage, Snapshot, StoreError};
 use platform::metrics::Metrics;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::Message;
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
@@ -33,52 +35,25 @@ struct HeldStore {
 }
 
 impl EventStore for HeldStore {
-    async fn append_to_stream(
-        &self,
-        stream_id: PostId,
-        expected: Version,
-        events: &[EventEnvelope],
-    ) -> Result<(), StoreError> {
-        self.inner
-            .append_to_stream(stream_id, expected, events)
-            .await
-    }
-
-    async fn load_stream(
-        &self,
-        stream_id: PostId,
-        from: Version,
-    ) -> Result<Vec<EventEnvelope>, StoreError> {
-        self.inner.load_stream(stream_id, from).await
-    }
-
-    async fn load_stream_page(
-        &self,
-        stream_id: PostId,
-        from: Version,
-        limit: usize,
-    ) -> Result<Vec<EventEnvelope>, StoreError> {
-        self.inner.load_stream_page(stream_id, from, limit).await
-    }
-
-    async fn find_by_idempotency_key(
-        &self,
-        user: &UserId,
-        key: &str,
-    ) -> Result<Vec<EventEnvelope>, StoreError> {
-        self.inner.find_by_idempotency_key(user, key).await
-    }
-
-    async fn read_all(
-        &self,
-        cursor: &ReadAllCursor,
-        limit: usize,
-    ) -> Result<ReadAllPage, StoreError> {
-        self.inner.read_all(cursor, limit).await
-    }
-
-    async fn stream_heads(&self) -> Result<Vec<(PostId, Version)>, StoreError> {
-        self.inner.stream_heads().await
+    testkit::forward_to_inner! {
+        fn append_to_stream(
+            &self, stream_id: PostId, expected: Version, events: &[EventEnvelope]
+        ) -> Result<(), StoreError>;
+        fn load_stream(
+            &self, stream_id: PostId, from: Version
+        ) -> Result<Vec<EventEnvelope>, StoreError>;
+        fn load_stream_page(
+            &self, stream_id: PostId, from: Version, limit: usize
+        ) -> Result<Vec<EventEnvelope>, StoreError>;
+        fn find_by_idempotency_key(
+            &self, user: &UserId, key: &str
+        ) -> Result<Vec<EventEnvelope>, StoreError>;
+        fn read_all(&self, cursor: &ReadAllCursor, limit: usize) -> Result<ReadAllPage, StoreError>;
+        fn stream_heads(&self) -> Result<Vec<(PostId, Version)>, StoreError>;
+        fn unpublished_count(&self) -> Result<u64, StoreError>;
+        fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError>;
+        fn load_snapshot(&self, stream_id: PostId) -> Result<Option<Snapshot>, StoreError>;
+        fn ping(&self) -> Result<(), StoreError>;
     }
 
     async fn unpublished(
@@ -97,14 +72,6 @@ impl EventStore for HeldStore {
             let _ = tokio::time::timeout(Duration::from_secs(15), self.first_mark.notified()).await;
         }
         self.inner.mark_published(events).await
-    }
-
-    async fn unpublished_count(&self) -> Result<u64, StoreError> {
-        self.inner.unpublished_count().await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
     }
 }
 
@@ -138,9 +105,7 @@ async fn arrives(consumer: &StreamConsumer, stream: PostId, within: Duration) ->
 
 #[tokio::test]
 async fn the_next_batch_is_published_while_the_last_one_is_being_marked() {
-    let (pool, _schema) = testkit::fresh_pg_schema("relay").await;
-    let inner = PostgresEventStore::new(pool);
-    inner.migrate().await.expect("migrate");
+    let (inner, _) = support::fresh_event_store("relay").await;
     let store = Arc::new(HeldStore {
         inner,
         fetches: AtomicUsize::new(0),
@@ -150,12 +115,7 @@ async fn the_next_batch_is_published_while_the_last_one_is_being_marked() {
     });
     let brokers = testkit::kafka_brokers();
     let topic = testkit::fresh_topic("relay", 1).await;
-    let consumer: StreamConsumer = testkit::consumer_config(&testkit::unique_name("relay-verify"))
-        .set("bootstrap.servers", &brokers)
-        .set("fetch.wait.max.ms", "20")
-        .create()
-        .expect("consumer");
-    consumer.subscribe(&[&topic]).expect("subscribe");
+    let consumer = testkit::verifying_consumer(&brokers, &topic);
 
     let first = PostId::from_uuid(Uuid::new_v4());
     store

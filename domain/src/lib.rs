@@ -15,6 +15,7 @@
 pub mod envelope;
 pub mod error;
 pub mod event;
+pub mod likes;
 pub mod post;
 pub mod time;
 pub mod values;
@@ -22,6 +23,8 @@ pub mod values;
 pub use envelope::{EventEnvelope, EventMetadata, STREAM_TYPE_POST};
 pub use error::{DomainError, ValidationError};
 pub use event::{DecodeError, PostEvent};
-pub use post::{CommandContext, Comment, Post, PostCommand, apply, decide};
+pub use post::{
+    CommandContext, Comment, Post, PostCommand, SNAPSHOT_SCHEMA, SnapshotError, apply, decide,
+};
 pub use time::Timestamp;
 pub use values::{CommentId, CommentText, Message, PostId, UserId, Version};

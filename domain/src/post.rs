@@ -2,13 +2,16 @@
 //! the events a command causes; [`apply`] folds an event into the state and has no
 //! logic that can fail.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 
 use crate::error::DomainError;
 use crate::event::{
     CommentAdded, CommentEdited, CommentRemoved, MessageEdited, PostCreated, PostDeleted,
     PostEvent, PostLiked, PostUnliked,
 };
+use crate::likes::LikeSet;
 use crate::time::Timestamp;
 use crate::values::{CommentId, CommentText, Message, PostId, UserId, Version};
 
@@ -65,7 +68,7 @@ pub struct CommandContext {
 }
 
 /// A comment as the aggregate remembers it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Comment {
     pub author: UserId,
     pub text: CommentText,
@@ -78,16 +81,36 @@ pub struct Comment {
 pub struct Post {
     version: Version,
     created: Option<Created>,
-    likes: BTreeSet<UserId>,
+    likes: LikeSet,
     comments: BTreeMap<CommentId, Comment>,
     deleted: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Created {
     id: PostId,
     author: UserId,
     message: Message,
+}
+
+/// The layout of a post's state in a snapshot. Raise it whenever [`Post`]'s
+/// fields or their meaning change: snapshots of another layout are ignored,
+/// and the state is folded from the events instead.
+pub const SNAPSHOT_SCHEMA: u32 = 1;
+
+/// Why bytes are not a snapshot of a post.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a post snapshot: {0}")]
+pub struct SnapshotError(String);
+
+/// A snapshot's head: everything but the likes.
+#[derive(Serialize, Deserialize)]
+struct SnapshotHead {
+    version: Version,
+    created: Option<Created>,
+    comments: BTreeMap<CommentId, Comment>,
+    deleted: bool,
+    likes: usize,
 }
 
 impl Post {
@@ -96,6 +119,58 @@ impl Post {
         events.into_iter().fold(Post::default(), |mut post, event| {
             apply(&mut post, event);
             post
+        })
+    }
+
+    /// The state as bytes, for a snapshot of schema [`SNAPSHOT_SCHEMA`]: the
+    /// head's length (4 bytes), the head as JSON, then each like's fingerprint
+    /// (16 bytes, big-endian, sorted). Loading it back costs a copy, not a fold.
+    pub fn to_snapshot(&self) -> Vec<u8> {
+        let likes = self.likes.sorted();
+        let head = serde_json::to_vec(&SnapshotHead {
+            version: self.version,
+            created: self.created.clone(),
+            comments: self.comments.clone(),
+            deleted: self.deleted,
+            likes: likes.len(),
+        })
+        .expect("a post's state serializes");
+        let head_len = u32::try_from(head.len()).expect("a post's head is under 4 GiB");
+        let mut bytes = Vec::with_capacity(4 + head.len() + 16 * likes.len());
+        bytes.extend_from_slice(&head_len.to_be_bytes());
+        bytes.extend_from_slice(&head);
+        for like in likes {
+            bytes.extend_from_slice(&like.to_be_bytes());
+        }
+        bytes
+    }
+
+    /// The state [`Self::to_snapshot`] wrote; an error for anything else.
+    pub fn from_snapshot(bytes: &[u8]) -> Result<Self, SnapshotError> {
+        let bad = |why: &str| SnapshotError(why.to_owned());
+        let (len, rest) = bytes
+            .split_first_chunk::<4>()
+            .ok_or_else(|| bad("too short"))?;
+        let head_len = usize::try_from(u32::from_be_bytes(*len)).map_err(|_| bad("head length"))?;
+        if rest.len() < head_len {
+            return Err(bad("head cut short"));
+        }
+        let (head, likes) = rest.split_at(head_len);
+        let head: SnapshotHead =
+            serde_json::from_slice(head).map_err(|e| SnapshotError(e.to_string()))?;
+        if likes.len() != head.likes * 16 {
+            return Err(bad("likes cut short"));
+        }
+        let likes: Vec<u128> = likes
+            .chunks_exact(16)
+            .map(|c| u128::from_be_bytes(c.try_into().expect("16 bytes")))
+            .collect();
+        Ok(Self {
+            version: head.version,
+            created: head.created,
+            likes: LikeSet::from_sorted(likes).ok_or_else(|| bad("likes out of order"))?,
+            comments: head.comments,
+            deleted: head.deleted,
         })
     }
 
@@ -124,8 +199,13 @@ impl Post {
         self.deleted
     }
 
-    pub fn likes(&self) -> &BTreeSet<UserId> {
-        &self.likes
+    /// How many users like the post.
+    pub fn like_count(&self) -> usize {
+        self.likes.len()
+    }
+
+    pub fn is_liked_by(&self, user: &UserId) -> bool {
+        self.likes.contains(user)
     }
 
     pub fn comments(&self) -> &BTreeMap<CommentId, Comment> {
@@ -274,7 +354,7 @@ pub fn apply(post: &mut Post, event: &PostEvent) {
             }
         }
         PostEvent::PostLiked(e) => {
-            post.likes.insert(e.user.clone());
+            post.likes.insert(&e.user);
         }
         PostEvent::PostUnliked(e) => {
             post.likes.remove(&e.user);

@@ -335,7 +335,27 @@ fn apply_folds_state_and_counts_versions() {
     ]);
     assert_eq!(post.version().get(), 5);
     assert_eq!(post.author(), Some(&user("alice")));
-    assert_eq!(post.likes().len(), 2);
+    assert_eq!(post.like_count(), 2);
+    assert!(post.is_liked_by(&user("bob")) && !post.is_liked_by(&user("dave")));
     assert_eq!(post.live_comments().count(), 0);
     assert!(!post.is_deleted());
+}
+
+#[test]
+fn a_snapshot_restores_the_state_and_refuses_anything_else() {
+    let post = Post::from_events(&[
+        created("alice"),
+        liked("bob"),
+        liked("carol"),
+        commented(1, "dave"),
+    ]);
+    let bytes = post.to_snapshot();
+    assert_eq!(Post::from_snapshot(&bytes).expect("restores"), post);
+    for broken in [
+        &bytes[..3],
+        &bytes[..bytes.len() - 1],
+        b"\0\0\0\x02{}".as_slice(),
+    ] {
+        assert!(Post::from_snapshot(broken).is_err(), "{broken:?}");
+    }
 }

@@ -67,8 +67,16 @@ proptest! {
             }
         }
         prop_assert_eq!(post.version().get(), events.len() as u64);
-        prop_assert_eq!(post.likes(), &likes);
-        prop_assert_eq!(Post::from_events(&events), post);
+        prop_assert_eq!(post.like_count(), likes.len());
+        for user in USERS {
+            let user = UserId::parse(user).expect("valid");
+            prop_assert_eq!(post.is_liked_by(&user), likes.contains(&user));
+        }
+        prop_assert_eq!(Post::from_events(&events), post.clone());
+        // A snapshot gives the same state back, and so does folding the events
+        // after it onto it.
+        let restored = Post::from_snapshot(&post.to_snapshot()).expect("a snapshot");
+        prop_assert_eq!(&restored, &post);
     }
 
     #[test]

@@ -63,6 +63,18 @@ pub struct ReadAllPage {
     pub next: Option<ReadAllCursor>,
 }
 
+/// A post's state saved beside its events: the version it was folded to, the
+/// layout of the state (the domain's `SNAPSHOT_SCHEMA` when it was taken) and
+/// the state's bytes. The events stay the truth; a snapshot only spares
+/// reading them all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub stream_id: PostId,
+    pub version: Version,
+    pub schema: u32,
+    pub data: Vec<u8>,
+}
+
 /// What the hosts need from an event store. Both adapters keep the same contract,
 /// held to it by one conformance suite.
 pub trait EventStore: Send + Sync {
@@ -76,13 +88,6 @@ pub trait EventStore: Send + Sync {
         events: &[EventEnvelope],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// The stream's events with `version >= from`, in version order.
-    fn load_stream(
-        &self,
-        stream_id: PostId,
-        from: Version,
-    ) -> impl Future<Output = Result<Vec<EventEnvelope>, StoreError>> + Send;
-
     /// At most `limit` of the stream's events with `version >= from`, in
     /// version order: one page of its history, read without loading the rest.
     fn load_stream_page(
@@ -91,6 +96,15 @@ pub trait EventStore: Send + Sync {
         from: Version,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<EventEnvelope>, StoreError>> + Send;
+
+    /// The stream's events with `version >= from`, in version order.
+    fn load_stream(
+        &self,
+        stream_id: PostId,
+        from: Version,
+    ) -> impl Future<Output = Result<Vec<EventEnvelope>, StoreError>> + Send {
+        self.load_stream_page(stream_id, from, usize::MAX)
+    }
 
     /// The events `user` appended under idempotency key `key`, in stream and
     /// version order: one command's events, since a key names one request.
@@ -133,6 +147,19 @@ pub trait EventStore: Send + Sync {
 
     /// How many events wait to be published (the outbox backlog).
     fn unpublished_count(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Saves the stream's snapshot unless one of the same or a later version is
+    /// there already: snapshots only move forward.
+    fn save_snapshot(
+        &self,
+        snapshot: &Snapshot,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The stream's latest snapshot, if any.
+    fn load_snapshot(
+        &self,
+        stream_id: PostId,
+    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send;
 
     /// Cheap reachability check for `/readyz`.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -188,14 +215,6 @@ impl EventStore for AnyEventStore {
         each_adapter!(self, store => store.append_to_stream(stream_id, expected, events).await)
     }
 
-    async fn load_stream(
-        &self,
-        stream_id: PostId,
-        from: Version,
-    ) -> Result<Vec<EventEnvelope>, StoreError> {
-        each_adapter!(self, store => store.load_stream(stream_id, from).await)
-    }
-
     async fn load_stream_page(
         &self,
         stream_id: PostId,
@@ -239,6 +258,14 @@ impl EventStore for AnyEventStore {
 
     async fn unpublished_count(&self) -> Result<u64, StoreError> {
         each_adapter!(self, store => store.unpublished_count().await)
+    }
+
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        each_adapter!(self, store => store.save_snapshot(snapshot).await)
+    }
+
+    async fn load_snapshot(&self, stream_id: PostId) -> Result<Option<Snapshot>, StoreError> {
+        each_adapter!(self, store => store.load_snapshot(stream_id).await)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -20,7 +20,7 @@ use mongodb::{Client, Collection, IndexModel};
 
 use domain::{EventEnvelope, EventMetadata, PostId, Timestamp, UserId, Version};
 
-use super::{EventStore, ReadAllCursor, ReadAllPage, StoreError};
+use super::{EventStore, ReadAllCursor, ReadAllPage, Snapshot, StoreError};
 
 const DUPLICATE_KEY: i32 = 11_000;
 
@@ -28,6 +28,20 @@ const DUPLICATE_KEY: i32 = 11_000;
 pub struct MongoEventStore {
     client: Client,
     commits: Collection<Document>,
+    /// One document per stream: the latest snapshot's version, schema and
+    /// how many chunks its state takes.
+    snapshots: Collection<Document>,
+    /// The snapshots' bytes, in chunks under MongoDB's 16 MB document limit,
+    /// keyed by stream, version and position.
+    snapshot_chunks: Collection<Document>,
+}
+
+/// The most bytes of a snapshot one chunk document holds.
+const SNAPSHOT_CHUNK: usize = 8 * 1024 * 1024;
+
+/// A snapshot chunk's `_id`: sorts by stream, then version, then position.
+fn chunk_key(stream: &str, version: Version, index: usize) -> String {
+    format!("{}:{index:06}", stream_version_key(stream, version))
 }
 
 fn unavailable(error: MongoError) -> StoreError {
@@ -165,6 +179,8 @@ impl MongoEventStore {
             .unwrap_or_else(|| client.database("sourcegram"));
         Ok(Self {
             commits: database.collection("commits"),
+            snapshots: database.collection("snapshots"),
+            snapshot_chunks: database.collection("snapshot_chunks"),
             client,
         })
     }
@@ -217,6 +233,27 @@ impl MongoEventStore {
             .map_err(unavailable)
     }
 
+    /// The stream from `from` on, found by equality on the stream alone
+    /// (FerretDB runs other filters over the whole collection).
+    async fn whole_stream(
+        &self,
+        stream_id: PostId,
+        from: Version,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        let commits = self
+            .find_commits(
+                // Equality only (FerretDB runs other filters in memory); the
+                // versions before `from` are dropped here.
+                doc! { "stream_id": stream_id.to_string() },
+                doc! { "first": 1 },
+                None,
+            )
+            .await?;
+        let mut events = Self::flatten(&commits)?;
+        events.retain(|e| e.version >= from);
+        Ok(events)
+    }
+
     /// Every event of `commits`, in their order.
     fn flatten(commits: &[Document]) -> Result<Vec<EventEnvelope>, StoreError> {
         let mut events = Vec::new();
@@ -265,31 +302,15 @@ impl EventStore for MongoEventStore {
         }
     }
 
-    async fn load_stream(
-        &self,
-        stream_id: PostId,
-        from: Version,
-    ) -> Result<Vec<EventEnvelope>, StoreError> {
-        let commits = self
-            .find_commits(
-                // Equality only (FerretDB runs other filters in memory); the
-                // versions before `from` are dropped here.
-                doc! { "stream_id": stream_id.to_string() },
-                doc! { "first": 1 },
-                None,
-            )
-            .await?;
-        let mut events = Self::flatten(&commits)?;
-        events.retain(|e| e.version >= from);
-        Ok(events)
-    }
-
     async fn load_stream_page(
         &self,
         stream_id: PostId,
         from: Version,
         limit: usize,
     ) -> Result<Vec<EventEnvelope>, StoreError> {
+        if limit == usize::MAX {
+            return self.whole_stream(stream_id, from).await;
+        }
         let stream = stream_id.to_string();
         // A commit's `_id` is the stream and the version it ends at, so the
         // commits holding `from` and after are one range of the primary key;
@@ -493,6 +514,108 @@ impl EventStore for MongoEventStore {
             None => Ok(0),
             Some(group) => u64::try_from(number(group, "events")?).map_err(corrupt),
         }
+    }
+
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let stream = snapshot.stream_id.to_string();
+        let current = self
+            .snapshots
+            .find_one(doc! { "_id": &stream })
+            .await
+            .map_err(unavailable)?;
+        if let Some(current) = current
+            && number(&current, "version")? >= version_of(snapshot.version.get())
+        {
+            return Ok(());
+        }
+        // The chunks first, then the head that names them: a reader that finds
+        // the head finds its chunks.
+        let chunks: Vec<&[u8]> = snapshot.data.chunks(SNAPSHOT_CHUNK).collect();
+        for (index, bytes) in chunks.iter().enumerate() {
+            let id = chunk_key(&stream, snapshot.version, index);
+            let data = Bson::Binary(bson::Binary {
+                subtype: bson::spec::BinarySubtype::Generic,
+                bytes: bytes.to_vec(),
+            });
+            self.snapshot_chunks
+                .replace_one(doc! { "_id": &id }, doc! { "_id": &id, "data": data })
+                .upsert(true)
+                .await
+                .map_err(unavailable)?;
+        }
+        let head = doc! {
+            "$set": {
+                "version": version_of(snapshot.version.get()),
+                "schema": i64::from(snapshot.schema),
+                "chunks": version_of(chunks.len() as u64),
+                "bytes": version_of(snapshot.data.len() as u64),
+            }
+        };
+        let moved = self
+            .snapshots
+            .update_one(
+                doc! { "_id": &stream, "version": { "$lt": version_of(snapshot.version.get()) } },
+                head,
+            )
+            .upsert(true)
+            .await;
+        match moved {
+            Ok(_) => {}
+            // A later snapshot is there already: it stays, these chunks go.
+            Err(error) if is_duplicate_key(&error) => {}
+            Err(error) => return Err(unavailable(error)),
+        }
+        // Chunks of earlier versions are no longer named by any head.
+        self.snapshot_chunks
+            .delete_many(doc! { "_id": {
+                "$gte": format!("{stream}:"),
+                "$lt": stream_version_key(&stream, snapshot.version),
+            } })
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn load_snapshot(&self, stream_id: PostId) -> Result<Option<Snapshot>, StoreError> {
+        let stream = stream_id.to_string();
+        let Some(head) = self
+            .snapshots
+            .find_one(doc! { "_id": &stream })
+            .await
+            .map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        let version = Version::new(u64::try_from(number(&head, "version")?).map_err(corrupt)?);
+        let schema = u32::try_from(number(&head, "schema")?).map_err(corrupt)?;
+        let count = usize::try_from(number(&head, "chunks")?).map_err(corrupt)?;
+        let chunks: Vec<Document> = self
+            .snapshot_chunks
+            .find(doc! { "_id": {
+                "$gte": chunk_key(&stream, version, 0),
+                "$lte": chunk_key(&stream, version, 999_999),
+            } })
+            .sort(doc! { "_id": 1 })
+            .await
+            .map_err(unavailable)?
+            .try_collect()
+            .await
+            .map_err(unavailable)?;
+        // A newer snapshot replaced this one between the two reads: read as
+        // if there were none (the events are the truth).
+        if chunks.len() != count {
+            return Ok(None);
+        }
+        let mut data = Vec::new();
+        for chunk in &chunks {
+            data.extend_from_slice(&chunk.get_binary_generic("data").map_err(corrupt)?[..]);
+        }
+        Ok(Some(Snapshot {
+            stream_id,
+            version,
+            schema,
+            data,
+        }))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

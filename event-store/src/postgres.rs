@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use domain::{EventEnvelope, EventMetadata, PostId, Timestamp, UserId, Version};
 
-use super::{EventStore, ReadAllCursor, ReadAllPage, StoreError};
+use super::{EventStore, ReadAllCursor, ReadAllPage, Snapshot, StoreError};
 use platform::batch::{BatchLimits, Batcher};
 use platform::pg::{PgPool, PooledConn};
 
@@ -59,6 +59,13 @@ BEGIN
         CREATE INDEX outbox_position ON outbox (position);
     END IF;
 END $$;
+CREATE TABLE IF NOT EXISTS snapshots (
+    stream_id uuid        PRIMARY KEY,
+    version   bigint      NOT NULL,
+    schema    integer     NOT NULL,
+    data      bytea       NOT NULL,
+    taken_at  timestamptz NOT NULL DEFAULT now()
+);
 DO $$
 BEGIN
     -- Stores made before the outbox table kept a `published` flag on each event
@@ -100,10 +107,14 @@ const APPEND_BATCH_ITEMS: usize = 64;
 /// Batches of appends at PostgreSQL at the same time (each holds a connection).
 const APPEND_BATCHES_IN_FLIGHT: usize = 1;
 
-const LOAD: &str = "SELECT event_id, stream_id, stream_type, version, event_type, schema, occurred_at, metadata, data
-FROM events WHERE stream_id = $1 AND version >= $2 ORDER BY version";
 const LOAD_PAGE: &str = "SELECT event_id, stream_id, stream_type, version, event_type, schema, occurred_at, metadata, data
 FROM events WHERE stream_id = $1 AND version >= $2 ORDER BY version LIMIT $3";
+const SAVE_SNAPSHOT: &str =
+    "INSERT INTO snapshots (stream_id, version, schema, data) VALUES ($1, $2, $3, $4)
+ON CONFLICT (stream_id) DO UPDATE SET version = EXCLUDED.version, schema = EXCLUDED.schema,
+    data = EXCLUDED.data, taken_at = now()
+WHERE snapshots.version < EXCLUDED.version";
+const LOAD_SNAPSHOT: &str = "SELECT version, schema, data FROM snapshots WHERE stream_id = $1";
 const BY_IDEMPOTENCY_KEY: &str = "SELECT event_id, stream_id, stream_type, version, event_type, schema, occurred_at, metadata, data
 FROM events WHERE metadata->>'user' = $1 AND metadata->>'idempotency_key' = $2
   AND metadata->>'idempotency_key' IS NOT NULL
@@ -391,15 +402,6 @@ impl EventStore for PostgresEventStore {
         })
     }
 
-    async fn load_stream(
-        &self,
-        stream_id: PostId,
-        from: Version,
-    ) -> Result<Vec<EventEnvelope>, StoreError> {
-        self.query_envelopes(LOAD, &[&stream_id.as_uuid(), &version_to_sql(from)])
-            .await
-    }
-
     async fn load_stream_page(
         &self,
         stream_id: PostId,
@@ -504,6 +506,46 @@ impl EventStore for PostgresEventStore {
             .try_get(0)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         Ok(count.max(0).unsigned_abs())
+    }
+
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let mut conn = self.pool.get().await.map_err(unavailable)?;
+        let statement = conn.prepared(SAVE_SNAPSHOT).await.map_err(unavailable)?;
+        let schema = i32::try_from(snapshot.schema)
+            .map_err(|_| StoreError::InvalidAppend("snapshot schema out of range".to_owned()))?;
+        conn.execute(
+            &statement,
+            &[
+                &snapshot.stream_id.as_uuid(),
+                &version_to_sql(snapshot.version),
+                &schema,
+                &snapshot.data,
+            ],
+        )
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn load_snapshot(&self, stream_id: PostId) -> Result<Option<Snapshot>, StoreError> {
+        let mut conn = self.pool.get().await.map_err(unavailable)?;
+        let statement = conn.prepared(LOAD_SNAPSHOT).await.map_err(unavailable)?;
+        let Some(row) = conn
+            .query_opt(&statement, &[&stream_id.as_uuid()])
+            .await
+            .map_err(unavailable)?
+        else {
+            return Ok(None);
+        };
+        let corrupt = |e: &dyn std::fmt::Display| StoreError::Corrupt(e.to_string());
+        let version: i64 = row.try_get(0).map_err(|e| corrupt(&e))?;
+        let schema: i32 = row.try_get(1).map_err(|e| corrupt(&e))?;
+        Ok(Some(Snapshot {
+            stream_id,
+            version: version_from_sql(version).map_err(|e| corrupt(&e))?,
+            schema: u32::try_from(schema).map_err(|e| corrupt(&e))?,
+            data: row.try_get(2).map_err(|e| corrupt(&e))?,
+        }))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -67,6 +67,7 @@ fn fit<'a>(template: &'static str, segments: &[&'a str]) -> Option<Vec<(&'static
 
 /// Finds the route for a request line: an unknown path is 404; a known path
 /// with another method is 405, with `Allow` naming the methods it takes.
+/// A GET route answers HEAD too.
 pub fn find<'a, E: Copy>(
     routes: &[Route<E>],
     method: &Method,
@@ -79,7 +80,8 @@ pub fn find<'a, E: Copy>(
         let Some(params) = fit(template, &segments) else {
             continue;
         };
-        if route_method == method.as_str() {
+        // HEAD is GET without the body (hyper leaves the body out).
+        if route_method == method.as_str() || (*method == Method::HEAD && route_method == "GET") {
             return Ok(Matched {
                 endpoint: route.endpoint,
                 label: route.label,
@@ -87,6 +89,9 @@ pub fn find<'a, E: Copy>(
             });
         }
         allowed.push(route_method);
+        if route_method == "GET" {
+            allowed.push("HEAD");
+        }
     }
     if allowed.is_empty() {
         return Err(Problem::new(
@@ -186,9 +191,15 @@ mod tests {
         assert_eq!(missing.status, StatusCode::NOT_FOUND);
         let wrong = find(ROUTES, &Method::PATCH, "/posts").expect_err("405");
         assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(wrong.allow.as_deref(), Some("GET, POST"));
+        assert_eq!(wrong.allow.as_deref(), Some("GET, HEAD, POST"));
         let response = wrong.into_response();
-        assert_eq!(response.headers()["allow"], "GET, POST");
+        assert_eq!(response.headers()["allow"], "GET, HEAD, POST");
+        assert_eq!(
+            find(ROUTES, &Method::HEAD, "/posts")
+                .expect("HEAD is GET")
+                .endpoint,
+            1
+        );
     }
 
     #[test]

@@ -4,14 +4,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use platform::config::{ConfigError, DEFAULT_POSTGRES_URL, parsed_or, var_or};
-use read_model::SchemaName;
+use read_model::schema::Location;
 
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen_addr: SocketAddr,
-    pub read_model_url: String,
-    pub read_model_schema: SchemaName,
-    pub notifications_schema: SchemaName,
+    pub read_model: Location,
     pub event_store_url: String,
     pub kafka_brokers: String,
     pub kafka_topic: String,
@@ -28,12 +26,9 @@ pub struct Config {
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
-        let (read_model_schema, notifications_schema) = read_model::schema::schemas_from_env()?;
         Ok(Self {
             listen_addr: parsed_or("LISTEN_ADDR", SocketAddr::from(([127, 0, 0, 1], 8083)))?,
-            read_model_url: var_or("READ_MODEL_URL", DEFAULT_POSTGRES_URL),
-            read_model_schema,
-            notifications_schema,
+            read_model: Location::from_env()?,
             event_store_url: var_or("EVENT_STORE_URL", DEFAULT_POSTGRES_URL),
             kafka_brokers: var_or("KAFKA_BROKERS", "127.0.0.1:9092"),
             kafka_topic: var_or("KAFKA_TOPIC", "post-events"),

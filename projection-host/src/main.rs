@@ -24,7 +24,7 @@ async fn serve() -> Result<(), String> {
     let store = AnyEventStore::connect(&config.event_store_url, config.pool_size)
         .await
         .map_err(|e| format!("connect event store: {e}"))?;
-    let pool = PgPool::from_url(&config.read_model_url, config.pool_size)
+    let pool = PgPool::from_url(&config.read_model.url, config.pool_size)
         .map_err(|e| format!("READ_MODEL_URL: {e}"))?;
     if config.admin_token.is_none() {
         tracing::warn!("ADMIN_TOKEN is not set: the replay admin surface is disabled");
@@ -33,8 +33,8 @@ async fn serve() -> Result<(), String> {
     let deps = ProjectionHostDeps {
         store,
         pool,
-        read_model_schema: config.read_model_schema,
-        notifications_schema: config.notifications_schema,
+        read_model_schema: config.read_model.schema,
+        notifications_schema: config.read_model.notifications,
         consumer: ConsumerConfig {
             brokers: config.kafka_brokers,
             topic: config.kafka_topic,

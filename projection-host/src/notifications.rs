@@ -44,9 +44,7 @@ pub struct Notifications {
 
 impl Notifications {
     pub async fn open(pool: PgPool, schema: &SchemaName) -> Result<Self, ProjectionError> {
-        let conn = pool.get().await?;
-        read_model::schema::create_notifications(&conn, schema).await?;
-        drop(conn);
+        read_model::schema::create_notifications(&*pool.get().await?, schema).await?;
         let s = schema;
         Ok(Self {
             pool,

@@ -51,9 +51,7 @@ pub struct ReadModel {
 impl ReadModel {
     /// The read model in `schema`, creating its tables if missing.
     pub async fn open(pool: PgPool, schema: &SchemaName) -> Result<Self, ProjectionError> {
-        let conn = pool.get().await?;
-        read_model::schema::create_read_model(&conn, schema).await?;
-        drop(conn);
+        read_model::schema::create_read_model(&*pool.get().await?, schema).await?;
         Ok(Self {
             pool,
             schema: schema.clone(),

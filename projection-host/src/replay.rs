@@ -18,6 +18,8 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use read_model::SchemaName;
+
+use crate::projector::ProjectionError;
 use read_model::rows::{CommentRow, CopyValues, PostRow, StreamRows, like_copy_values};
 use read_model::schema::{COMMENTS, LIKES, POSTS, READ_MODEL_TABLES, Table, analyze_sql, swap_sql};
 
@@ -30,16 +32,22 @@ const FLUSH_POSTS: usize = 2_000;
 pub enum ReplayError {
     #[error("a replay is already running")]
     AlreadyRunning,
-    #[error("read model database: {0}")]
-    Database(#[from] tokio_postgres::Error),
-    #[error("event store: {0}")]
-    Store(#[from] StoreError),
-    #[error("{stream} v{version} cannot be decoded: {reason}")]
-    Undecodable {
-        stream: PostId,
-        version: Version,
-        reason: String,
-    },
+    /// What can fail a live batch can fail a replay: the read model's
+    /// database, the event store, an event that does not decode.
+    #[error(transparent)]
+    Failed(#[from] ProjectionError),
+}
+
+impl From<tokio_postgres::Error> for ReplayError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        Self::Failed(error.into())
+    }
+}
+
+impl From<StoreError> for ReplayError {
+    fn from(error: StoreError) -> Self {
+        Self::Failed(error.into())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -286,9 +294,17 @@ impl<S: EventStore + 'static> Replayer<S> {
             .collect();
         let mut buffer = RowBuffer::default();
         for stream in &behind {
-            let mut rows = StreamRows::default();
-            for envelope in self.store.load_stream(*stream, Version::new(1)).await? {
-                fold(&mut rows, &envelope)?;
+            // A page at a time: a long stream never sits in memory whole.
+            let (mut rows, mut from) = (StreamRows::default(), Version::new(1));
+            loop {
+                let page = self.store.load_stream_page(*stream, from, PAGE).await?;
+                for envelope in &page {
+                    fold(&mut rows, envelope)?;
+                    from = envelope.version.next();
+                }
+                if page.len() < PAGE {
+                    break;
+                }
             }
             buffer.push(rows);
         }
@@ -316,11 +332,13 @@ impl<S: EventStore + 'static> Replayer<S> {
 }
 
 fn fold(rows: &mut StreamRows, envelope: &EventEnvelope) -> Result<(), ReplayError> {
-    let event = envelope.decode().map_err(|e| ReplayError::Undecodable {
-        stream: envelope.stream_id,
-        version: envelope.version,
-        reason: e.to_string(),
-    })?;
+    let event = envelope
+        .decode()
+        .map_err(|e| ProjectionError::Undecodable {
+            stream: envelope.stream_id,
+            version: envelope.version,
+            reason: e.to_string(),
+        })?;
     rows.apply(envelope, &event);
     Ok(())
 }

@@ -31,8 +31,7 @@ async fn call(
 #[tokio::test]
 async fn admin_replay_needs_the_token_and_reports_progress() {
     let mut w = support::world().await;
-    let events = w.write(10, 50).await;
-    w.publish(&events).await;
+    let events = w.write_and_publish(10, 50).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

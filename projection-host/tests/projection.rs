@@ -29,37 +29,22 @@ async fn redelivered_and_reordered_events_apply_once() {
     w.publish(&events).await;
     events.reverse();
     w.publish(&events).await;
-    let model = ReadModel::open(w.pool.clone(), &w.read_model)
-        .await
-        .expect("open");
-    let (stop, task) = w.spawn_consumer(
-        Projection::ReadModel(model),
-        &testkit::unique_name("g"),
-        Default::default(),
-    );
+    let consumer = w.project(w.open_read_model().await);
     assert!(w.converges(&w.read_model, CONVERGE).await);
-    stop.send(true).expect("stop");
-    task.await.expect("consumer");
+    consumer.stop().await;
 }
 
 #[tokio::test]
 async fn a_crash_between_applying_and_committing_double_applies_nothing() {
     let mut w = world().await;
-    let events = w.write(20, 200).await;
-    w.publish(&events).await;
+    let events = w.write_and_publish(20, 200).await;
     // The state a crash leaves: the batch applied, its offsets never committed.
-    let model = ReadModel::open(w.pool.clone(), &w.read_model)
-        .await
-        .expect("open");
+    let model = w.open_read_model().await;
     let outcome = model.apply_batch(&*w.store, &events).await.expect("apply");
     assert_eq!(outcome.applied, events.len());
     let before = actual(&w.pool, &w.read_model).await;
     // The restarted consumer gets everything again from the first offset.
-    let (stop, task) = w.spawn_consumer(
-        Projection::ReadModel(model),
-        &testkit::unique_name("g"),
-        Default::default(),
-    );
+    let consumer = w.project(model);
     assert!(w.converges(&w.read_model, CONVERGE).await);
     assert_eq!(
         actual(&w.pool, &w.read_model).await,
@@ -67,13 +52,10 @@ async fn a_crash_between_applying_and_committing_double_applies_nothing() {
         "redelivery changed nothing"
     );
     // And a batch applied twice directly also changes nothing.
-    let again = ReadModel::open(w.pool.clone(), &w.read_model)
-        .await
-        .expect("open");
+    let again = w.open_read_model().await;
     let outcome = again.apply_batch(&*w.store, &events).await.expect("apply");
     assert_eq!((outcome.applied, outcome.skipped), (0, events.len()));
-    stop.send(true).expect("stop");
-    task.await.expect("consumer");
+    consumer.stop().await;
 }
 
 #[tokio::test]
@@ -96,14 +78,7 @@ async fn a_missing_event_is_healed_from_the_event_store() {
     );
     let dropped = events.remove(2);
     w.publish(&events).await;
-    let model = ReadModel::open(w.pool.clone(), &w.read_model)
-        .await
-        .expect("open");
-    let (stop, task) = w.spawn_consumer(
-        Projection::ReadModel(model),
-        &testkit::unique_name("g"),
-        Default::default(),
-    );
+    let consumer = w.project(w.open_read_model().await);
     assert!(w.converges(&w.read_model, CONVERGE).await);
     let rows = actual(&w.pool, &w.read_model).await;
     let post_rows = &rows[&post.as_uuid()];
@@ -112,34 +87,22 @@ async fn a_missing_event_is_healed_from_the_event_store() {
         post_rows.likes.contains(dropped.metadata.user.as_str()),
         "the dropped like is there"
     );
-    stop.send(true).expect("stop");
-    task.await.expect("consumer");
+    consumer.stop().await;
 }
 
 #[tokio::test]
 async fn two_instances_in_one_group_build_the_same_model_as_one() {
     let mut w = world().await;
-    let events = w.write(60, 600).await;
-    w.publish(&events).await;
+    w.write_and_publish(60, 600).await;
     let group = testkit::unique_name("g");
-    let one = ReadModel::open(w.pool.clone(), &w.read_model)
-        .await
-        .expect("open");
-    let two = ReadModel::open(w.pool.clone(), &w.read_model)
-        .await
-        .expect("open");
-    let (stop_one, task_one) =
-        w.spawn_consumer(Projection::ReadModel(one), &group, Default::default());
-    let (stop_two, task_two) =
-        w.spawn_consumer(Projection::ReadModel(two), &group, Default::default());
+    let one = w.open_read_model().await;
+    let two = w.open_read_model().await;
+    let one = w.spawn_consumer(Projection::ReadModel(one), &group, Default::default());
+    let two = w.spawn_consumer(Projection::ReadModel(two), &group, Default::default());
     // More events while both run and rebalance.
-    let more = w.write(10, 200).await;
-    w.publish(&more).await;
+    w.write_and_publish(10, 200).await;
     assert!(w.converges(&w.read_model, CONVERGE).await);
-    stop_one.send(true).expect("stop");
-    stop_two.send(true).expect("stop");
-    task_one.await.expect("consumer");
-    task_two.await.expect("consumer");
+    tokio::join!(one.stop(), two.stop());
 }
 
 #[tokio::test]
@@ -162,7 +125,7 @@ async fn authors_are_notified_of_others_likes_and_comments_once() {
     let notifications = Notifications::open(w.pool.clone(), &w.notifications)
         .await
         .expect("open");
-    let (stop, task) = w.spawn_consumer(
+    let consumer = w.spawn_consumer(
         Projection::Notifications(notifications),
         &testkit::unique_name("n"),
         Default::default(),
@@ -220,8 +183,7 @@ async fn authors_are_notified_of_others_likes_and_comments_once() {
             ("alice".to_owned(), "liked".to_owned(), "bob".to_owned()),
         ]
     );
-    stop.send(true).expect("stop");
-    task.await.expect("consumer");
+    consumer.stop().await;
 }
 
 #[tokio::test]
@@ -235,10 +197,8 @@ async fn a_replay_during_writes_swaps_in_a_model_equal_to_the_store() {
     );
     w.publish(&events).await;
     let gate: Arc<RwLock<()>> = Default::default();
-    let model = ReadModel::open(w.pool.clone(), &w.read_model)
-        .await
-        .expect("open");
-    let (stop, task) = w.spawn_consumer(
+    let model = w.open_read_model().await;
+    let consumer = w.spawn_consumer(
         Projection::ReadModel(model),
         &testkit::unique_name("g"),
         Arc::clone(&gate),
@@ -261,9 +221,7 @@ async fn a_replay_during_writes_swaps_in_a_model_equal_to_the_store() {
     // Writes continue while the replay runs, and reach the live model via Kafka.
     let mut written_during = 0;
     while !replay.is_finished() {
-        let more = w.write(5, 50).await;
-        written_during += more.len();
-        w.publish(&more).await;
+        written_during += w.write_and_publish(5, 50).await.len();
     }
     replay.await.expect("replay task").expect("replay succeeds");
     let progress = replayer.progress();
@@ -304,17 +262,14 @@ async fn a_replay_during_writes_swaps_in_a_model_equal_to_the_store() {
             .map(|r| r.get::<_, String>(0))
             .collect::<Vec<_>>()
     );
-    stop.send(true).expect("stop");
-    task.await.expect("consumer");
+    consumer.stop().await;
 }
 
 #[tokio::test]
 async fn a_failed_replay_leaves_the_live_model_untouched() {
     let mut w = world().await;
+    let model = w.open_read_model().await;
     let events = w.write(30, 300).await;
-    let model = ReadModel::open(w.pool.clone(), &w.read_model)
-        .await
-        .expect("open");
     model.apply_batch(&*w.store, &events).await.expect("apply");
     let before = actual(&w.pool, &w.read_model).await;
     // An event store that cannot be reached: the replay fails while reading.
@@ -353,11 +308,7 @@ async fn batches_find_rows_by_key_after_the_table_outgrew_its_statistics() {
         .await
         .expect("open");
     let rm = w.read_model.clone();
-    let (admin, connection) =
-        tokio_postgres::connect(&testkit::postgres_url(), tokio_postgres::NoTls)
-            .await
-            .expect("connect");
-    tokio::spawn(connection);
+    let admin = testkit::pg_client().await;
     let mut posts = Vec::new();
     for author in ["alice", "bob", "carol"] {
         let (id, created) = w.create(author).await;

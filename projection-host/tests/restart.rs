@@ -7,7 +7,6 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use projection_host::projector::ReadModel;
 use support::World;
 
 /// Kills the process when the test ends, however it ends.
@@ -29,9 +28,7 @@ struct Instance {
 /// A fresh instance id and groups, and the read model's tables, made before
 /// the host starts so the model can be compared at once.
 async fn prepare(w: &World) -> Instance {
-    ReadModel::open(w.pool.clone(), &w.read_model)
-        .await
-        .expect("read model");
+    w.open_read_model().await;
     Instance {
         id: testkit::unique_name("instance"),
         read_model_group: testkit::unique_name("rm"),
@@ -40,14 +37,9 @@ async fn prepare(w: &World) -> Instance {
 }
 
 fn start(w: &World, instance: &Instance) -> Host {
-    let url = testkit::postgres_url();
-    let separator = if url.contains('?') { '&' } else { '?' };
     let child = Command::new(env!("CARGO_BIN_EXE_projection-host"))
-        .env(
-            "EVENT_STORE_URL",
-            format!("{url}{separator}options=-csearch_path%3D{}", w.schema),
-        )
-        .env("READ_MODEL_URL", &url)
+        .env("EVENT_STORE_URL", testkit::postgres_url_in(&w.schema))
+        .env("READ_MODEL_URL", testkit::postgres_url())
         .env("READ_MODEL_SCHEMA", w.read_model.as_str())
         .env("NOTIFICATIONS_SCHEMA", w.notifications.as_str())
         .env("KAFKA_BROKERS", testkit::kafka_brokers())
@@ -70,8 +62,7 @@ fn start(w: &World, instance: &Instance) -> Host {
 async fn a_killed_projection_host_restarts_and_finishes_the_model() {
     let mut w = support::world().await;
     let instance = prepare(&w).await;
-    let first = w.write(10, 100).await;
-    w.publish(&first).await;
+    w.write_and_publish(10, 100).await;
     let mut host = start(&w, &instance);
     assert!(
         w.converges(&w.read_model, Duration::from_secs(60)).await,
@@ -80,8 +71,7 @@ async fn a_killed_projection_host_restarts_and_finishes_the_model() {
     host.0.kill().expect("SIGKILL");
     host.0.wait().expect("reaped");
 
-    let second = w.write(10, 100).await;
-    w.publish(&second).await;
+    w.write_and_publish(10, 100).await;
     let restarted = std::time::Instant::now();
     let _host = start(&w, &instance);
     // Well inside the 30 s session timeout: the restarted instance must not wait
@@ -133,12 +123,6 @@ async fn heads(w: &World) -> Vec<(uuid::Uuid, i64)> {
         .collect()
 }
 
-/// Writes and publishes a few commands on a few new posts.
-async fn write_some(w: &mut World) {
-    let events = w.write(2, 20).await;
-    w.publish(&events).await;
-}
-
 /// Stopped the way an operator stops it (SIGTERM) while writes go on, and
 /// started again: the new process resumes from the committed offsets and
 /// catches up with what was written meanwhile, and the model ends exact.
@@ -149,7 +133,7 @@ async fn a_stopped_projection_host_resumes_under_write_load() {
     let mut host = start(&w, &instance);
     let writing = std::time::Instant::now();
     while writing.elapsed() < Duration::from_secs(3) {
-        write_some(&mut w).await;
+        w.write_and_publish(2, 20).await;
     }
 
     let pid = host.0.id().to_string();
@@ -161,7 +145,7 @@ async fn a_stopped_projection_host_resumes_under_write_load() {
     host.0.wait().expect("the host exits");
     let down = std::time::Instant::now();
     while down.elapsed() < Duration::from_secs(2) {
-        write_some(&mut w).await;
+        w.write_and_publish(2, 20).await;
     }
 
     // Resumed: everything written before the restart is projected, while
@@ -171,7 +155,7 @@ async fn a_stopped_projection_host_resumes_under_write_load() {
     let _host = start(&w, &instance);
     let mut resumed = None;
     while restarted.elapsed() < Duration::from_secs(30) {
-        write_some(&mut w).await;
+        w.write_and_publish(2, 20).await;
         if behind(&w, &before_restart).await == 0 {
             resumed = Some(restarted.elapsed());
             break;

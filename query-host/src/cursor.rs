@@ -23,6 +23,9 @@ impl ListKind {
     }
 }
 
+/// 9999-12-31T23:59:59.999Z: the latest instant a cursor may carry.
+const MAX_MILLIS: i64 = 253_402_300_799_999;
+
 /// A position in a list ordered by (time, id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
@@ -54,10 +57,18 @@ impl Cursor {
         let plain = String::from_utf8(bytes).map_err(|_| bad())?;
         let mut parts = plain.split('|');
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
-            (Some(tag), Some(millis), Some(id), None) if tag == kind.tag() => Ok(Self {
-                at: Timestamp::from_unix_millis(millis.parse().map_err(|_| bad())?),
-                id: Uuid::try_parse(id).map_err(|_| bad())?,
-            }),
+            (Some(tag), Some(millis), Some(id), None) if tag == kind.tag() => {
+                // Every row's time is from 1970 to 9999 (a cursor carries one
+                // of them); an instant PostgreSQL cannot hold is no cursor.
+                let millis: i64 = millis.parse().map_err(|_| bad())?;
+                if !(0..=MAX_MILLIS).contains(&millis) {
+                    return Err(bad());
+                }
+                Ok(Self {
+                    at: Timestamp::from_unix_millis(millis),
+                    id: Uuid::try_parse(id).map_err(|_| bad())?,
+                })
+            }
             _ => Err(bad()),
         }
     }
@@ -75,6 +86,22 @@ mod tests {
         };
         let encoded = cursor.encode(ListKind::Posts);
         assert_eq!(Cursor::decode(&encoded, ListKind::Posts), Ok(cursor));
+        // Instants PostgreSQL cannot hold (found by fuzzing: they were 503).
+        let hex = |plain: &str| {
+            plain
+                .bytes()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        for millis in [
+            "-236273862771077",
+            "9300000000000000",
+            "99999999999999999",
+            "-1",
+        ] {
+            let raw = hex(&format!("p1|{millis}|{}", Uuid::from_u128(77).simple()));
+            assert!(Cursor::decode(&raw, ListKind::Posts).is_err(), "{millis}");
+        }
         assert!(
             Cursor::decode(&encoded, ListKind::Comments).is_err(),
             "another list's cursor"

@@ -239,7 +239,7 @@ impl App {
         };
         let etag = HeaderValue::from_str(&format!("\"{}\"", post.version))
             .expect("a quoted number is a valid header");
-        let mut response = if if_none_match == Some(post.version) {
+        let mut response = if if_none_match == Some(post.version.get()) {
             http::empty(StatusCode::NOT_MODIFIED)
         } else {
             let comments = match comments {
@@ -276,7 +276,7 @@ impl App {
         loop {
             let lookup = self.reads.get_post(id).await?;
             match &lookup {
-                PostLookup::Live(post) if post.version >= wanted => {
+                PostLookup::Live(post) if post.version.get() >= wanted => {
                     return Ok((lookup, true));
                 }
                 PostLookup::Deleted => return Ok((lookup, true)),
@@ -289,7 +289,7 @@ impl App {
                     Err(_elapsed) => {
                         let last = self.reads.get_post(id).await?;
                         let fresh = match &last {
-                            PostLookup::Live(post) => post.version >= wanted,
+                            PostLookup::Live(post) => post.version.get() >= wanted,
                             PostLookup::Deleted => true,
                             PostLookup::Missing => false,
                         };

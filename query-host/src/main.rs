@@ -19,7 +19,7 @@ async fn main() -> ExitCode {
 
 async fn serve() -> Result<(), String> {
     let config = Config::from_env().map_err(|e| e.to_string())?;
-    let pool = PgPool::from_url(&config.read_model_url, config.pool_size)
+    let pool = PgPool::from_url(&config.read_model.url, config.pool_size)
         .map_err(|e| format!("READ_MODEL_URL: {e}"))?;
     if config.token_secret.is_none() {
         tracing::warn!("TOKEN_SECRET is not set: /me/notifications answers 503");
@@ -27,8 +27,8 @@ async fn serve() -> Result<(), String> {
     let listener = platform::bind(config.listen_addr, "query host").await?;
     let deps = QueryHostDeps {
         pool,
-        read_model_schema: config.read_model_schema,
-        notifications_schema: config.notifications_schema,
+        read_model_schema: config.read_model.schema,
+        notifications_schema: config.read_model.notifications,
         token_key: config.token_secret.map(|s| TokenKey::new(s.as_bytes())),
         min_version_wait: config.min_version_wait,
         server: ServerConfig::default(),

@@ -280,7 +280,7 @@ mod tests {
         check("/elsewhere", None, Err(404));
         let refused = parse(&Method::POST, "/posts", None, &HeaderMap::new()).expect_err("405");
         assert_eq!(refused.status, StatusCode::METHOD_NOT_ALLOWED);
-        assert_eq!(refused.allow.as_deref(), Some("GET"));
+        assert_eq!(refused.allow.as_deref(), Some("GET, HEAD"));
     }
 
     /// Every route is in the OpenAPI document the host serves, and the

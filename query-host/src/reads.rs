@@ -15,26 +15,11 @@ use uuid::Uuid;
 use crate::cursor::Cursor;
 use crate::queries::PostFilter;
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct PostView {
-    pub id: Uuid,
-    pub author: String,
-    pub message: String,
-    pub likes: i32,
-    pub comment_count: i32,
-    pub created_at: Timestamp,
-    pub edited_at: Option<Timestamp>,
-    pub version: u64,
-}
+/// A post as the API shows it: its row, without `deleted_at`.
+pub type PostView = PostRow;
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct CommentView {
-    pub id: Uuid,
-    pub author: String,
-    pub text: String,
-    pub created_at: Timestamp,
-    pub edited_at: Option<Timestamp>,
-}
+/// A comment as the API shows it: its row, without `post_id` and `removed`.
+pub type CommentView = CommentRow;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct NotificationView {
@@ -85,31 +70,7 @@ fn post_lookup(row: Option<&Row>) -> Result<PostLookup, tokio_postgres::Error> {
     if post.deleted_at.is_some() {
         return Ok(PostLookup::Deleted);
     }
-    Ok(PostLookup::Live(post_view(post)))
-}
-
-fn post_view(post: PostRow) -> PostView {
-    PostView {
-        id: post.id,
-        author: post.author,
-        message: post.message,
-        likes: post.likes,
-        comment_count: post.comment_count,
-        created_at: post.created_at,
-        edited_at: post.edited_at,
-        version: post.version.get(),
-    }
-}
-
-fn comment_view(row: &Row) -> Result<CommentView, tokio_postgres::Error> {
-    let comment = CommentRow::from_row(row)?;
-    Ok(CommentView {
-        id: comment.id,
-        author: comment.author,
-        text: comment.text,
-        created_at: comment.created_at,
-        edited_at: comment.edited_at,
-    })
+    Ok(PostLookup::Live(post))
 }
 
 fn cursor_params(cursor: Option<Cursor>) -> (Option<SystemTime>, Option<Uuid>) {
@@ -213,9 +174,7 @@ impl Reads {
                 ],
             )
             .await?;
-        rows.iter()
-            .map(|row| PostRow::from_row(row).map(post_view))
-            .collect()
+        rows.iter().map(PostRow::from_row).collect()
     }
 
     pub async fn get_post(&self, id: PostId) -> Result<PostLookup, tokio_postgres::Error> {
@@ -242,6 +201,7 @@ impl Reads {
         let created: Vec<SystemTime> = row.try_get::<_, Option<_>>("created")?.unwrap_or_default();
         let edited: Vec<Option<SystemTime>> =
             row.try_get::<_, Option<_>>("edited")?.unwrap_or_default();
+        let post_id = id.as_uuid();
         let comments = ids
             .into_iter()
             .zip(authors)
@@ -249,11 +209,13 @@ impl Reads {
             .zip(created.into_iter().zip(edited))
             .map(
                 |(((id, author), text), (created_at, edited_at))| CommentView {
+                    post_id,
                     id,
                     author,
                     text,
                     created_at: ts(created_at),
                     edited_at: edited_at.map(ts),
+                    removed: false,
                 },
             )
             .collect();
@@ -269,7 +231,7 @@ impl Reads {
         conn.query(&statement, &[&id.as_uuid()])
             .await?
             .iter()
-            .map(comment_view)
+            .map(CommentRow::from_row)
             .collect()
     }
 
@@ -286,7 +248,7 @@ impl Reads {
         let rows = conn
             .query(&statement, &[&id.as_uuid(), &at, &after, &(limit + 1)])
             .await?;
-        rows.iter().map(comment_view).collect()
+        rows.iter().map(CommentRow::from_row).collect()
     }
 
     /// Up to `limit + 1` notifications, newest first.

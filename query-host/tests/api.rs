@@ -292,23 +292,13 @@ async fn one_post_with_live_comments_etag_and_304() {
         post,
     )
     .await;
-    assert_problem(
-        &app.get(&format!("/posts/{post}"), &[]).await,
-        StatusCode::GONE,
-    );
-    assert_problem(
-        &app.get(&format!("/posts/{post}/comments"), &[]).await,
-        StatusCode::GONE,
-    );
+    // The deleted post is gone; an unknown one was never there.
     let unknown = Uuid::new_v4();
-    assert_problem(
-        &app.get(&format!("/posts/{unknown}"), &[]).await,
-        StatusCode::NOT_FOUND,
-    );
-    assert_problem(
-        &app.get(&format!("/posts/{unknown}/comments"), &[]).await,
-        StatusCode::NOT_FOUND,
-    );
+    for (post, status) in [(post, StatusCode::GONE), (unknown, StatusCode::NOT_FOUND)] {
+        for path in [format!("/posts/{post}"), format!("/posts/{post}/comments")] {
+            assert_problem(&app.get(&path, &[]).await, status);
+        }
+    }
 }
 
 #[tokio::test]
@@ -334,29 +324,35 @@ async fn min_version_waits_for_the_projection_then_says_whether_it_is_fresh() {
         .await
         .expect("notify");
     });
-    let started = Instant::now();
-    let caught_up = app.get(&format!("/posts/{post}?min_version=2"), &[]).await;
-    assert_eq!(caught_up.status, StatusCode::OK);
-    assert_eq!(caught_up.header("x-read-model-fresh"), Some("true"));
-    assert_eq!(caught_up.json()["version"], 2);
+    let (fresh, version, took) = read_at_least(&app, post, 2).await;
+    assert_eq!((fresh.as_deref(), version), (Some("true"), Value::from(2)));
     assert!(
-        started.elapsed() < Duration::from_millis(1_400),
+        took < Duration::from_millis(1_400),
         "answered when the change arrived"
     );
     projector.await.expect("projector");
 
-    let started = Instant::now();
-    let behind = app.get(&format!("/posts/{post}?min_version=9"), &[]).await;
-    assert_eq!(behind.status, StatusCode::OK);
-    assert_eq!(behind.header("x-read-model-fresh"), Some("false"));
-    assert_eq!(behind.json()["version"], 2);
-    assert!(
-        started.elapsed() >= Duration::from_millis(1_400),
-        "waited for the bound"
-    );
+    let (fresh, version, took) = read_at_least(&app, post, 9).await;
+    assert_eq!((fresh.as_deref(), version), (Some("false"), Value::from(2)));
+    assert!(took >= Duration::from_millis(1_400), "waited for the bound");
 
-    let already = app.get(&format!("/posts/{post}?min_version=1"), &[]).await;
-    assert_eq!(already.header("x-read-model-fresh"), Some("true"));
+    let (fresh, _, _) = read_at_least(&app, post, 1).await;
+    assert_eq!(fresh.as_deref(), Some("true"));
+}
+
+/// Reads `post` at `min_version` or later: whether the answer says the read
+/// model had caught up, the version it read, and how long it took.
+async fn read_at_least(
+    app: &App,
+    post: Uuid,
+    min_version: u64,
+) -> (Option<String>, Value, Duration) {
+    let started = Instant::now();
+    let path = format!("/posts/{post}?min_version={min_version}");
+    let answer = app.get(&path, &[]).await;
+    let body = answer.expect_json(StatusCode::OK);
+    let fresh = answer.header("x-read-model-fresh").map(str::to_owned);
+    (fresh, body["version"].clone(), started.elapsed())
 }
 
 #[tokio::test]
@@ -436,6 +432,34 @@ async fn bad_input_is_400_and_the_host_keeps_serving() {
     ] {
         assert_problem(&app.get(path, &[]).await, StatusCode::BAD_REQUEST);
     }
+    // Well-formed cursors whose instant PostgreSQL cannot hold (found by
+    // fuzzing: they were 503, the database refusing the parameter).
+    let hex = |plain: String| {
+        plain
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    for millis in ["-236273862771077", "9300000000000000", "-210866803200001"] {
+        let id = "0192f0c18a5e7c3b9a413f2d5e6a7b80";
+        let posts = hex(format!("p1|{millis}|{id}"));
+        assert_problem(
+            &app.get(&format!("/posts?cursor={posts}"), &[]).await,
+            StatusCode::BAD_REQUEST,
+        );
+    }
+    // HEAD is GET without the body; other methods are 405 naming both.
+    let head = app
+        .client
+        .send(hyper::Method::HEAD, "/posts", &[], None)
+        .await;
+    assert_eq!((head.status, head.body.as_str()), (StatusCode::OK, ""));
+    let refused = app
+        .client
+        .send(hyper::Method::PUT, "/posts", &[], None)
+        .await;
+    assert_eq!(refused.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(refused.header("allow"), Some("GET, HEAD"));
     assert_problem(&app.get("/nowhere", &[]).await, StatusCode::NOT_FOUND);
     assert_eq!(app.get("/healthz", &[]).await.status, StatusCode::OK);
     assert_eq!(app.get("/readyz", &[]).await.status, StatusCode::OK);

@@ -8,6 +8,7 @@ use std::time::SystemTime;
 
 use domain::{EventEnvelope, PostEvent, Timestamp, Version};
 use platform::pg::{version_from_sql, version_to_sql};
+use serde::Serialize;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
@@ -29,7 +30,8 @@ fn optional_timestamp(row: &Row, column: &str) -> Result<Option<Timestamp>, toki
         .map(Timestamp::from))
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A post's row; serialized, it is the post as the query host shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PostRow {
     pub id: Uuid,
     pub author: String,
@@ -38,18 +40,22 @@ pub struct PostRow {
     pub comment_count: i32,
     pub created_at: Timestamp,
     pub edited_at: Option<Timestamp>,
+    #[serde(skip)]
     pub deleted_at: Option<Timestamp>,
     pub version: Version,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A comment's row; serialized, it is the comment as the query host shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CommentRow {
+    #[serde(skip)]
     pub post_id: Uuid,
     pub id: Uuid,
     pub author: String,
     pub text: String,
     pub created_at: Timestamp,
     pub edited_at: Option<Timestamp>,
+    #[serde(skip)]
     pub removed: bool,
 }
 

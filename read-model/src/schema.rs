@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use platform::config::{ConfigError, parsed_or};
+use platform::config::{ConfigError, DEFAULT_POSTGRES_URL, parsed_or, var_or};
 use tokio_postgres::types::Type;
 
 /// The longest suffix a schema name is given for a copy of it ([`SchemaName::next`],
@@ -75,15 +75,27 @@ impl std::str::FromStr for SchemaName {
     }
 }
 
-/// Where the read model and the notifications live, from `READ_MODEL_SCHEMA`
-/// and `NOTIFICATIONS_SCHEMA` (defaults `read_model`, `notifications`): the
-/// projection host writes there and the query host reads there.
-pub fn schemas_from_env() -> Result<(SchemaName, SchemaName), ConfigError> {
-    let plain = |name: &str| SchemaName::parse(name).expect("a plain name");
-    Ok((
-        parsed_or("READ_MODEL_SCHEMA", plain("read_model"))?,
-        parsed_or("NOTIFICATIONS_SCHEMA", plain("notifications"))?,
-    ))
+/// Where the read model and the notifications live: the projection host
+/// writes there and the query host reads there.
+#[derive(Debug, Clone)]
+pub struct Location {
+    /// `READ_MODEL_URL`: the PostgreSQL database.
+    pub url: String,
+    /// `READ_MODEL_SCHEMA` (default `read_model`).
+    pub schema: SchemaName,
+    /// `NOTIFICATIONS_SCHEMA` (default `notifications`).
+    pub notifications: SchemaName,
+}
+
+impl Location {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let plain = |name: &str| SchemaName::parse(name).expect("a plain name");
+        Ok(Self {
+            url: var_or("READ_MODEL_URL", DEFAULT_POSTGRES_URL),
+            schema: parsed_or("READ_MODEL_SCHEMA", plain("read_model"))?,
+            notifications: parsed_or("NOTIFICATIONS_SCHEMA", plain("notifications"))?,
+        })
+    }
 }
 
 /// One table of the read model: its name and columns, in the order rows are

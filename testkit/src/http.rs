@@ -22,6 +22,12 @@ impl Answer {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 
+    /// The JSON body of an answer that must have `status`.
+    pub fn expect_json(&self, status: StatusCode) -> serde_json::Value {
+        assert_eq!(self.status, status, "{}", self.body);
+        self.json()
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }

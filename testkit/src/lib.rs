@@ -8,12 +8,14 @@
 //! MongoDB and SQL Server are optional: see [`mongodb_url`] and [`mssql_url`].
 
 pub mod http;
+mod macros;
 
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
@@ -65,22 +67,43 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}_{}", Uuid::new_v4().simple())
 }
 
-/// A fresh PostgreSQL schema, created now, and a pool whose connections use it as
-/// their `search_path`. The schema is left behind for inspection; names are unique.
-pub async fn fresh_pg_schema(prefix: &str) -> (PgPool, String) {
-    let schema = unique_name(prefix);
+/// A client of the test PostgreSQL, of the test's own: for statements around
+/// the code under test.
+pub async fn pg_client() -> tokio_postgres::Client {
     let url = postgres_url();
     let (client, connection) = tokio_postgres::connect(&url, NoTls)
         .await
         .unwrap_or_else(|e| panic!("PostgreSQL at {url} is required for this test: {e}"));
     tokio::spawn(connection);
     client
+}
+
+/// Creates a schema with a unique name made from `prefix`; returns the name.
+async fn create_schema(client: &tokio_postgres::Client, prefix: &str) -> String {
+    let schema = unique_name(prefix);
+    client
         .batch_execute(&format!("CREATE SCHEMA {schema}"))
         .await
         .expect("create test schema");
-    let mut config: tokio_postgres::Config = url.parse().expect("valid postgres url");
+    schema
+}
+
+/// A fresh PostgreSQL schema, created now, and a pool whose connections use it as
+/// their `search_path`. The schema is left behind for inspection; names are unique.
+pub async fn fresh_pg_schema(prefix: &str) -> (PgPool, String) {
+    let schema = create_schema(&pg_client().await, prefix).await;
+    let mut config: tokio_postgres::Config = postgres_url().parse().expect("valid postgres url");
     config.options(format!("-c search_path={schema}"));
     (PgPool::new(config, 8), schema)
+}
+
+/// A fresh PostgreSQL schema for code that opens its own connections from a
+/// URL, as the hosts do: the URL (see [`postgres_url_in`]), the schema's name,
+/// and a client of the test's own beside it.
+pub async fn fresh_pg_schema_url(prefix: &str) -> (String, String, tokio_postgres::Client) {
+    let client = pg_client().await;
+    let schema = create_schema(&client, prefix).await;
+    (postgres_url_in(&schema), schema, client)
 }
 
 /// A fresh topic with `partitions` partitions on the test broker.
@@ -145,6 +168,18 @@ pub fn consumer_config(group: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false");
     config
+}
+
+/// A consumer of `topic` on `brokers` in a fresh group, from the topic's start,
+/// that fetches without waiting long: for tests that check what arrived.
+pub fn verifying_consumer(brokers: &str, topic: &str) -> StreamConsumer {
+    let consumer: StreamConsumer = consumer_config(&unique_name("verify"))
+        .set("bootstrap.servers", brokers)
+        .set("fetch.wait.max.ms", "20")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    consumer
 }
 
 /// Analyzes `schema.table` now and keeps autovacuum from analyzing it again,
@@ -398,7 +433,7 @@ fn free_listener() -> std::net::TcpListener {
 
 /// Whether the broker at `brokers` answers a metadata request (blocking).
 fn broker_answers(brokers: &str) -> Option<()> {
-    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use rdkafka::consumer::BaseConsumer;
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()

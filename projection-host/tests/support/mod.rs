@@ -17,6 +17,7 @@ use event_store::postgres::PostgresEventStore;
 use event_store::{EventStore, ReadAllCursor};
 use platform::pg::PgPool;
 use projection_host::consumer::{ConsumerConfig, Projection, run_consumer};
+use projection_host::projector::ReadModel;
 use read_model::SchemaName;
 use read_model::rows::{CommentRow, PostRow, StreamRows};
 use read_model::schema::{COMMENTS, LIKES, POSTS, Table};
@@ -235,6 +236,17 @@ impl World {
         self.publisher.publish(envelopes).await.expect("publish");
     }
 
+    /// [`World::write`]s, then publishes what was appended; returns it.
+    pub async fn write_and_publish(
+        &mut self,
+        posts: usize,
+        extra_events: usize,
+    ) -> Vec<EventEnvelope> {
+        let events = self.write(posts, extra_events).await;
+        self.publish(&events).await;
+        events
+    }
+
     pub fn consumer_config(&self, group: &str) -> ConsumerConfig {
         ConsumerConfig {
             brokers: testkit::kafka_brokers(),
@@ -248,13 +260,13 @@ impl World {
         }
     }
 
-    /// Starts a consumer of `projection`; stop it by sending `true`.
+    /// Starts a consumer of `projection` in `group`.
     pub fn spawn_consumer(
         &self,
         projection: Projection,
         group: &str,
         gate: Arc<RwLock<()>>,
-    ) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    ) -> Consumer {
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(run_consumer(
             self.consumer_config(group),
@@ -265,10 +277,22 @@ impl World {
             stopped,
             Default::default(),
         ));
-        (
-            stop,
-            tokio::spawn(async move { task.await.expect("consumer task").expect("consumer") }),
-        )
+        let task =
+            tokio::spawn(async move { task.await.expect("consumer task").expect("consumer") });
+        Consumer { stop, task }
+    }
+
+    /// The read model in its schema, its tables made.
+    pub async fn open_read_model(&self) -> ReadModel {
+        ReadModel::open(self.pool.clone(), &self.read_model)
+            .await
+            .expect("open")
+    }
+
+    /// Starts projecting into `model` what is published, in a group of its own.
+    pub fn project(&self, model: ReadModel) -> Consumer {
+        let group = testkit::unique_name("g");
+        self.spawn_consumer(Projection::ReadModel(model), &group, Default::default())
     }
 
     /// The rows every post should have: a fold of the whole event store.
@@ -313,6 +337,20 @@ impl World {
             );
         }
         matched.is_some()
+    }
+}
+
+/// A running consumer.
+pub struct Consumer {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Consumer {
+    /// Stops the consumer and waits until it has; it must not have failed.
+    pub async fn stop(self) {
+        self.stop.send(true).expect("stop");
+        self.task.await.expect("consumer");
     }
 }
 
