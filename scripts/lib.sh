@@ -180,7 +180,7 @@ ferretdb_drop_databases() {
 # and the environment of a stack of its own: state, broker and host ports, profile.
 # The broker's controller takes the port after its own; callers space their
 # broker ports two apart (19092 bench, 19094 fault drills, 19096 hostile drill,
-# 19098 broker restart check), clear of the stacks' HTTP ports (18xxx).
+# 19098 broker restart check, 19100 fuzzing), clear of the stacks' HTTP ports (18xxx).
 stack_init() {
   export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sourcegram/target}"
   work="$(mktemp -d)"
@@ -192,8 +192,8 @@ stack_init() {
 
 # stack_up <schema prefix>: starts the services and the three hosts on schemas and
 # consumer groups of their own; sets POSTGRES_URL, $schema and $bin (the hosts'
-# binaries) and exports the secrets. The event store is PostgreSQL, or MongoDB
-# with SOURCEGRAM_EVENT_STORE=mongodb.
+# binaries: SOURCEGRAM_BIN_DIR when set, see up.sh) and exports the secrets. The
+# event store is PostgreSQL, or MongoDB with SOURCEGRAM_EVENT_STORE=mongodb.
 stack_up() {
   eval "$("$lib_dir/services.sh" start)"
   schema="$1_$(date +%s)"
@@ -210,7 +210,7 @@ stack_up() {
   export READ_MODEL_GROUP="$schema-rm" NOTIFICATIONS_GROUP="$schema-nt"
   "$lib_dir/up.sh" >/dev/null
   set -a; source "$SOURCEGRAM_STATE_DIR/secrets.env"; set +a
-  bin="$CARGO_TARGET_DIR/$SOURCEGRAM_PROFILE"
+  bin="${SOURCEGRAM_BIN_DIR:-$CARGO_TARGET_DIR/$SOURCEGRAM_PROFILE}"
 }
 
 # stack_drop_schemas: drops the schemas stack_up made (the drills keep them

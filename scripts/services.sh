@@ -457,8 +457,8 @@ case "${1:-start}" in
     ;;
   prune)
     # Names the tests make (prefix, "_", 32 hex digits) and the scripts make
-    # (drill_, hostile_, bench_ and a timestamp, with their suffixes).
-    pattern='^[a-z0-9_]+_[0-9a-f]{32}$|^(drill|hostile|bench)_[0-9]+(_[a-z]+)?$'
+    # (drill_, hostile_, bench_, fuzz_ and a timestamp, with their suffixes).
+    pattern='^[a-z0-9_]+_[0-9a-f]{32}$|^(drill|hostile|bench|fuzz)_[0-9]+(_[a-z]+)*$'
     start_postgres >/dev/null
     say "dropped $(schemas_matching "$POSTGRES_URL" "$pattern" | drop_schemas "$POSTGRES_URL") schemas"
     # The MongoDB databases tests make on FerretDB (the same names), through

@@ -23,10 +23,16 @@ if [[ ! -f "$secrets" ]]; then
 fi
 set -a; source "$secrets"; set +a
 
-echo "up: building the hosts ($PROFILE; the first build takes a few minutes)" >&2
-flag=(); [[ "$PROFILE" == release ]] && flag=(--release)
-(cd "$root" && cargo build "${flag[@]}" -q -p command-host -p projection-host -p query-host)
-bin="$CARGO_TARGET_DIR/$PROFILE"
+# SOURCEGRAM_BIN_DIR: run the host binaries already in that directory (a CI
+# artifact, say) instead of building them.
+if [[ -n "${SOURCEGRAM_BIN_DIR:-}" ]]; then
+  bin="$SOURCEGRAM_BIN_DIR"
+else
+  echo "up: building the hosts ($PROFILE; the first build takes a few minutes)" >&2
+  flag=(); [[ "$PROFILE" == release ]] && flag=(--release)
+  (cd "$root" && cargo build "${flag[@]}" -q -p command-host -p projection-host -p query-host)
+  bin="$CARGO_TARGET_DIR/$PROFILE"
+fi
 
 export EVENT_STORE_URL="${EVENT_STORE_URL:-$POSTGRES_URL}" RECORDS_URL="${RECORDS_URL:-$POSTGRES_URL}"
 export READ_MODEL_URL="${READ_MODEL_URL:-$POSTGRES_URL}" KAFKA_BROKERS KAFKA_TOPIC
