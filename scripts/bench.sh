@@ -15,6 +15,10 @@
 #   live pipeline lag p99 (command to projection) at half and a quarter of the
 #                 create rate (creates on a fixed schedule), and at a low rate;
 #                 and likes from distinct users on one hot post
+#   hot post      likes on one post from distinct users vs likes spread over
+#                 many posts, same host, same run; the first command after a
+#                 restart on a post of 1,000,000 events, from its snapshot, and
+#                 the command host's RSS after it
 #
 # Each host runs alone during its own load, as its baseline does.
 # Prints one Markdown table. Loopback only; every load is bounded in time.
@@ -22,7 +26,8 @@
 #   BENCH_REPLAY_EVENTS (200000)  events generated for the replay benchmark
 #   BENCH_LIVE_LOW_RATE (200)  the second, low rate of the live-pipeline run
 #   BENCH_PARTITIONS (3)  partitions of the benchmark's topics, as scripts/services.sh
-#   BENCH_HOT_RATE (400)  likes/s on the one hot post (each from a user of its own)
+#   BENCH_HOT_RATE (2000)  likes/s on the one hot post in the live run (each from a user of its own)
+#   BENCH_BIG_POST (1000000)  events of the post loaded after a restart
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/lib.sh"
@@ -106,9 +111,10 @@ metric() { # port name -> value
 }
 
 # Enough users that every like on the hot post comes from a user of its own.
-hot_rate="${BENCH_HOT_RATE:-400}"
-users=$(( hot_rate * (SECONDS_EACH + 2) > 1000 ? hot_rate * (SECONDS_EACH + 2) : 1000 ))
-for i in $(seq 1 "$users"); do "$bin/command-host" mint-token "user$i"; done >"$work/tokens"
+# The closed-loop hot-post load needs one for each like it sends.
+hot_rate="${BENCH_HOT_RATE:-2000}"
+users=$(( 8000 * (SECONDS_EACH + 2) ))
+"$bin/command-host" mint-token user --count "$users" >"$work/tokens"
 cat >"$work/load.lua" <<'LUA'
 local tokens, ids = {}, {}
 for line in io.lines(os.getenv("TOKENS")) do tokens[#tokens + 1] = line end
@@ -177,6 +183,15 @@ before=$(psql_ -c "SELECT count(*) FROM $schema.events")
 say "command host: like"
 read -r like_rps like_p99 like_err < <(MODE=like wrk_run 32 http://127.0.0.1:18081 "$work/load.lua")
 appended=$(( $(psql_ -c "SELECT count(*) FROM $schema.events") - before ))
+say "command host: like, all on one hot post (each from a user of its own)"
+HOT=$(psql_ -c "SELECT stream_id FROM $schema.events ORDER BY position LIMIT 1")
+export HOT
+batches_before=$(metric 18081 sourcegram_write_batches_total) commands_before=$(metric 18081 sourcegram_batched_commands_total)
+before_hot=$(psql_ -c "SELECT count(*) FROM $schema.events WHERE stream_id = '$HOT'")
+read -r hotc_rps hotc_p99 hotc_err < <(MODE=hot wrk_run 32 http://127.0.0.1:18081 "$work/load.lua")
+hotc_appended=$(( $(psql_ -c "SELECT count(*) FROM $schema.events WHERE stream_id = '$HOT'") - before_hot ))
+hotc_batch=$(awk -v c="$(( $(metric 18081 sourcegram_batched_commands_total) - commands_before ))" \
+  -v b="$(( $(metric 18081 sourcegram_write_batches_total) - batches_before ))" 'BEGIN { if (b > 0) printf "%.1f", c / b; else print "n/a" }')
 say "command host: like again (no-ops)"
 MODE=relike wrk_run 32 http://127.0.0.1:18081 "$work/load.lua" >/dev/null # every (user, post) liked once
 before_relike=$(psql_ -c "SELECT count(*) FROM $schema.events")
@@ -222,6 +237,48 @@ read -r get_rps get_p99 get_err < <(MODE=get wrk_run 64 http://127.0.0.1:18082 "
 say "query host: GET /posts?limit=20"
 read -r list_rps list_p99 list_err < <(MODE=list wrk_run 64 http://127.0.0.1:18082 "$work/load.lua")
 stop_last
+
+# --- a post of a million events, after a restart -------------------------------
+# Its likes are written straight into the event store (the API would take
+# minutes), each from a user of its own: the state a million distinct likers
+# leave. No outbox rows, so nothing is published. The first command after a
+# restart folds every event and saves a snapshot; the next restart starts
+# from that snapshot. Each figure is one command's round trip, measured by curl.
+big_events="${BENCH_BIG_POST:-1000000}"
+say "a post of $big_events events: writing them"
+big_token=$(head -1 "$TOKENS")
+start command-host 18081 EVENT_STORE_URL="$store_url" RECORDS_URL="$store_url" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic" PG_POOL_SIZE=8
+big=$(curl -fsS -X POST -H "Authorization: Bearer $big_token" -H 'content-type: application/json' \
+  -d '{"message":"a million likes"}' http://127.0.0.1:18081/posts | sed -n 's/.*"id":"\([^"]*\)".*/\1/p')
+stop_last
+psql_ -c "INSERT INTO $schema.events (event_id, stream_id, stream_type, version, event_type, schema, occurred_at, metadata, data)
+  SELECT gen_random_uuid(), '$big', 'post', v, 'PostLiked', 1, now(),
+         jsonb_build_object('user', 'liker' || v, 'request_id', gen_random_uuid(), 'idempotency_key', null),
+         jsonb_build_object('user', 'liker' || v)
+  FROM generate_series(2, $big_events) AS v"
+first_command() { # sets first_s: seconds of one like's round trip, after a fresh start
+  start command-host 18081 EVENT_STORE_URL="$store_url" RECORDS_URL="$store_url" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic" PG_POOL_SIZE=8
+  local token; token=$(sed -n "$((RANDOM % 1000 + 2))p" "$TOKENS")
+  first_s=$(curl -fsS -o /dev/null -w '%{time_total}' -X POST -H "Authorization: Bearer $token" "http://127.0.0.1:18081/posts/$big/likes")
+}
+say "a post of $big_events events: first command after a restart, no snapshot yet"
+first_command
+big_fold_s=$first_s
+for _ in $(seq 1 600); do
+  [[ -n "$(psql_ -c "SELECT 1 FROM $schema.snapshots WHERE stream_id = '$big'")" ]] && break; sleep 0.1
+done
+big_snapshot_mb=$(psql_ -c "SELECT round(length(data) / 1048576.0, 1) FROM $schema.snapshots WHERE stream_id = '$big'")
+stop_last
+say "a post of $big_events events: first command after a restart, from its snapshot (three restarts)"
+big_runs=()
+for _ in 1 2 3; do
+  first_command
+  big_runs+=("$first_s")
+  big_rss_mb=$(awk '/^VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/${pids[-1]}/status")
+  stop_last
+done
+big_ms() { awk -v s="$1" 'BEGIN { printf "%.1f", s * 1000 }'; }
+big_snap_ms="$(big_ms "${big_runs[0]}") / $(big_ms "${big_runs[1]}") / $(big_ms "${big_runs[2]}")"
 
 # --- replay -----------------------------------------------------------------
 # Written straight into the events table and not into the outbox: as if long
@@ -401,6 +458,8 @@ cat <<EOF
 | create post, 32 connections | $create_rps cmd/s (non-2xx: $create_err) | $create_p99 ms | pgbench insert, 16 clients: $insert_tps/s | $(ratio "$create_rps" "$insert_tps") |
 | create post, publishing held back (diagnostic) | $held_rps cmd/s (non-2xx: $held_err) | $held_p99 ms | pgbench insert: $insert_tps/s | $(ratio "$held_rps" "$insert_tps") |
 | like, 32 connections ($appended appended) | $like_rps cmd/s (non-2xx: $like_err) | $like_p99 ms | pgbench insert: $insert_tps/s | $(ratio "$like_rps" "$insert_tps") |
+| like, one hot post, 32 connections, each like from a user of its own ($hotc_appended appended; $hotc_batch commands per append) | $hotc_rps cmd/s (non-2xx: $hotc_err) | $hotc_p99 ms | like spread over many posts (row above): $like_rps cmd/s | $(ratio "$hotc_rps" "$like_rps") |
+| first like after a restart on a post of $big_events events, from its snapshot ($big_snapshot_mb MB), three restarts | $big_snap_ms ms; command host RSS after: $big_rss_mb MB | | the same, folding every event (no snapshot yet): $(big_ms "$big_fold_s") ms | |
 | like again (no-op, confirmed against the store; $relike_appended appended), 32 connections | $relike_rps cmd/s (non-2xx: $relike_err) | $relike_p99 ms | pgbench point select, 64 clients: $select_tps/s | $(ratio "$relike_rps" "$select_tps") |
 | GET /posts/{id}, 64 connections | $get_rps req/s (non-2xx: $get_err) | $get_p99 ms | pgbench point select, 64 clients: $select_tps/s | $(ratio "$get_rps" "$select_tps") |
 | GET /posts?limit=20, 64 connections | $list_rps req/s (non-2xx: $list_err) | $list_p99 ms | pgbench point select: $select_tps/s | $(ratio "$list_rps" "$select_tps") |

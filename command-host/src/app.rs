@@ -543,13 +543,7 @@ impl<S: EventStore + 'static, R: CommandRecords + 'static> App<S, R> {
                 None if creating => (Post::default(), true),
                 None => match self.load_post(post_id, state).await {
                     Ok(post) => (post, true),
-                    Err(error) => {
-                        let results = writes
-                            .iter()
-                            .map(|_| Err(NothingAppended(clone_store_error(&error))))
-                            .collect();
-                        return answer_all(answers, results);
-                    }
+                    Err(error) => return answer_all(answers, nothing_appended(&writes, &error)),
                 },
             };
             let (plan, base) = loop {
@@ -568,13 +562,7 @@ impl<S: EventStore + 'static, R: CommandRecords + 'static> App<S, R> {
                 match self.catch_up(post_id, &mut post).await {
                     Ok(true) => continue,
                     Ok(false) => break (plan, base),
-                    Err(error) => {
-                        let results = writes
-                            .iter()
-                            .map(|_| Err(NothingAppended(clone_store_error(&error))))
-                            .collect();
-                        return answer_all(answers, results);
-                    }
+                    Err(error) => return answer_all(answers, nothing_appended(&writes, &error)),
                 }
             };
             let envelopes: Vec<EventEnvelope> = plan
@@ -875,11 +863,19 @@ fn plan_batch(post: &mut Post, writes: &[WriteRequest]) -> Vec<Planned> {
         .collect()
 }
 
-fn clone_store_error(error: &CommandError) -> CommandError {
-    match error {
+/// The same failure for every write of a batch, none of which appended.
+fn nothing_appended(
+    writes: &[WriteRequest],
+    error: &CommandError,
+) -> Vec<Result<Written, WriteFailure>> {
+    let each = || match error {
         CommandError::Store(store) => CommandError::Store(store.clone()),
         other => CommandError::Store(StoreError::Unavailable(other.to_string())),
-    }
+    };
+    writes
+        .iter()
+        .map(|_| Err(WriteFailure::NothingAppended(each())))
+        .collect()
 }
 
 /// What a write would do to `post`: the events to append (none for a no-op),

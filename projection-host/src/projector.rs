@@ -199,16 +199,19 @@ pub(crate) async fn pending_events<S: EventStore>(
     pending
         .into_iter()
         .map(|envelope| {
-            let event = envelope
-                .decode()
-                .map_err(|e| ProjectionError::Undecodable {
-                    stream: envelope.stream_id,
-                    version: envelope.version,
-                    reason: e.to_string(),
-                })?;
+            let event = decode(&envelope)?;
             Ok((envelope, event))
         })
         .collect()
+}
+
+/// The event in `envelope`, or why it cannot be projected.
+pub(crate) fn decode(envelope: &EventEnvelope) -> Result<PostEvent, ProjectionError> {
+    envelope.decode().map_err(|e| ProjectionError::Undecodable {
+        stream: envelope.stream_id,
+        version: envelope.version,
+        reason: e.to_string(),
+    })
 }
 
 /// Runs `futures` together and waits for all of them, polling each first in

@@ -332,14 +332,7 @@ impl<S: EventStore + 'static> Replayer<S> {
 }
 
 fn fold(rows: &mut StreamRows, envelope: &EventEnvelope) -> Result<(), ReplayError> {
-    let event = envelope
-        .decode()
-        .map_err(|e| ProjectionError::Undecodable {
-            stream: envelope.stream_id,
-            version: envelope.version,
-            reason: e.to_string(),
-        })?;
-    rows.apply(envelope, &event);
+    rows.apply(envelope, &crate::projector::decode(envelope)?);
     Ok(())
 }
 
