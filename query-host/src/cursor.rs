@@ -23,8 +23,10 @@ impl ListKind {
     }
 }
 
-/// 9999-12-31T23:59:59.999Z: the latest instant a cursor may carry.
-const MAX_MILLIS: i64 = 253_402_300_799_999;
+/// The latest instant a cursor may carry: 15 digits of milliseconds (year
+/// 33658), as the OpenAPI document's pattern says; PostgreSQL holds instants
+/// up to the year 294276, so every such cursor is one it can compare.
+const MAX_MILLIS: i64 = 999_999_999_999_999;
 
 /// A position in a list ordered by (time, id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,8 +60,8 @@ impl Cursor {
         let mut parts = plain.split('|');
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
             (Some(tag), Some(millis), Some(id), None) if tag == kind.tag() => {
-                // Every row's time is from 1970 to 9999 (a cursor carries one
-                // of them); an instant PostgreSQL cannot hold is no cursor.
+                // Every row's time is after 1970 (a cursor carries one of
+                // them); an instant PostgreSQL cannot hold is no cursor.
                 let millis: i64 = millis.parse().map_err(|_| bad())?;
                 if !(0..=MAX_MILLIS).contains(&millis) {
                     return Err(bad());
