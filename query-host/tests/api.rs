@@ -27,18 +27,23 @@ struct App {
 }
 
 async fn spawn_app(min_version_wait: Duration) -> App {
+    let app = spawn_app_without_tables(min_version_wait).await;
+    let conn = app.pool.get().await.expect("conn");
+    read_model::schema::create_read_model(&conn, &app.rm)
+        .await
+        .expect("tables");
+    read_model::schema::create_notifications(&conn, &app.nt)
+        .await
+        .expect("tables");
+    app
+}
+
+/// The host on schemas whose tables nobody has created yet: the projection
+/// host creates them, the query host never does.
+async fn spawn_app_without_tables(min_version_wait: Duration) -> App {
     let (pool, _) = testkit::fresh_pg_schema("qh").await;
     let rm = SchemaName::parse(&testkit::unique_name("rm")).expect("schema name");
     let nt = SchemaName::parse(&testkit::unique_name("nt")).expect("schema name");
-    {
-        let conn = pool.get().await.expect("conn");
-        read_model::schema::create_read_model(&conn, &rm)
-            .await
-            .expect("tables");
-        read_model::schema::create_notifications(&conn, &nt)
-            .await
-            .expect("tables");
-    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -505,4 +510,49 @@ async fn reads_find_posts_by_key_after_the_table_outgrew_its_statistics() {
     }
     // Forty requests, each reading the table once, by index or not.
     testkit::assert_read_by_key(&admin, app.rm.as_str(), "posts", 40, 20_000).await;
+}
+
+/// Before the projection host has made the tables, the query host says so
+/// (503, and /readyz names them) and creates nothing itself.
+#[tokio::test]
+async fn before_the_tables_exist_reads_are_503_and_nothing_is_created() {
+    let app = spawn_app_without_tables(Duration::from_millis(100)).await;
+    let ready = app.get("/readyz", &[]).await;
+    assert_eq!(
+        ready.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        ready.body
+    );
+    assert!(
+        ready.body.contains(&format!("{}.posts", app.rm)),
+        "{}",
+        ready.body
+    );
+    let posts = app.get("/posts", &[]).await;
+    assert_problem(&posts, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        posts.body.contains("not been created yet"),
+        "{}",
+        posts.body
+    );
+    let conn = app.pool.get().await.expect("conn");
+    let made: i64 = conn
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = ANY($1)",
+            &[&vec![app.rm.as_str(), app.nt.as_str()]],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(made, 0, "the query host created a schema");
+    // Once the tables are there, it is ready and reads answer.
+    read_model::schema::create_read_model(&conn, &app.rm)
+        .await
+        .expect("tables");
+    read_model::schema::create_notifications(&conn, &app.nt)
+        .await
+        .expect("tables");
+    assert_eq!(app.get("/readyz", &[]).await.status, StatusCode::OK);
+    assert_eq!(app.get("/posts", &[]).await.status, StatusCode::OK);
 }
