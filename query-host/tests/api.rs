@@ -28,13 +28,7 @@ struct App {
 
 async fn spawn_app(min_version_wait: Duration) -> App {
     let app = spawn_app_without_tables(min_version_wait).await;
-    let conn = app.pool.get().await.expect("conn");
-    read_model::schema::create_read_model(&conn, &app.rm)
-        .await
-        .expect("tables");
-    read_model::schema::create_notifications(&conn, &app.nt)
-        .await
-        .expect("tables");
+    app.create_tables().await;
     app
 }
 
@@ -67,6 +61,17 @@ async fn spawn_app_without_tables(min_version_wait: Duration) -> App {
 }
 
 impl App {
+    /// What the projection host does when it starts.
+    async fn create_tables(&self) {
+        let conn = self.pool.get().await.expect("conn");
+        read_model::schema::create_read_model(&conn, &self.rm)
+            .await
+            .expect("tables");
+        read_model::schema::create_notifications(&conn, &self.nt)
+            .await
+            .expect("tables");
+    }
+
     async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
         self.client.get(path, headers).await
     }
@@ -547,12 +552,7 @@ async fn before_the_tables_exist_reads_are_503_and_nothing_is_created() {
         .get(0);
     assert_eq!(made, 0, "the query host created a schema");
     // Once the tables are there, it is ready and reads answer.
-    read_model::schema::create_read_model(&conn, &app.rm)
-        .await
-        .expect("tables");
-    read_model::schema::create_notifications(&conn, &app.nt)
-        .await
-        .expect("tables");
+    app.create_tables().await;
     assert_eq!(app.get("/readyz", &[]).await.status, StatusCode::OK);
     assert_eq!(app.get("/posts", &[]).await.status, StatusCode::OK);
 }
