@@ -246,11 +246,8 @@ impl StreamSlots {
 /// What one command of a batch comes to, once decided against the state the
 /// commands before it leave.
 enum Planned {
-    /// Its events, and the answer it gets once they are appended.
-    Appends {
-        envelopes: Vec<EventEnvelope>,
-        written: Written,
-    },
+    /// The answer it gets once the batch's events (its own among them) are appended.
+    Appends(Written),
     /// It appends nothing: a repeated like, a refusal, a 412.
     Answered(Result<Written, CommandError>),
 }
@@ -546,39 +543,31 @@ impl<S: EventStore + 'static, R: CommandRecords + 'static> App<S, R> {
                     Err(error) => return answer_all(answers, nothing_appended(&writes, &error)),
                 },
             };
-            let (plan, base) = loop {
+            let (plan, envelopes, base) = loop {
                 let base = post.version();
-                let plan = plan_batch(&mut post, &writes);
-                let appends = plan.iter().any(|p| matches!(p, Planned::Appends { .. }));
+                let (plan, envelopes) = plan_batch(&mut post, &writes);
                 // An answer that appends nothing (a refusal, a 412, a repeated
                 // like) is only as true as the state it was decided on, and
                 // another host may have written since this one cached the post.
                 // When the batch appends, the append checks that state; when it
                 // does not, the answers wait until the store shows nothing newer.
-                if appends || confirmed {
-                    break (plan, base);
+                if !envelopes.is_empty() || confirmed {
+                    break (plan, envelopes, base);
                 }
                 confirmed = true;
                 match self.catch_up(post_id, &mut post).await {
                     Ok(true) => continue,
-                    Ok(false) => break (plan, base),
+                    Ok(false) => break (plan, envelopes, base),
                     Err(error) => return answer_all(answers, nothing_appended(&writes, &error)),
                 }
             };
-            let envelopes: Vec<EventEnvelope> = plan
-                .iter()
-                .flat_map(|p| match p {
-                    Planned::Appends { envelopes, .. } => envelopes.clone(),
-                    Planned::Answered(_) => Vec::new(),
-                })
-                .collect();
             if envelopes.is_empty() {
                 state.post = Some(post);
                 let results = plan
                     .into_iter()
                     .map(|p| match p {
                         Planned::Answered(result) => result.map_err(NothingAppended),
-                        Planned::Appends { .. } => unreachable!("nothing appends"),
+                        Planned::Appends(_) => unreachable!("nothing appends"),
                     })
                     .collect();
                 return answer_all(answers, results);
@@ -588,7 +577,7 @@ impl<S: EventStore + 'static, R: CommandRecords + 'static> App<S, R> {
                     let mut results = Vec::with_capacity(plan.len());
                     for planned in plan {
                         results.push(match planned {
-                            Planned::Appends { written, .. } => Ok(written),
+                            Planned::Appends(written) => Ok(written),
                             Planned::Answered(result) => result.map_err(NothingAppended),
                         });
                     }
@@ -610,7 +599,7 @@ impl<S: EventStore + 'static, R: CommandRecords + 'static> App<S, R> {
                     let results = plan
                         .iter()
                         .map(|p| match p {
-                            Planned::Appends { .. } => Err(MaybeAppended(error.clone().into())),
+                            Planned::Appends(_) => Err(MaybeAppended(error.clone().into())),
                             Planned::Answered(_) => Err(NothingAppended(error.clone().into())),
                         })
                         .collect();
@@ -807,9 +796,10 @@ impl<S: EventStore + 'static, R: CommandRecords + 'static> App<S, R> {
 /// and builds the envelopes of those that append, numbered on from `post`.
 /// Their events are applied to `post` as they are decided, so `post` is the
 /// state after the batch's append; if that append fails, the caller drops it.
-fn plan_batch(post: &mut Post, writes: &[WriteRequest]) -> Vec<Planned> {
+fn plan_batch(post: &mut Post, writes: &[WriteRequest]) -> (Vec<Planned>, Vec<EventEnvelope>) {
     let mut version = post.version();
-    writes
+    let mut envelopes = Vec::new();
+    let plan = writes
         .iter()
         .map(|write| {
             let context = CommandContext {
@@ -840,27 +830,22 @@ fn plan_batch(post: &mut Post, writes: &[WriteRequest]) -> Vec<Planned> {
                 request_id: write.request_id,
                 idempotency_key: write.idempotency_key.clone(),
             };
-            let envelopes = events
-                .iter()
-                .map(|event| {
-                    version = version.next();
-                    apply(post, event);
-                    EventEnvelope::new(
-                        write.post_id,
-                        version,
-                        event,
-                        Uuid::now_v7(),
-                        context.now,
-                        metadata.clone(),
-                    )
-                })
-                .collect();
-            Planned::Appends {
-                envelopes,
-                written: written(version),
+            for event in &events {
+                version = version.next();
+                apply(post, event);
+                envelopes.push(EventEnvelope::new(
+                    write.post_id,
+                    version,
+                    event,
+                    Uuid::now_v7(),
+                    context.now,
+                    metadata.clone(),
+                ));
             }
+            Planned::Appends(written(version))
         })
-        .collect()
+        .collect();
+    (plan, envelopes)
 }
 
 /// The same failure for every write of a batch, none of which appended.
