@@ -219,7 +219,36 @@ pub(crate) struct StreamSlots {
 #[derive(Debug, Default)]
 pub(crate) struct PostSlot {
     state: tokio::sync::Mutex<SlotState>,
-    queue: Mutex<Vec<Queued>>,
+    queue: Mutex<Queue>,
+}
+
+/// The writes waiting for a post, and whether a task is draining them: one
+/// task drains a post's queue at a time, and writes that arrive meanwhile
+/// join its next batch instead of starting tasks of their own.
+#[derive(Debug, Default)]
+struct Queue {
+    waiting: Vec<Queued>,
+    draining: bool,
+}
+
+impl PostSlot {
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// If the draining task panics, marks the post's queue as no longer drained,
+/// so the next write starts a new one. (A drainer that ends normally says so
+/// itself, in the same lock as it finds the queue empty, so no write is left
+/// behind unseen.)
+struct Draining<'a>(&'a PostSlot);
+
+impl Drop for Draining<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.queue().draining = false;
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -478,18 +507,21 @@ impl<S: EventStore + 'static, R: CommandRecords + 'static> App<S, R> {
         })))
     }
 
-    /// Queues the write for its post and waits for its answer. The batch runs
-    /// in a task of its own, so a client that hangs up never cancels the writes
-    /// of the others in its batch.
+    /// Queues the write for its post and waits for its answer. The batches run
+    /// in a task of their own, so a client that hangs up never cancels the
+    /// writes of the others in its batch.
     async fn write(self: &Arc<Self>, write: &WriteRequest) -> Result<Written, WriteFailure> {
         let slot = self.streams.slot(write.post_id);
         let (answer, answered) = oneshot::channel();
-        slot.queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((write.clone(), answer));
-        let app = Arc::clone(self);
-        tokio::spawn(async move { app.drain(&slot).await });
+        let start_draining = {
+            let mut queue = slot.queue();
+            queue.waiting.push((write.clone(), answer));
+            !std::mem::replace(&mut queue.draining, true)
+        };
+        if start_draining {
+            let app = Arc::clone(self);
+            tokio::spawn(async move { app.drain(&slot).await });
+        }
         answered.await.unwrap_or_else(|_| {
             Err(WriteFailure::MaybeAppended(CommandError::Store(
                 StoreError::Unavailable("the write's batch ended without an answer".to_owned()),
@@ -498,19 +530,20 @@ impl<S: EventStore + 'static, R: CommandRecords + 'static> App<S, R> {
     }
 
     /// Takes the post's lock and writes what is queued, batch after batch,
-    /// until nothing waits. A task that finds its write already done by the
-    /// batch before it finds an empty queue and leaves.
+    /// until nothing waits.
     async fn drain(&self, slot: &PostSlot) {
+        let _draining = Draining(slot);
         let mut state = slot.state.lock().await;
         loop {
             let batch: Vec<Queued> = {
-                let mut queue = slot.queue.lock().unwrap_or_else(|p| p.into_inner());
-                let take = queue.len().min(MAX_BATCH);
-                queue.drain(..take).collect()
+                let mut queue = slot.queue();
+                if queue.waiting.is_empty() {
+                    queue.draining = false;
+                    return;
+                }
+                let take = queue.waiting.len().min(MAX_BATCH);
+                queue.waiting.drain(..take).collect()
             };
-            if batch.is_empty() {
-                return;
-            }
             self.write_batch(&mut state, batch).await;
         }
     }
