@@ -158,47 +158,52 @@ impl Metrics {
 
     /// Everything in Prometheus text format.
     pub fn render(&self) -> String {
-        {
-            let r = self.inner.read().unwrap_or_else(|p| p.into_inner());
-            let mut out = String::new();
-            let mut last = "";
-            for ((name, labels), value) in &r.counters {
-                if *name != last {
-                    let _ = writeln!(out, "# TYPE {name} counter");
-                    last = name;
+        let r = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::new();
+        let mut typed = TypeLines::default();
+        for ((name, labels), value) in &r.counters {
+            typed.once(&mut out, name, "counter");
+            let _ = writeln!(out, "{name}{labels} {}", value.get());
+        }
+        let mut typed = TypeLines::default();
+        for ((name, labels), value) in &r.gauges {
+            typed.once(&mut out, name, "gauge");
+            let _ = writeln!(out, "{name}{labels} {}", value.get());
+        }
+        let mut typed = TypeLines::default();
+        for ((name, labels), h) in &r.histograms {
+            typed.once(&mut out, name, "histogram");
+            let h = h.snapshot();
+            let with_le = |le: &str| {
+                if labels.is_empty() {
+                    format!("{{le=\"{le}\"}}")
+                } else {
+                    format!("{},le=\"{le}\"}}", &labels[..labels.len() - 1])
                 }
-                let _ = writeln!(out, "{name}{labels} {}", value.get());
+            };
+            for (count, bound) in h.buckets.iter().zip(BUCKETS) {
+                let _ = writeln!(out, "{name}_bucket{} {count}", with_le(&bound.to_string()));
             }
-            last = "";
-            for ((name, labels), value) in &r.gauges {
-                if *name != last {
-                    let _ = writeln!(out, "# TYPE {name} gauge");
-                    last = name;
-                }
-                let _ = writeln!(out, "{name}{labels} {}", value.get());
-            }
-            last = "";
-            for ((name, labels), h) in &r.histograms {
-                let h = h.snapshot();
-                if *name != last {
-                    let _ = writeln!(out, "# TYPE {name} histogram");
-                    last = name;
-                }
-                let with_le = |le: &str| {
-                    if labels.is_empty() {
-                        format!("{{le=\"{le}\"}}")
-                    } else {
-                        format!("{},le=\"{le}\"}}", &labels[..labels.len() - 1])
-                    }
-                };
-                for (count, bound) in h.buckets.iter().zip(BUCKETS) {
-                    let _ = writeln!(out, "{name}_bucket{} {count}", with_le(&bound.to_string()));
-                }
-                let _ = writeln!(out, "{name}_bucket{} {}", with_le("+Inf"), h.count);
-                let _ = writeln!(out, "{name}_sum{labels} {}", h.sum);
-                let _ = writeln!(out, "{name}_count{labels} {}", h.count);
-            }
-            out
+            let _ = writeln!(out, "{name}_bucket{} {}", with_le("+Inf"), h.count);
+            let _ = writeln!(out, "{name}_sum{labels} {}", h.sum);
+            let _ = writeln!(out, "{name}_count{labels} {}", h.count);
+        }
+        out
+    }
+}
+
+/// Writes each metric's `# TYPE` line once, before its first series (the
+/// series of one name are next to each other: the maps are sorted).
+#[derive(Default)]
+struct TypeLines {
+    last: &'static str,
+}
+
+impl TypeLines {
+    fn once(&mut self, out: &mut String, name: &'static str, kind: &str) {
+        if name != self.last {
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            self.last = name;
         }
     }
 }
