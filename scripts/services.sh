@@ -259,6 +259,17 @@ wait_until() { # pid seconds interval check...
 }
 
 # Waits until the broker answers a metadata request.
+# not_started <name> <pid> <what it did not do> <log>: says why a server we
+# started is not up (it exited, or it never answered) and shows its log's end.
+not_started() {
+  if [[ -n "$2" ]] && ! alive "$2"; then
+    say "$1 exited while starting"
+  else
+    say "$1 did not $3"
+  fi
+  tail -5 "$4" >&2 2>/dev/null || true
+}
+
 wait_for_broker() { wait_until "$1" "$2" 0.5 kafka_answers 127.0.0.1 "$KAFKA_PORT"; }
 
 start_broker() {
@@ -285,12 +296,7 @@ start_broker() {
     echo "$pid" >"$KAFKA_STATE/kafka.pid"
   fi
   if ! wait_for_broker "$pid" 60; then
-    if [[ -n "$pid" ]] && ! alive "$pid"; then
-      say "the broker exited while starting"
-    else
-      say "the broker did not answer a metadata request on port $KAFKA_PORT within 60 s"
-    fi
-    tail -5 "$KAFKA_STATE/kafka.out" >&2 2>/dev/null || true
+    not_started "the broker" "$pid" "answer a metadata request on port $KAFKA_PORT within 60 s" "$KAFKA_STATE/kafka.out"
     grep -E '\] (ERROR|FATAL) ' "$KAFKA_STATE/kafka.log" 2>/dev/null | tail -5 >&2 || true
     exit 1
   fi
@@ -388,12 +394,7 @@ start_ferretdb() {
     echo "$pid" >"$FERRETDB_STATE/ferretdb.pid"
   fi
   if ! wait_for_mongo "$pid" 30; then
-    if [[ -n "$pid" ]] && ! alive "$pid"; then
-      say "FerretDB exited while starting"
-    else
-      say "FerretDB did not answer a ping on port $MONGO_PORT within 30 s"
-    fi
-    tail -5 "$FERRETDB_STATE/ferretdb.log" >&2 2>/dev/null || true
+    not_started FerretDB "$pid" "answer a ping on port $MONGO_PORT within 30 s" "$FERRETDB_STATE/ferretdb.log"
     exit 1
   fi
   MONGODB_URL="mongodb://127.0.0.1:$MONGO_PORT/"
