@@ -8,6 +8,15 @@
 #   5. scale out: a second command host and a second projection host join, the
 #      writers spread over both command hosts, then one of each is killed -9
 #      and not restarted (the survivors carry the load and the partitions)
+#   6. replays with two projection hosts: a second projection host shares the
+#      partitions while the first replays the read model, three times over;
+#      a replay asked of the second meanwhile is refused (409), and after the
+#      load every post in the read model equals the fold of its events
+#      (runs before 5, which kills the first projection host)
+#   7. hot posts on two command hosts: many users like and unlike a few posts
+#      through both command hosts at once (every append carries several posts,
+#      in whatever order they arrived): no answer is a 5xx, and the read model
+#      converges (runs before 5, which kills the second command host)
 # Writers send every write with an Idempotency-Key and, when it fails, retry it
 # with the same key on a command host chosen afresh, as a careful client does.
 # After each drill: every acknowledged write is in the event store (lost = 0),
@@ -19,7 +28,8 @@
 #   DRILL_SECONDS (10)        load before and after each fault
 #   DRILL_OUTAGE_SECONDS (5)  how long the broker stays down (the full form is 30)
 #   DRILL_WRITERS (4)         concurrent writers
-#   DRILLS ("1 2 3 4 5")      which drills to run
+#   DRILLS ("1 2 3 4 5 6 7")  which drills to run (6 and 7 run before 5)
+#   DRILL_HOT_REQUESTS (4000) requests of drill 7
 #   DRILL_KEEP (unset)        keep the work directory (host and broker logs)
 #   SOURCEGRAM_EVENT_STORE    postgres (default) or mongodb: the server the event
 #                             store runs on (mongodb: the one services.sh starts)
@@ -193,6 +203,7 @@ restart_postgres() {
 # its own hosts), with a port and an instance id of its own.
 start_second() { # name port
   local pidfile="$SOURCEGRAM_STATE_DIR/hosts/$1-2.pid"
+  [[ -f "$pidfile" ]] && alive "$(cat "$pidfile")" && return 0
   LISTEN_ADDR="127.0.0.1:$2" PROJECTION_INSTANCE_ID="drill-$1-2" KAFKA_BROKERS="$KAFKA_BROKERS" \
     READ_MODEL_URL="$POSTGRES_URL" nohup "$bin/$1" >>"$SOURCEGRAM_STATE_DIR/hosts/$1-2.log" 2>&1 &
   echo $! >"$pidfile"
@@ -219,6 +230,73 @@ kill_one_of_each() {
     gone "$pid"
   done
 }
+# Replays on the first projection host while the second projects live events
+# into the same tables. While one runs, the second host refuses another.
+replays_beside_a_second_projection_host() {
+  local i answer
+  for i in 1 2 3; do
+    answer=$(curl -sS -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer $ADMIN_TOKEN" \
+      "http://127.0.0.1:$PROJECTION_PORT/admin/replay")
+    [[ "$answer" == 202 ]] || { say "replay $i was refused ($answer)"; return 1; }
+    answer=$(curl -sS -o /dev/null -w '%{http_code}' -X POST -H "Authorization: Bearer $ADMIN_TOKEN" \
+      "http://127.0.0.1:$SECOND_PROJECTION_PORT/admin/replay")
+    # The first may have finished already on a small store; then 202 is right,
+    # and the first must be over by now.
+    if [[ "$answer" == 202 ]]; then
+      replay_state "$PROJECTION_PORT" running && { say "two replays ran at once"; return 1; }
+      wait_for_replay "$SECOND_PROJECTION_PORT" || return 1
+    elif [[ "$answer" != 409 ]]; then
+      say "the second host answered $answer to a replay while one ran"; return 1
+    fi
+    wait_for_replay "$PROJECTION_PORT" || return 1
+  done
+}
+replay_state() { # port state: is the replay that host runs in that state?
+  curl -sS -H "Authorization: Bearer $ADMIN_TOKEN" "http://127.0.0.1:$1/admin/replay" | grep -q "\"state\":\"$2\""
+}
+wait_for_replay() { # port
+  for _ in $(seq 1 1200); do
+    replay_state "$1" running || break
+    sleep 0.1
+  done
+  replay_state "$1" succeeded || { say "the replay on port $1 did not succeed"; return 1; }
+}
+# Drill 7: likes and unlikes of 20 hot posts by 400 users, 32 at a time, spread
+# over both command hosts, sent once each (no retries): every answer is 2xx
+# or a refusal the rules give, never a 5xx; afterwards the read model
+# converges to the event store.
+hot_posts_on_two_command_hosts() {
+  local posts=() i host post user verb codes total server_errors started converged="no" left
+  start_second command-host "$SECOND_COMMAND_PORT"
+  for i in $(seq 1 20); do
+    posts+=("$(curl -sS -X POST "http://127.0.0.1:$COMMAND_PORT/posts" -H "Authorization: Bearer ${TOKENS[0]}" \
+      -H 'Content-Type: application/json' -d '{"message":"hot"}' | sed -n 's/.*"id":"\([^"]*\)".*/\1/p')")
+  done
+  "$bin/command-host" mint-token hot --count 400 >"$work/hot-tokens"
+  mapfile -t hot <"$work/hot-tokens"
+  RANDOM=7
+  for i in $(seq 1 "${DRILL_HOT_REQUESTS:-4000}"); do
+    host=$COMMAND_PORT; ((RANDOM % 2)) && host=$SECOND_COMMAND_PORT
+    post=${posts[$((RANDOM % 20))]} user=${hot[$((RANDOM % 400))]}
+    verb=POST; ((RANDOM % 4 == 0)) && verb=DELETE
+    printf 'url = "http://127.0.0.1:%s/posts/%s/likes"\nrequest = "%s"\nheader = "Authorization: Bearer %s"\noutput = "/dev/null"\nnext\n' \
+      "$host" "$post" "$verb" "$user"
+  done >"$work/hot.curl"
+  curl -s -Z --parallel-max 32 -m 30 -K "$work/hot.curl" -w '%{http_code}\n' >"$work/hot.codes" || true
+  total=$(grep -c . "$work/hot.codes" || true)
+  server_errors=$(grep -c -e '^5' -e '^000' "$work/hot.codes" || true)
+  codes=$(sort "$work/hot.codes" | uniq -c | awk '{printf "%s×%s ", $2, $1}')
+  say "hot posts: $total answers: $codes"
+  started=$SECONDS
+  while ((SECONDS - started < 180)); do
+    snapshot_store
+    left=$(diverging_posts)
+    if [[ "$left" == 0 ]]; then converged="$((SECONDS - started)) s"; break; fi
+    sleep 0.5
+  done
+  hot_row="| hot posts on two command hosts | $total | $server_errors | $converged |"
+  [[ "$server_errors" == 0 && "$total" -gt 0 && "$converged" != no ]]
+}
 stop_seconds() {
   local pidfile
   for pidfile in "$SOURCEGRAM_STATE_DIR"/hosts/*-2.pid; do
@@ -230,11 +308,20 @@ stop_seconds() {
 SECOND_COMMAND_PORT=$((COMMAND_PORT + 10))
 SECOND_PROJECTION_PORT=$((PROJECTION_PORT + 10))
 
-DRILLS="${DRILLS:-1 2 3 4 5}"
+DRILLS="${DRILLS:-1 2 3 4 5 6 7}"
+hot_row="" hot_failed=0
 [[ " $DRILLS " == *" 1 "* ]] && drill "kill -9 command host" kill_command_host
 [[ " $DRILLS " == *" 2 "* ]] && drill "broker down ${OUTAGE_SECONDS}s" broker_outage
 [[ " $DRILLS " == *" 3 "* ]] && drill "kill -9 projection host" kill_projection_host
 [[ " $DRILLS " == *" 4 "* ]] && drill "restart PostgreSQL" restart_postgres
+if [[ " $DRILLS " == *" 6 "* ]]; then
+  start_second projection-host "$SECOND_PROJECTION_PORT"
+  drill "replays beside a second projection host" replays_beside_a_second_projection_host
+fi
+if [[ " $DRILLS " == *" 7 "* ]]; then
+  say "drill: hot posts on two command hosts"
+  hot_posts_on_two_command_hosts || hot_failed=1
+fi
 if [[ " $DRILLS " == *" 5 "* ]]; then
   scale_out
   drill "2+2 hosts, kill -9 one of each" kill_one_of_each
@@ -244,7 +331,13 @@ echo
 echo "| drill | writes acknowledged | writes lost | writes doubled | posts double-applied | converged after load |"
 echo "| --- | --- | --- | --- | --- | --- |"
 printf '%s\n' "${results[@]}"
-failed=0
+if [[ -n "$hot_row" ]]; then
+  echo
+  echo "| drill | requests answered | answers 5xx or none | converged after load |"
+  echo "| --- | --- | --- | --- |"
+  echo "$hot_row"
+fi
+failed=$hot_failed
 for row in "${results[@]}"; do
   IFS='|' read -r _ _ _ lost doubled double converged _ <<<"$row"
   if [[ "${lost// /}" != 0 || "${doubled// /}" != 0 || "${double// /}" != 0 || "${converged// /}" == no ]]; then failed=1; fi

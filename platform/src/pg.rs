@@ -12,6 +12,9 @@ use domain::Version;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
+/// How long opening a connection may take, unless the URL sets `connect_timeout`.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A bounded pool of PostgreSQL connections. Cloning shares the pool.
 #[derive(Clone)]
 pub struct PgPool {
@@ -110,8 +113,12 @@ impl Drop for PooledConn {
 }
 
 impl PgPool {
-    /// A pool of at most `max_size` connections. Connects lazily.
-    pub fn new(config: Config, max_size: usize) -> Self {
+    /// A pool of at most `max_size` connections. Connects lazily; a connection
+    /// attempt gives up after 5 s unless the configuration says otherwise.
+    pub fn new(mut config: Config, max_size: usize) -> Self {
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         Self {
             inner: Arc::new(Inner {
                 config,
@@ -171,17 +178,30 @@ impl PgPool {
     }
 
     async fn connect(&self) -> Result<PgConn, tokio_postgres::Error> {
+        Ok(PgConn {
+            client: self.dedicated().await?,
+            statements: HashMap::new(),
+        })
+    }
+
+    /// A connection to the pool's database outside the pool and its bound,
+    /// closed when dropped: for a session-level lock held for long, which must
+    /// neither take a slot from the pool nor go back into it.
+    pub async fn dedicated(&self) -> Result<Client, tokio_postgres::Error> {
         let (client, connection) = self.inner.config.connect(NoTls).await?;
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, "postgres connection closed");
             }
         });
-        Ok(PgConn {
-            client,
-            statements: HashMap::new(),
-        })
+        Ok(client)
     }
+}
+
+/// `pool` with every statement cut off by the server after `timeout`: the
+/// server rolls it back, so a caller that gave up on it knows it did nothing.
+pub fn with_statement_timeout(pool: &PgPool, timeout: std::time::Duration) -> PgPool {
+    pool.with_setting("statement_timeout", &timeout.as_millis().max(1).to_string())
 }
 
 /// `pool` for statements that all find their rows by key or in an index's

@@ -18,7 +18,7 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use tokio::sync::{RwLock, watch};
+use tokio::sync::watch;
 
 use crate::notifications::Notifications;
 use crate::projector::{BatchOutcome, ProjectionError, ReadModel};
@@ -103,15 +103,13 @@ impl ConsumerContext for Membership {
 }
 
 /// Consumes until `shutdown` turns true. The batch in progress is finished and
-/// committed first. `gate` is held for reading while a batch is applied, so a
-/// replay can pause the projector by taking it for writing. `joined` turns true
+/// committed first. `joined` turns true
 /// once the group has given this consumer its partitions (possibly none).
 pub async fn run_consumer<S: EventStore>(
     config: ConsumerConfig,
     projection: Arc<Projection>,
     store: Arc<S>,
     metrics: Metrics,
-    gate: Arc<RwLock<()>>,
     mut shutdown: watch::Receiver<bool>,
     joined: Arc<AtomicBool>,
 ) -> Result<(), KafkaError> {
@@ -124,7 +122,6 @@ pub async fn run_consumer<S: EventStore>(
         &projection,
         &*store,
         &metrics,
-        &gate,
         &mut shutdown,
     )
     .await;
@@ -172,7 +169,6 @@ async fn consume<S: EventStore>(
     projection: &Projection,
     store: &S,
     metrics: &ProjectionMetrics,
-    gate: &RwLock<()>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), KafkaError> {
     let name = projection.name();
@@ -203,12 +199,9 @@ async fn consume<S: EventStore>(
         }
         let mut backoff = Duration::from_millis(100);
         loop {
-            let (applied, took) = {
-                let _paused_by_replay = gate.read().await;
-                let started = std::time::Instant::now();
-                let applied = projection.apply_batch(store, &batch.envelopes).await;
-                (applied, started.elapsed())
-            };
+            let started = std::time::Instant::now();
+            let applied = projection.apply_batch(store, &batch.envelopes).await;
+            let took = started.elapsed();
             match applied {
                 Ok(outcome) => {
                     if failing {

@@ -5,11 +5,13 @@
 //! - [`notifications`]: the second projection, with its own consumer group.
 //! - [`consumer`]: Kafka micro-batches, offsets committed after the transaction.
 //! - [`replay`]: full rebuild from the event store into a fresh schema, then swap.
+//! - [`fence`]: the swap fence and the replay lease, shared by every host.
 //! - [`config`]: configuration from the environment.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod consumer;
+pub mod fence;
 pub mod notifications;
 pub mod projector;
 pub mod replay;
@@ -27,7 +29,7 @@ use platform::pg::PgPool;
 use platform::routes::{Route, find};
 use read_model::SchemaName;
 use tokio::net::TcpListener;
-use tokio::sync::{RwLock, watch};
+use tokio::sync::watch;
 
 use crate::consumer::{ConsumerConfig, Projection, run_consumer};
 use crate::notifications::Notifications;
@@ -74,7 +76,6 @@ pub async fn run<S: EventStore + 'static>(
     let notifications = Notifications::open(deps.pool.clone(), &deps.notifications_schema)
         .await
         .map_err(to_io)?;
-    let gate = Arc::new(RwLock::new(()));
     let (stop, stopped) = watch::channel(false);
     let mut consumers = Vec::new();
     let mut joined = Vec::new();
@@ -93,7 +94,6 @@ pub async fn run<S: EventStore + 'static>(
             Arc::new(projection),
             Arc::clone(&store),
             deps.metrics.clone(),
-            Arc::clone(&gate),
             stopped.clone(),
             flag,
         );
@@ -109,7 +109,6 @@ pub async fn run<S: EventStore + 'static>(
             Arc::clone(&store),
             deps.pool.clone(),
             &deps.read_model_schema,
-            gate,
         )),
         store,
         pool: deps.pool,
@@ -198,7 +197,7 @@ impl<S: EventStore + 'static> App<S> {
             AdminRequest::OpenApi => Ok(http::openapi(OPENAPI)),
             AdminRequest::StartReplay => {
                 self.authorize(request)?;
-                self.start_replay()
+                self.start_replay().await
             }
             AdminRequest::ReplayProgress => {
                 self.authorize(request)?;
@@ -225,15 +224,15 @@ impl<S: EventStore + 'static> App<S> {
         Ok(())
     }
 
-    fn start_replay(&self) -> Result<HttpResponse, Problem> {
-        self.replayer.begin().map_err(|e| match e {
+    async fn start_replay(&self) -> Result<HttpResponse, Problem> {
+        let lease = self.replayer.begin().await.map_err(|e| match e {
             ReplayError::AlreadyRunning => Problem::new(StatusCode::CONFLICT, e.to_string()),
             other => Problem::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
         })?;
         let replayer = Arc::clone(&self.replayer);
         let metrics = self.metrics.clone();
         tokio::spawn(async move {
-            let outcome = match replayer.run().await {
+            let outcome = match replayer.run(lease).await {
                 Ok(()) => "succeeded",
                 Err(error) => {
                     tracing::error!(%error, "replay failed; the live read model is untouched");

@@ -46,6 +46,8 @@ pub struct ReadModel {
     pool: PgPool,
     schema: SchemaName,
     sql: LiveSql,
+    /// The swap fence every batch shares with the other hosts ([`crate::fence`]).
+    swap_key: String,
 }
 
 impl ReadModel {
@@ -56,6 +58,7 @@ impl ReadModel {
             pool,
             schema: schema.clone(),
             sql: LiveSql::new(schema),
+            swap_key: crate::fence::swap_key(schema),
         })
     }
 
@@ -76,7 +79,11 @@ impl ReadModel {
         let (by_stream, mut outcome) = group_by_stream(batch);
         let mut conn = self.pool.get().await?;
         let statements = Statements::prepare(&mut conn, &self.sql).await?;
+        let fence = conn.prepared(crate::fence::SHARE_SWAP_FENCE).await?;
         let tx = keyed_transaction(&mut conn).await?;
+        // A replay swapping tables, on any host, holds this exclusively: the
+        // batch waits, then applies to the swapped-in tables.
+        tx.execute(&fence, &[&self.swap_key]).await?;
         // Lock the rows of every stream in the batch, in id order so that two
         // projector instances cannot deadlock; the second waits, then skips.
         let ids: Vec<Uuid> = by_stream.keys().map(PostId::as_uuid).collect();

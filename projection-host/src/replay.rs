@@ -12,13 +12,13 @@ use domain::{EventEnvelope, PostId, Version};
 use event_store::{EventStore, ReadAllCursor, StoreError};
 use platform::pg::PgPool;
 use serde::Serialize;
-use tokio::sync::RwLock;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use read_model::SchemaName;
 
+use crate::fence::{ReplayLease, hold_swap_fence};
 use crate::projector::ProjectionError;
 use read_model::rows::{CommentRow, CopyValues, PostRow, StreamRows, like_copy_values};
 use read_model::schema::{COMMENTS, LIKES, POSTS, READ_MODEL_TABLES, Table, analyze_sql, swap_sql};
@@ -30,7 +30,7 @@ const FLUSH_POSTS: usize = 2_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    #[error("a replay is already running")]
+    #[error("a replay of this read model is already running, on this or another projection host")]
     AlreadyRunning,
     /// What can fail a live batch can fail a replay: the read model's
     /// database, the event store, an event that does not decode.
@@ -83,29 +83,22 @@ struct Tracker {
     error: Option<String>,
 }
 
-/// Runs replays of one read-model schema, one at a time, and reports progress.
+/// Runs replays of one read-model schema, one at a time in the cluster, and
+/// reports the progress of the ones this host runs.
 #[derive(Debug)]
 pub struct Replayer<S> {
     store: Arc<S>,
     pool: PgPool,
     live: SchemaName,
-    gate: Arc<RwLock<()>>,
     tracker: Mutex<Tracker>,
 }
 
 impl<S: EventStore + 'static> Replayer<S> {
-    /// `gate` is the lock the live projector holds while applying a batch.
-    pub fn new(
-        store: Arc<S>,
-        pool: PgPool,
-        live_schema: &SchemaName,
-        gate: Arc<RwLock<()>>,
-    ) -> Self {
+    pub fn new(store: Arc<S>, pool: PgPool, live_schema: &SchemaName) -> Self {
         Self {
             store,
             pool,
             live: live_schema.clone(),
-            gate,
             tracker: Mutex::new(Tracker {
                 state: ReplayState::Idle,
                 phase: "idle",
@@ -150,12 +143,17 @@ impl<S: EventStore + 'static> Replayer<S> {
         })
     }
 
-    /// Marks a replay as started, unless one runs already.
-    pub fn begin(&self) -> Result<(), ReplayError> {
+    /// Takes the replay lease and marks a replay as started, unless one runs
+    /// already here or on another host.
+    pub async fn begin(&self) -> Result<ReplayLease, ReplayError> {
+        if self.track(|t| t.state == ReplayState::Running) {
+            return Err(ReplayError::AlreadyRunning);
+        }
+        let client = self.pool.dedicated().await?;
+        let lease = ReplayLease::try_take(client, &self.live)
+            .await?
+            .ok_or(ReplayError::AlreadyRunning)?;
         self.track(|t| {
-            if t.state == ReplayState::Running {
-                return Err(ReplayError::AlreadyRunning);
-            }
             *t = Tracker {
                 state: ReplayState::Running,
                 phase: "rebuilding",
@@ -165,13 +163,14 @@ impl<S: EventStore + 'static> Replayer<S> {
                 finished_after_ms: None,
                 error: None,
             };
-            Ok(())
-        })
+        });
+        Ok(lease)
     }
 
-    /// Runs a replay that [`Replayer::begin`] started, to the end.
-    pub async fn run(&self) -> Result<(), ReplayError> {
-        let result = self.rebuild_and_swap().await;
+    /// Runs a replay that [`Replayer::begin`] started, to the end; the lease
+    /// is given back when it ends.
+    pub async fn run(&self, mut lease: ReplayLease) -> Result<(), ReplayError> {
+        let result = self.rebuild_and_swap(&mut lease).await;
         self.track(|t| {
             t.finished_after_ms = t.started.map(|s| s.elapsed().as_millis() as u64);
             match &result {
@@ -190,11 +189,11 @@ impl<S: EventStore + 'static> Replayer<S> {
 
     /// `begin` and `run` in one call.
     pub async fn replay(&self) -> Result<(), ReplayError> {
-        self.begin()?;
-        self.run().await
+        let lease = self.begin().await?;
+        self.run(lease).await
     }
 
-    async fn rebuild_and_swap(&self) -> Result<(), ReplayError> {
+    async fn rebuild_and_swap(&self, lease: &mut ReplayLease) -> Result<(), ReplayError> {
         let next = self.live.next();
         let retired = self.live.retired();
         {
@@ -255,19 +254,25 @@ impl<S: EventStore + 'static> Replayer<S> {
         self.track(|t| t.phase = "catching up");
         self.catch_up(&next).await?;
 
-        // Phase 3: pause the live projector, catch up the last few, swap.
+        // Phase 3: pause the live projectors of every host (once their batches
+        // in flight have committed), catch up the last few, swap. Whatever a
+        // host applied to the old tables is in the store by now, so the last
+        // catch-up has it; whatever it applies after the swap lands in the new
+        // tables. The fence lifts when the swap commits.
         self.track(|t| t.phase = "swapping");
-        let _paused = self.gate.write().await;
+        let tx = lease.client.transaction().await?;
+        hold_swap_fence(&tx, &self.live).await?;
         self.catch_up(&next).await?;
-        let mut conn = self.pool.get().await?;
-        let tx = conn.client().transaction().await?;
         tx.batch_execute(&swap_sql(&self.live, &next, &retired))
             .await?;
         tx.commit().await?;
-        conn.batch_execute(&format!(
-            "DROP SCHEMA {retired} CASCADE; DROP SCHEMA {next} CASCADE"
-        ))
-        .await?;
+        self.pool
+            .get()
+            .await?
+            .batch_execute(&format!(
+                "DROP SCHEMA {retired} CASCADE; DROP SCHEMA {next} CASCADE"
+            ))
+            .await?;
         Ok(())
     }
 

@@ -13,11 +13,11 @@ use event_store::EventStore;
 use event_store::postgres::PostgresEventStore;
 use platform::pg::PgPool;
 use projection_host::consumer::Projection;
+use projection_host::fence;
 use projection_host::notifications::Notifications;
 use projection_host::projector::ReadModel;
-use projection_host::replay::{ReplayState, Replayer};
+use projection_host::replay::{ReplayError, ReplayState, Replayer};
 use support::{actual, world};
-use tokio::sync::RwLock;
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -97,8 +97,8 @@ async fn two_instances_in_one_group_build_the_same_model_as_one() {
     let group = testkit::unique_name("g");
     let one = w.open_read_model().await;
     let two = w.open_read_model().await;
-    let one = w.spawn_consumer(Projection::ReadModel(one), &group, Default::default());
-    let two = w.spawn_consumer(Projection::ReadModel(two), &group, Default::default());
+    let one = w.spawn_consumer(Projection::ReadModel(one), &group);
+    let two = w.spawn_consumer(Projection::ReadModel(two), &group);
     // More events while both run and rebalance.
     w.write_and_publish(10, 200).await;
     assert!(w.converges(&w.read_model, CONVERGE).await);
@@ -128,7 +128,6 @@ async fn authors_are_notified_of_others_likes_and_comments_once() {
     let consumer = w.spawn_consumer(
         Projection::Notifications(notifications),
         &testkit::unique_name("n"),
-        Default::default(),
     );
     let pool = w.pool.clone();
     let schema = w.notifications.clone();
@@ -196,13 +195,8 @@ async fn a_replay_during_writes_swaps_in_a_model_equal_to_the_store() {
         events.len()
     );
     w.publish(&events).await;
-    let gate: Arc<RwLock<()>> = Default::default();
     let model = w.open_read_model().await;
-    let consumer = w.spawn_consumer(
-        Projection::ReadModel(model),
-        &testkit::unique_name("g"),
-        Arc::clone(&gate),
-    );
+    let consumer = w.spawn_consumer(Projection::ReadModel(model), &testkit::unique_name("g"));
     assert!(
         w.converges(&w.read_model, CONVERGE).await,
         "live model built"
@@ -212,7 +206,6 @@ async fn a_replay_during_writes_swaps_in_a_model_equal_to_the_store() {
         Arc::clone(&w.store),
         w.pool.clone(),
         &w.read_model,
-        Arc::clone(&gate),
     ));
     let replay = {
         let replayer = Arc::clone(&replayer);
@@ -277,23 +270,70 @@ async fn a_failed_replay_leaves_the_live_model_untouched() {
         PgPool::from_url("postgres://sourcegram:sourcegram@127.0.0.1:1/sourcegram", 1)
             .expect("url");
     let broken = Arc::new(PostgresEventStore::new(unreachable));
-    let replayer = Replayer::new(broken, w.pool.clone(), &w.read_model, Default::default());
+    let replayer = Replayer::new(broken, w.pool.clone(), &w.read_model);
     assert!(replayer.replay().await.is_err());
     assert_eq!(replayer.progress().state, ReplayState::Failed);
     assert!(replayer.progress().error.is_some());
     assert_eq!(actual(&w.pool, &w.read_model).await, before);
     // A later replay with a working store succeeds and changes nothing of substance.
-    let replayer = Replayer::new(
-        Arc::clone(&w.store),
-        w.pool.clone(),
-        &w.read_model,
-        Default::default(),
-    );
+    let replayer = Replayer::new(Arc::clone(&w.store), w.pool.clone(), &w.read_model);
     replayer.replay().await.expect("replay");
     assert_eq!(actual(&w.pool, &w.read_model).await, before);
     let posts: BTreeSet<_> = before.keys().collect();
     assert_eq!(posts.len(), 30);
     assert!(w.store.ping().await.is_ok());
+}
+
+/// Two hosts replaying one read model: while a replay runs on one, another
+/// host refuses to start one; once it ended, the other can.
+#[tokio::test]
+async fn one_replay_at_a_time_across_hosts() {
+    let mut w = world().await;
+    w.write(3, 10).await;
+    w.open_read_model().await;
+    let host_one = Replayer::new(Arc::clone(&w.store), w.pool.clone(), &w.read_model);
+    let host_two = Replayer::new(Arc::clone(&w.store), w.pool.clone(), &w.read_model);
+    let lease = host_one.begin().await.expect("the first replay starts");
+    assert!(
+        matches!(host_two.begin().await, Err(ReplayError::AlreadyRunning)),
+        "a second host started a replay of the same read model"
+    );
+    assert_eq!(host_two.progress().state, ReplayState::Idle);
+    host_one.run(lease).await.expect("the first replay");
+    host_two
+        .replay()
+        .await
+        .expect("the second starts once the first ended");
+}
+
+/// A replay swapping tables on one host pauses the live projector of every
+/// other host: a batch waits for the swap, then lands in the swapped-in
+/// tables, never in the retired ones.
+#[tokio::test]
+async fn a_swap_on_one_host_pauses_the_live_projector_of_another() {
+    let mut w = world().await;
+    let events = w.write(3, 10).await;
+    let other_host = w.open_read_model().await;
+    let mut swapping = w.pool.dedicated().await.expect("connection");
+    let tx = swapping.transaction().await.expect("transaction");
+    fence::hold_swap_fence(&tx, &w.read_model)
+        .await
+        .expect("the swap fence");
+    let store = Arc::clone(&w.store);
+    let applying = tokio::spawn(async move { other_host.apply_batch(&*store, &events).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !applying.is_finished(),
+        "another host applied a batch while a swap held the fence"
+    );
+    tx.commit().await.expect("swap done");
+    let outcome = tokio::time::timeout(CONVERGE, applying)
+        .await
+        .expect("the batch goes on once the swap is done")
+        .expect("task")
+        .expect("batch");
+    assert!(outcome.applied > 0);
+    assert!(w.converges(&w.read_model, CONVERGE).await);
 }
 
 /// A read model whose table was analyzed while it held three posts, then grew

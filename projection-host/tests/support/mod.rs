@@ -21,7 +21,7 @@ use projection_host::projector::ReadModel;
 use read_model::SchemaName;
 use read_model::rows::{CommentRow, PostRow, StreamRows};
 use read_model::schema::{COMMENTS, LIKES, POSTS, Table};
-use tokio::sync::{RwLock, watch};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 pub struct World {
@@ -261,19 +261,13 @@ impl World {
     }
 
     /// Starts a consumer of `projection` in `group`.
-    pub fn spawn_consumer(
-        &self,
-        projection: Projection,
-        group: &str,
-        gate: Arc<RwLock<()>>,
-    ) -> Consumer {
+    pub fn spawn_consumer(&self, projection: Projection, group: &str) -> Consumer {
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(run_consumer(
             self.consumer_config(group),
             Arc::new(projection),
             Arc::clone(&self.store),
             platform::metrics::Metrics::new(),
-            gate,
             stopped,
             Default::default(),
         ));
@@ -292,7 +286,7 @@ impl World {
     /// Starts projecting into `model` what is published, in a group of its own.
     pub fn project(&self, model: ReadModel) -> Consumer {
         let group = testkit::unique_name("g");
-        self.spawn_consumer(Projection::ReadModel(model), &group, Default::default())
+        self.spawn_consumer(Projection::ReadModel(model), &group)
     }
 
     /// The rows every post should have: a fold of the whole event store.
