@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use platform::config::{ConfigError, DEFAULT_POSTGRES_URL, parsed_or, var_or};
+use platform::config::{ConfigError, DEFAULT_POSTGRES_URL, parsed_or, secret, var_or};
 use read_model::schema::Location;
 
 #[derive(Debug, Clone)]
@@ -34,7 +34,7 @@ impl Config {
             kafka_topic: var_or("KAFKA_TOPIC", "post-events"),
             read_model_group: var_or("READ_MODEL_GROUP", "post-read-model"),
             notifications_group: var_or("NOTIFICATIONS_GROUP", "post-notifications"),
-            admin_token: std::env::var("ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
+            admin_token: secret("ADMIN_TOKEN")?,
             pool_size: parsed_or("PG_POOL_SIZE", 8)?,
             max_batch: parsed_or("PROJECTION_MAX_BATCH", 500)?,
             max_wait: Duration::from_millis(parsed_or("PROJECTION_MAX_WAIT_MS", 0)?),

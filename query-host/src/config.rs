@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use platform::config::{ConfigError, parsed_or};
+use platform::config::{ConfigError, parsed_or, secret};
 use read_model::schema::Location;
 
 #[derive(Debug, Clone)]
@@ -20,7 +20,7 @@ impl Config {
         Ok(Self {
             listen_addr: parsed_or("LISTEN_ADDR", SocketAddr::from(([127, 0, 0, 1], 8082)))?,
             read_model: Location::from_env()?,
-            token_secret: std::env::var("TOKEN_SECRET").ok().filter(|s| !s.is_empty()),
+            token_secret: secret("TOKEN_SECRET")?,
             pool_size: parsed_or("PG_POOL_SIZE", 16)?,
             min_version_wait: Duration::from_millis(parsed_or("MIN_VERSION_WAIT_MS", 3_000)?),
         })
