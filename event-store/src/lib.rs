@@ -21,9 +21,14 @@ pub enum StoreError {
     /// A stored document could not be read back as an envelope.
     #[error("stored event is unreadable: {0}")]
     Corrupt(String),
-    /// The store could not be reached or failed the call.
+    /// The store could not be reached or failed the call; it may or may not
+    /// have done what was asked.
     #[error("event store unavailable: {0}")]
     Unavailable(String),
+    /// The server cut the call off and rolled it back (a statement timeout, a
+    /// deadlock that kept recurring): certainly nothing of it was written.
+    #[error("event store rolled the call back: {0}")]
+    RolledBack(String),
     /// The caller handed in envelopes that cannot follow `expected` (a bug, not a race).
     #[error("invalid append: {0}")]
     InvalidAppend(String),
@@ -177,9 +182,24 @@ impl AnyEventStore {
     /// Connects by URL scheme (`postgres://` or `mongodb://`) and creates tables
     /// or indexes.
     pub async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
+        Self::connect_bounded(url, pool_size, None).await
+    }
+
+    /// [`AnyEventStore::connect`], with every PostgreSQL statement cut off by
+    /// the server after `statement_timeout` (a write must not outlive its
+    /// deadline).
+    pub async fn connect_bounded(
+        url: &str,
+        pool_size: usize,
+        statement_timeout: Option<std::time::Duration>,
+    ) -> Result<Self, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = platform::pg::PgPool::from_url(url, pool_size)
                 .map_err(|e| StoreError::Unavailable(format!("bad PostgreSQL URL: {e}")))?;
+            let pool = match statement_timeout {
+                Some(timeout) => platform::pg::with_statement_timeout(&pool, timeout),
+                None => pool,
+            };
             let store = postgres::PostgresEventStore::new(platform::pg::keyed(&pool));
             store.migrate().await?;
             return Ok(Self::Postgres(store));

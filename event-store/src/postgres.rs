@@ -102,6 +102,9 @@ WITH appended AS (
 )
 SELECT stream_id FROM appended";
 
+/// How often one append statement is tried when the server rolled it back for
+/// a deadlock or a serialization failure.
+const APPEND_TRIES: u32 = 3;
 /// Appends in one batch at most this many commands.
 const APPEND_BATCH_ITEMS: usize = 64;
 /// Batches of appends at PostgreSQL at the same time (each holds a connection).
@@ -239,10 +242,14 @@ async fn append_batch(
     let mut waiting: Vec<usize> = (0..batch.len()).collect();
     while !waiting.is_empty() {
         let mut seen = HashSet::new();
-        let (round, later): (Vec<usize>, Vec<usize>) = waiting
+        let (mut round, later): (Vec<usize>, Vec<usize>) = waiting
             .into_iter()
             .partition(|&i| seen.insert(batch[i].stream_id));
         waiting = later;
+        // Rows in stream order, whatever order the writes arrived in: two
+        // hosts' statements over the same posts then take their keys in one
+        // order, and the later waits for the earlier instead of deadlocking.
+        round.sort_by_key(|&i| batch[i].stream_id);
         let appends: Vec<&Append> = round.iter().map(|&i| &batch[i]).collect();
         match append_statement(&mut conn, statements, &appends).await {
             Err(StoreError::Conflict { .. }) if appends.len() > 1 => {
@@ -326,31 +333,57 @@ async fn append_statement(
         data.push(&event.data);
     }
     let statement = conn.prepared(APPEND).await.map_err(unavailable)?;
-    statements.fetch_add(1, Ordering::Relaxed);
-    let rows = conn
-        .query(
-            &statement,
-            &[
-                &streams,
-                &expected,
-                &versions,
-                &ids,
-                &stream_types,
-                &types,
-                &schemas,
-                &times,
-                &metadata,
-                &data,
-            ],
-        )
-        .await
-        .map_err(|error| match error.code() {
-            Some(code) if *code == SqlState::UNIQUE_VIOLATION => StoreError::Conflict {
-                stream_id: appends[0].stream_id,
-                expected: appends[0].expected,
+    let mut attempt = 1;
+    let rows = loop {
+        statements.fetch_add(1, Ordering::Relaxed);
+        let outcome = conn
+            .query(
+                &statement,
+                &[
+                    &streams,
+                    &expected,
+                    &versions,
+                    &ids,
+                    &stream_types,
+                    &types,
+                    &schemas,
+                    &times,
+                    &metadata,
+                    &data,
+                ],
+            )
+            .await;
+        match outcome {
+            Ok(rows) => break rows,
+            Err(error) => match error.code() {
+                Some(code) if *code == SqlState::UNIQUE_VIOLATION => {
+                    return Err(StoreError::Conflict {
+                        stream_id: appends[0].stream_id,
+                        expected: appends[0].expected,
+                    });
+                }
+                // The server rolled the statement back whole: nothing went in,
+                // and the same statement may simply be tried again.
+                Some(code)
+                    if (*code == SqlState::T_R_DEADLOCK_DETECTED
+                        || *code == SqlState::T_R_SERIALIZATION_FAILURE)
+                        && attempt < APPEND_TRIES =>
+                {
+                    attempt += 1;
+                }
+                // Cut off by the statement timeout, or rolled back again and
+                // again: certainly not appended.
+                Some(code)
+                    if *code == SqlState::QUERY_CANCELED
+                        || *code == SqlState::T_R_DEADLOCK_DETECTED
+                        || *code == SqlState::T_R_SERIALIZATION_FAILURE =>
+                {
+                    return Err(StoreError::RolledBack(error.to_string()));
+                }
+                _ => return Err(unavailable(error)),
             },
-            _ => unavailable(error),
-        })?;
+        }
+    };
     rows.iter()
         .map(|row| {
             row.try_get::<_, Uuid>(0)
