@@ -24,7 +24,7 @@ use domain::{
 
 use crate::error::{CommandError, problem_for};
 use crate::metrics::CommandMetrics;
-use crate::records::{CommandRecords, IdempotencyClaim, StoredResponse, StreamHead};
+use crate::records::{ClaimToken, CommandRecords, IdempotencyClaim, StoredResponse, StreamHead};
 use crate::routes::{self, Endpoint, route};
 use event_bus::KafkaPublisher;
 use event_store::{EventStore, Snapshot, StoreError};
@@ -37,8 +37,6 @@ use platform::routes::Matched;
 
 /// A write that lost a race is retried against fresh state this many times.
 const MAX_ATTEMPTS: usize = 5;
-/// An idempotency claim whose request never finished may be taken over after this.
-const IDEMPOTENCY_STALE_MS: i64 = 30_000;
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
 /// Cached post states kept before unused ones are dropped.
 const STREAM_CACHE_CAPACITY: usize = 10_000;
@@ -126,6 +124,37 @@ pub struct WriteRequest {
     /// Hash of method, path and body: the same key must come with the same request.
     pub fingerprint: [u8; 32],
     pub request_id: Uuid,
+    /// After this the write is no longer appended ([`WriteLimits`]).
+    pub deadline: tokio::time::Instant,
+}
+
+/// How long a keyed write may be in flight. A claim is taken over once it is
+/// `claim_stale_after` old (by the records database's clock); every write is
+/// appended before `write_deadline` or not at all, and every statement the
+/// host sends is cut off by the server after `write_deadline` too, so no
+/// write is still in flight when its claim can go to a retry.
+#[derive(Debug, Clone, Copy)]
+pub struct WriteLimits {
+    pub claim_stale_after: Duration,
+    pub write_deadline: Duration,
+}
+
+impl WriteLimits {
+    /// Limits for a stale window: writes get a quarter of it (a deadline
+    /// before the append, then at most the append statement's own timeout, and
+    /// room for the group commit ahead of it).
+    pub fn for_stale_window(claim_stale_after: Duration) -> Self {
+        Self {
+            claim_stale_after,
+            write_deadline: claim_stale_after / 4,
+        }
+    }
+}
+
+impl Default for WriteLimits {
+    fn default() -> Self {
+        Self::for_stale_window(Duration::from_secs(30))
+    }
 }
 
 /// A successful write, as the client sees it.
@@ -169,6 +198,7 @@ pub struct App<S, R> {
     pub(crate) metrics: CommandMetrics,
     pub(crate) max_body_bytes: usize,
     pub(crate) streams: StreamSlots,
+    pub(crate) limits: WriteLimits,
 }
 
 impl<S, R> std::fmt::Debug for App<S, R> {
@@ -259,7 +289,28 @@ struct SlotState {
 }
 
 /// A write waiting for its batch, and where its answer goes.
-type Queued = (WriteRequest, oneshot::Sender<Result<Written, WriteFailure>>);
+type Queued = (WriteRequest, Answer);
+type Answer = oneshot::Sender<Result<Written, WriteFailure>>;
+
+impl WriteRequest {
+    fn past_deadline(&self) -> bool {
+        self.deadline <= tokio::time::Instant::now()
+    }
+}
+
+/// Answers, and takes out of the batch, the writes past their deadline.
+fn answer_expired(writes: &mut Vec<WriteRequest>, answers: &mut Vec<Answer>) {
+    let mut i = 0;
+    while i < writes.len() {
+        if writes[i].past_deadline() {
+            writes.remove(i);
+            let failure = WriteFailure::NothingAppended(CommandError::DeadlinePassed);
+            let _ = answers.remove(i).send(Err(failure));
+        } else {
+            i += 1;
+        }
+    }
+}
 
 impl StreamSlots {
     fn slot(&self, post_id: PostId) -> Arc<PostSlot> {
@@ -374,6 +425,7 @@ impl<S: EventStore + 'static, R: CommandRecords + 'static> App<S, R> {
             idempotency_key,
             fingerprint: fingerprint(&method, &path, &body),
             request_id: context.request_id,
+            deadline: tokio::time::Instant::now() + self.limits.write_deadline,
         }))
     }
 
@@ -410,21 +462,19 @@ impl<S: EventStore + 'static, R: CommandRecords + 'static> App<S, R> {
                 &write.actor,
                 &key,
                 &write.fingerprint,
-                clock::now(),
-                IDEMPOTENCY_STALE_MS,
+                self.limits.claim_stale_after,
             )
             .await?;
-        match claim {
-            IdempotencyClaim::Claimed => {
+        let token = match claim {
+            IdempotencyClaim::Claimed(token) => {
                 // The claim may have been taken over from a request whose host died
                 // after appending and before recording its answer. Its events carry
                 // the key, so the store tells: answer as the first attempt did.
                 if let Some(stored) = self.first_outcome(&write, &key).await? {
-                    self.records
-                        .complete_idempotency_key(&write.actor, &key, &stored)
-                        .await?;
+                    self.complete(&write, &key, token, &stored).await?;
                     return Ok(self.replay(&stored));
                 }
+                token
             }
             IdempotencyClaim::Completed(stored) => return Ok(self.replay(&stored)),
             IdempotencyClaim::InProgress => {
@@ -436,7 +486,7 @@ impl<S: EventStore + 'static, R: CommandRecords + 'static> App<S, R> {
                 };
             }
             IdempotencyClaim::Mismatch => return Err(CommandError::IdempotencyMismatch),
-        }
+        };
         let stored = match self.write(&write).await {
             Ok(written) => stored_response(&written),
             // A refusal by the rules is final: the same request gets the same answer.
@@ -453,7 +503,7 @@ impl<S: EventStore + 'static, R: CommandRecords + 'static> App<S, R> {
             // Nothing happened, and trying again may succeed: free the key.
             Err(WriteFailure::NothingAppended(error)) => {
                 self.records
-                    .release_idempotency_key(&write.actor, &key)
+                    .release_idempotency_key(&write.actor, &key, token)
                     .await?;
                 return Err(error);
             }
@@ -461,10 +511,31 @@ impl<S: EventStore + 'static, R: CommandRecords + 'static> App<S, R> {
             // stale rather than risking a second append right away.
             Err(WriteFailure::MaybeAppended(error)) => return Err(error),
         };
-        self.records
-            .complete_idempotency_key(&write.actor, &key, &stored)
-            .await?;
+        self.complete(&write, &key, token, &stored).await?;
         Ok(stored_to_response(&stored))
+    }
+
+    /// Records the answer under the claim `token`. A claim taken over meanwhile
+    /// belongs to the retry that took it, which finds this write's events by
+    /// their key and gives the same answer.
+    async fn complete(
+        &self,
+        write: &WriteRequest,
+        key: &str,
+        token: ClaimToken,
+        stored: &StoredResponse,
+    ) -> Result<(), CommandError> {
+        let held = self
+            .records
+            .complete_idempotency_key(&write.actor, key, token, stored)
+            .await?;
+        if !held {
+            tracing::warn!(
+                user = %write.actor,
+                "an idempotency claim was taken over before its write recorded its answer"
+            );
+        }
+        Ok(())
     }
 
     /// The first answer to a keyed request, given again to its retry.
@@ -481,6 +552,19 @@ impl<S: EventStore + 'static, R: CommandRecords + 'static> App<S, R> {
         write: &WriteRequest,
         key: &str,
     ) -> Result<Option<StoredResponse>, CommandError> {
+        Ok(self
+            .first_written(write, key)
+            .await?
+            .map(|written| stored_response(&written)))
+    }
+
+    /// What a keyed write's first attempt wrote, if any of its events are in
+    /// the store.
+    async fn first_written(
+        &self,
+        write: &WriteRequest,
+        key: &str,
+    ) -> Result<Option<Written>, StoreError> {
         let events = self
             .store
             .find_by_idempotency_key(&write.actor, key)
@@ -499,12 +583,12 @@ impl<S: EventStore + 'static, R: CommandRecords + 'static> App<S, R> {
             | PostCommand::RemoveComment { comment_id } => Some(*comment_id),
             _ => None,
         };
-        Ok(Some(stored_response(&Written {
+        Ok(Some(Written {
             status: success_status(&write.command),
             post_id: last.stream_id,
             comment_id,
             version: last.version,
-        })))
+        }))
     }
 
     /// Queues the write for its post and waits for its answer. The batches run
@@ -557,7 +641,7 @@ impl<S: EventStore + 'static, R: CommandRecords + 'static> App<S, R> {
         let creating = batch
             .iter()
             .all(|(w, _)| matches!(w.command, PostCommand::CreatePost { .. }));
-        let (writes, answers): (Vec<WriteRequest>, Vec<_>) = batch.into_iter().unzip();
+        let (mut writes, mut answers): (Vec<WriteRequest>, Vec<_>) = batch.into_iter().unzip();
         let answer_all = |answers: Vec<oneshot::Sender<_>>,
                           results: Vec<Result<Written, WriteFailure>>| {
             for (answer, result) in answers.into_iter().zip(results) {
@@ -566,6 +650,12 @@ impl<S: EventStore + 'static, R: CommandRecords + 'static> App<S, R> {
             }
         };
         for _attempt in 0..MAX_ATTEMPTS {
+            // A write past its deadline is not appended any more: its claim
+            // may soon go to a retry.
+            answer_expired(&mut writes, &mut answers);
+            if writes.is_empty() {
+                return;
+            }
             // Whether `post` is known to be the store's latest state: just loaded,
             // or checked against the store since it was cached.
             let (mut post, mut confirmed) = match state.post.take() {
@@ -605,6 +695,10 @@ impl<S: EventStore + 'static, R: CommandRecords + 'static> App<S, R> {
                     .collect();
                 return answer_all(answers, results);
             }
+            if writes.iter().any(WriteRequest::past_deadline) {
+                // Decide the others again, without it.
+                continue;
+            }
             match self.store.append_to_stream(post_id, base, &envelopes).await {
                 Ok(()) => {
                     let mut results = Vec::with_capacity(plan.len());
@@ -627,6 +721,18 @@ impl<S: EventStore + 'static, R: CommandRecords + 'static> App<S, R> {
                     // Another writer moved the post on: decide everything again
                     // against its fresh state (an If-Match write then gets 412).
                     self.metrics.append_conflicts.inc(1);
+                    // That writer may be a keyed write's own retry, on another
+                    // host: such a write is answered with what it wrote, never
+                    // decided (and appended) a second time.
+                    if let Err(error) = self
+                        .answer_written_elsewhere(&mut writes, &mut answers)
+                        .await
+                    {
+                        return answer_all(answers, nothing_appended(&writes, &error.into()));
+                    }
+                }
+                Err(error @ StoreError::RolledBack(_)) => {
+                    return answer_all(answers, nothing_appended(&writes, &error.into()));
                 }
                 Err(error) => {
                     let results = plan
@@ -645,6 +751,30 @@ impl<S: EventStore + 'static, R: CommandRecords + 'static> App<S, R> {
             .map(|_| Err(NothingAppended(CommandError::Conflict)))
             .collect();
         answer_all(answers, results)
+    }
+
+    /// Answers, and takes out of the batch, the keyed writes whose events are
+    /// in the store already.
+    async fn answer_written_elsewhere(
+        &self,
+        writes: &mut Vec<WriteRequest>,
+        answers: &mut Vec<Answer>,
+    ) -> Result<(), StoreError> {
+        let mut i = 0;
+        while i < writes.len() {
+            let found = match &writes[i].idempotency_key {
+                Some(key) => self.first_written(&writes[i], key).await?,
+                None => None,
+            };
+            match found {
+                Some(written) => {
+                    writes.remove(i);
+                    let _ = answers.remove(i).send(Ok(written));
+                }
+                None => i += 1,
+            }
+        }
+        Ok(())
     }
 
     /// Saves a snapshot of `post` beside its events once enough events have

@@ -27,6 +27,9 @@ pub enum CommandError {
     IdempotencyMismatch,
     #[error("a request with this Idempotency-Key is still being processed")]
     IdempotencyInProgress,
+    /// The write could not be appended within its deadline; nothing changed.
+    #[error("the write could not be made in time; nothing was changed, try again")]
+    DeadlinePassed,
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -71,7 +74,8 @@ pub fn problem_for(error: &CommandError) -> Problem {
             StatusCode::INTERNAL_SERVER_ERROR,
             "stored data could not be read",
         ),
-        CommandError::Store(StoreError::Unavailable(_))
+        CommandError::DeadlinePassed => Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail),
+        CommandError::Store(StoreError::Unavailable(_) | StoreError::RolledBack(_))
         | CommandError::Records(RecordsError::Unavailable(_)) => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "storage is unavailable; try again",

@@ -29,6 +29,7 @@ use platform::metrics::Metrics;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
+pub use crate::app::WriteLimits;
 use crate::app::{App, StreamSlots};
 use crate::metrics::CommandMetrics;
 use crate::records::CommandRecords;
@@ -46,6 +47,9 @@ pub struct CommandHostDeps<S, R> {
     pub server: ServerConfig,
     pub relay: RelayConfig,
     pub metrics: Metrics,
+    /// How long keyed writes may be in flight; the store's and the records'
+    /// statement timeouts should be `limits.write_deadline` or less.
+    pub limits: WriteLimits,
 }
 
 /// Serves the command host on `listener` and runs the outbox relay until
@@ -83,6 +87,7 @@ where
         metrics,
         max_body_bytes: deps.server.max_body_bytes,
         streams: StreamSlots::default(),
+        limits: deps.limits,
     });
     let grace = deps.server.shutdown_grace;
     let served = http::serve(

@@ -4,10 +4,10 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use command_host::CommandHostDeps;
 use command_host::config::Config;
 use command_host::records::AnyCommandRecords;
 use command_host::relay::RelayConfig;
+use command_host::{CommandHostDeps, WriteLimits};
 use domain::{Timestamp, UserId};
 use event_bus::KafkaPublisher;
 use event_store::AnyEventStore;
@@ -44,12 +44,15 @@ async fn main() -> ExitCode {
 
 async fn serve() -> Result<(), String> {
     let config = Config::from_env().map_err(|e| e.to_string())?;
-    let store = AnyEventStore::connect(&config.event_store_url, config.pool_size)
+    let limits = WriteLimits::for_stale_window(config.idempotency_stale_after);
+    let timeout = Some(limits.write_deadline);
+    let store = AnyEventStore::connect_bounded(&config.event_store_url, config.pool_size, timeout)
         .await
         .map_err(|e| format!("connect event store: {e}"))?;
-    let records = AnyCommandRecords::connect(&config.records_url, config.pool_size)
-        .await
-        .map_err(|e| format!("connect command records: {e}"))?;
+    let records =
+        AnyCommandRecords::connect_bounded(&config.records_url, config.pool_size, timeout)
+            .await
+            .map_err(|e| format!("connect command records: {e}"))?;
     let publisher = KafkaPublisher::new(&config.kafka_brokers, &config.kafka_topic)
         .map_err(|e| e.to_string())?;
     let listener = platform::bind(config.listen_addr, "command host").await?;
@@ -65,6 +68,7 @@ async fn serve() -> Result<(), String> {
         },
         relay: RelayConfig::default(),
         metrics: Metrics::new(),
+        limits,
     };
     command_host::run(listener, deps, shutdown_signal())
         .await
@@ -115,7 +119,7 @@ fn mint_token(args: &[String]) -> Result<(), String> {
             .collect::<Result<_, _>>()?,
     };
     let secret =
-        config::required("TOKEN_SECRET", "it signs the token").map_err(|e| e.to_string())?;
+        config::required_secret("TOKEN_SECRET", "it signs the token").map_err(|e| e.to_string())?;
     let ttl = Duration::from_secs(ttl_seconds);
     let expires_at = Timestamp::from_unix_millis(
         clock::now().unix_millis() + i64::try_from(ttl.as_millis()).map_err(|_| "ttl too large")?,

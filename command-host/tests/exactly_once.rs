@@ -7,6 +7,8 @@
 //!   stores exactly as a host killed at that point leaves them.
 //! - Two hosts on the same stores: neither answers from a cached post state that
 //!   the other has moved on (a repeated like, a 412, a refusal).
+//! - A keyed write stuck behind a lock for longer than the stale window, and
+//!   its retry: the write gives up at its deadline, so one event carries the key.
 
 mod support;
 
@@ -271,4 +273,63 @@ async fn two_hosts_never_answer_from_state_the_other_moved_on() {
 
     a.stop().await;
     b.stop().await;
+}
+
+/// The events table locked against writes for longer than the stale window,
+/// while a keyed comment and, once its claim went stale, its retry are in
+/// flight: the first gives up at its deadline (the server cuts its append
+/// off), so when the lock goes, exactly one event carries the key and every
+/// later retry gets that event's answer.
+#[tokio::test]
+async fn a_write_stuck_past_the_stale_window_and_its_retry_append_once() {
+    let limits = command_host::WriteLimits::default();
+    let (pool, schema) = testkit::fresh_pg_schema("once").await;
+    let topic = testkit::fresh_topic("once", 1).await;
+    let records = support::migrated_records(&pool).await;
+    let app = std::sync::Arc::new(
+        support::spawn_app_limited(
+            pool.clone(),
+            schema,
+            topic,
+            testkit::kafka_brokers(),
+            records,
+            limits,
+        )
+        .await,
+    );
+    let post = app.create_post("alice", "hello").await;
+    let key = "stuck-comment";
+    let path = format!("/posts/{post}/comments");
+    let send = |app: std::sync::Arc<TestApp>, path: String| async move {
+        app.send_keyed(Method::POST, &path, "bob", key, Some(json!({"text": "hi"})))
+            .await
+    };
+    let mut locker = pool.get().await.expect("connection");
+    let lock = locker.client().transaction().await.expect("begin");
+    lock.batch_execute("LOCK TABLE events IN EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    let first = tokio::spawn(send(std::sync::Arc::clone(&app), path.clone()));
+    tokio::time::sleep(limits.claim_stale_after + std::time::Duration::from_millis(500)).await;
+    let retry = tokio::spawn(send(std::sync::Arc::clone(&app), path.clone()));
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    lock.commit().await.expect("unlock");
+    let first = first.await.expect("first");
+    let retry = retry.await.expect("retry");
+    assert_eq!(
+        first.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the first attempt gave up at its deadline: {}",
+        first.body
+    );
+    let last = send(std::sync::Arc::clone(&app), path.clone()).await;
+    assert_eq!(
+        events_with_key(&app, key).await,
+        1,
+        "one event carries the key"
+    );
+    let comment = last.expect_json(StatusCode::CREATED)["comment_id"].clone();
+    if retry.status == StatusCode::CREATED {
+        assert_eq!(retry.json()["comment_id"], comment);
+    }
 }

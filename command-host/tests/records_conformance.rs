@@ -4,16 +4,20 @@
 mod support;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use IdempotencyClaim::{Claimed, Completed, InProgress, Mismatch};
 use command_host::records::postgres::PostgresCommandRecords;
 use command_host::records::{
-    AnyCommandRecords, CommandRecords, IdempotencyClaim, StoredResponse, StreamHead,
+    AnyCommandRecords, ClaimToken, CommandRecords, IdempotencyClaim, StoredResponse, StreamHead,
 };
 use domain::{PostId, Timestamp, UserId, Version};
 use uuid::Uuid;
 
-const STALE_MS: i64 = 30_000;
+/// A window no claim of these tests outlives unless it sleeps past it.
+const STALE: Duration = Duration::from_secs(30);
+/// A window every claim has outlived after [`outlive`].
+const BRIEF: Duration = Duration::from_millis(20);
 
 fn user(name: &str) -> UserId {
     UserId::parse(name).expect("valid")
@@ -27,93 +31,194 @@ fn fresh_key() -> String {
     format!("key-{}", Uuid::new_v4())
 }
 
+/// Sleeps past [`BRIEF`], by any clock.
+async fn outlive() {
+    tokio::time::sleep(BRIEF * 3).await;
+}
+
+/// What a claim came to, without the claim's token.
+#[derive(Debug, PartialEq, Eq)]
+enum Got {
+    Claimed,
+    Completed(StoredResponse),
+    InProgress,
+    Mismatch,
+}
+
 async fn claim(
     records: &impl CommandRecords,
     who: &str,
     key: &str,
     fingerprint: u8,
-    at: Timestamp,
+    stale_after: Duration,
 ) -> IdempotencyClaim {
     records
-        .claim_idempotency_key(&user(who), key, &[fingerprint; 32], at, STALE_MS)
+        .claim_idempotency_key(&user(who), key, &[fingerprint; 32], stale_after)
         .await
         .expect("claim")
 }
 
-/// Asserts what `who` gets for claiming `key` with `fingerprint` at `at`.
+fn got(claim: &IdempotencyClaim) -> Got {
+    match claim {
+        Claimed(_) => Got::Claimed,
+        Completed(response) => Got::Completed(response.clone()),
+        InProgress => Got::InProgress,
+        Mismatch => Got::Mismatch,
+    }
+}
+
+/// Asserts what `who` gets for claiming `key` with `fingerprint`; the claim.
 async fn expect_claim(
     records: &impl CommandRecords,
     who: &str,
     key: &str,
     fingerprint: u8,
-    at: Timestamp,
-    expected: IdempotencyClaim,
-) {
+    stale_after: Duration,
+    expected: Got,
+) -> IdempotencyClaim {
+    let claimed = claim(records, who, key, fingerprint, stale_after).await;
     assert_eq!(
-        claim(records, who, key, fingerprint, at).await,
+        got(&claimed),
         expected,
         "{who} claiming {key} with fingerprint {fingerprint}"
     );
+    claimed
+}
+
+fn token(claim: &IdempotencyClaim) -> ClaimToken {
+    match claim {
+        Claimed(token) => *token,
+        other => panic!("not claimed: {other:?}"),
+    }
+}
+
+fn response(body: &str) -> StoredResponse {
+    StoredResponse {
+        status: 201,
+        location: Some("/posts/x".to_owned()),
+        body: body.to_owned(),
+    }
 }
 
 async fn claim_complete_and_replay(records: &impl CommandRecords) {
     let key = fresh_key();
-    expect_claim(records, "alice", &key, 1, now(), Claimed).await;
-    expect_claim(records, "alice", &key, 1, now(), InProgress).await;
-    expect_claim(records, "alice", &key, 2, now(), Mismatch).await;
+    let alice = expect_claim(records, "alice", &key, 1, STALE, Got::Claimed).await;
+    expect_claim(records, "alice", &key, 1, STALE, Got::InProgress).await;
+    expect_claim(records, "alice", &key, 2, STALE, Got::Mismatch).await;
     // Keys are per user.
-    expect_claim(records, "bob", &key, 2, now(), Claimed).await;
-    let response = StoredResponse {
-        status: 201,
-        location: Some("/posts/x".to_owned()),
-        body: "{\"id\":\"x\",\"version\":1} ✓".to_owned(),
-    };
-    records
-        .complete_idempotency_key(&user("alice"), &key, &response)
+    expect_claim(records, "bob", &key, 2, STALE, Got::Claimed).await;
+    let answer = response("{\"id\":\"x\",\"version\":1} ✓");
+    let held = records
+        .complete_idempotency_key(&user("alice"), &key, token(&alice), &answer)
         .await
         .expect("complete");
-    expect_claim(records, "alice", &key, 1, now(), Completed(response)).await;
-    expect_claim(records, "alice", &key, 2, now(), Mismatch).await;
+    assert!(held);
+    expect_claim(records, "alice", &key, 1, STALE, Got::Completed(answer)).await;
+    expect_claim(records, "alice", &key, 2, STALE, Got::Mismatch).await;
     records.ping().await.expect("ping");
 }
 
 async fn release_frees_the_key_and_stale_claims_are_taken_over(records: &impl CommandRecords) {
     let key = fresh_key();
-    expect_claim(records, "alice", &key, 1, now(), Claimed).await;
+    let first = expect_claim(records, "alice", &key, 1, STALE, Got::Claimed).await;
     records
-        .release_idempotency_key(&user("alice"), &key)
+        .release_idempotency_key(&user("alice"), &key, token(&first))
         .await
         .expect("release");
-    expect_claim(records, "alice", &key, 1, now(), Claimed).await;
+    expect_claim(records, "alice", &key, 1, STALE, Got::Claimed).await;
 
     let stale = fresh_key();
-    let long_ago = Timestamp::from_unix_millis(now().unix_millis() - 10 * STALE_MS);
-    expect_claim(records, "alice", &stale, 1, long_ago, Claimed).await;
-    expect_claim(records, "alice", &stale, 2, now(), Mismatch).await;
-    // Taken over.
-    expect_claim(records, "alice", &stale, 1, now(), Claimed).await;
-    expect_claim(records, "alice", &stale, 1, now(), InProgress).await;
+    expect_claim(records, "alice", &stale, 1, STALE, Got::Claimed).await;
+    outlive().await;
+    expect_claim(records, "alice", &stale, 2, BRIEF, Got::Mismatch).await;
+    // Taken over, once it is older than the window asked for.
+    expect_claim(records, "alice", &stale, 1, BRIEF, Got::Claimed).await;
+    expect_claim(records, "alice", &stale, 1, STALE, Got::InProgress).await;
+}
+
+/// A claim taken over belongs to its new holder: the old one can neither
+/// record its answer nor give the key back.
+async fn only_the_holder_completes_or_releases(records: &impl CommandRecords) {
+    let key = fresh_key();
+    let old = expect_claim(records, "dave", &key, 3, STALE, Got::Claimed).await;
+    outlive().await;
+    let new = expect_claim(records, "dave", &key, 3, BRIEF, Got::Claimed).await;
+    records
+        .release_idempotency_key(&user("dave"), &key, token(&old))
+        .await
+        .expect("release");
+    expect_claim(records, "dave", &key, 3, STALE, Got::InProgress).await;
+    let held = records
+        .complete_idempotency_key(&user("dave"), &key, token(&old), &response("old"))
+        .await
+        .expect("complete");
+    assert!(!held, "the old holder recorded an answer");
+    expect_claim(records, "dave", &key, 3, STALE, Got::InProgress).await;
+    let held = records
+        .complete_idempotency_key(&user("dave"), &key, token(&new), &response("new"))
+        .await
+        .expect("complete");
+    assert!(held);
+    expect_claim(
+        records,
+        "dave",
+        &key,
+        3,
+        STALE,
+        Got::Completed(response("new")),
+    )
+    .await;
+}
+
+/// Claims age by the database's clock: no host's clock takes part, so two
+/// hosts whose clocks disagree see a claim go stale at the same moment.
+async fn claims_age_by_the_database_clock(a: &impl CommandRecords, b: &impl CommandRecords) {
+    let key = fresh_key();
+    expect_claim(a, "erin", &key, 4, STALE, Got::Claimed).await;
+    expect_claim(b, "erin", &key, 4, STALE, Got::InProgress).await;
+    expect_claim(a, "erin", &key, 4, STALE, Got::InProgress).await;
+    outlive().await;
+    expect_claim(b, "erin", &key, 4, BRIEF, Got::Claimed).await;
+    expect_claim(a, "erin", &key, 4, BRIEF, Got::InProgress).await;
+}
+
+/// Users and keys are compared as written: `BOB` is not `bob`, `K` is not `k`.
+async fn users_and_keys_are_case_sensitive(records: &impl CommandRecords) {
+    let key = format!("Key-{}", Uuid::new_v4());
+    let bob = expect_claim(records, "bob", &key, 5, STALE, Got::Claimed).await;
+    let answer = response("bob's");
+    records
+        .complete_idempotency_key(&user("bob"), &key, token(&bob), &answer)
+        .await
+        .expect("complete");
+    expect_claim(records, "BOB", &key, 5, STALE, Got::Claimed).await;
+    expect_claim(records, "bob", &key.to_lowercase(), 5, STALE, Got::Claimed).await;
+    expect_claim(records, "bob", &key, 5, STALE, Got::Completed(answer)).await;
 }
 
 async fn concurrent_claims_have_one_winner(records: Arc<impl CommandRecords + 'static>) {
     for stale_claim_first in [false, true] {
         let key = fresh_key();
-        if stale_claim_first {
+        let window = if stale_claim_first {
             // A stale claim first: twenty retries race to take it over.
-            let long_ago = Timestamp::from_unix_millis(now().unix_millis() - 10 * STALE_MS);
-            expect_claim(&*records, "carol", &key, 7, long_ago, Claimed).await;
-        }
+            expect_claim(&*records, "carol", &key, 7, STALE, Got::Claimed).await;
+            outlive().await;
+            // Long enough that the winner's own claim is not stale to the others.
+            Duration::from_millis(40)
+        } else {
+            STALE
+        };
         let tasks: Vec<_> = (0..20)
             .map(|_| {
                 let records = Arc::clone(&records);
                 let key = key.clone();
-                tokio::spawn(async move { claim(&*records, "carol", &key, 7, now()).await })
+                tokio::spawn(async move { claim(&*records, "carol", &key, 7, window).await })
             })
             .collect();
         let mut claimed = 0;
         for task in tasks {
             match task.await.expect("task") {
-                Claimed => claimed += 1,
+                Claimed(_) => claimed += 1,
                 InProgress => {}
                 other => panic!("unexpected {other:?}"),
             }
@@ -206,6 +311,9 @@ testkit::conformance! {
         release_frees_the_key_and_stale_claims_are_taken_over(&*records).await
     };
     concurrent_claims: |records| concurrent_claims_have_one_winner(records).await;
+    only_the_holder: |records| only_the_holder_completes_or_releases(&*records).await;
+    database_clock: |records| claims_age_by_the_database_clock(&*records, &*records).await;
+    case_sensitive: |records| users_and_keys_are_case_sensitive(&*records).await;
     stream_heads: |records| stream_heads_never_move_back(&*records).await;
     stream_heads_batched: |records| {
         stream_heads_in_one_call_each_land_and_never_move_back(&*records).await

@@ -7,8 +7,10 @@ pub mod mssql;
 pub mod postgres;
 
 use std::future::Future;
+use std::time::Duration;
 
 use domain::{PostId, Timestamp, UserId, Version};
+use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordsError {
@@ -26,11 +28,28 @@ pub struct StoredResponse {
     pub body: String,
 }
 
+/// Who holds a claim: made afresh by every successful claim, so a request
+/// whose claim was taken over can no longer complete or release it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimToken(pub Uuid);
+
+impl ClaimToken {
+    pub fn new() -> Self {
+        Self(Uuid::new_v4())
+    }
+}
+
+impl Default for ClaimToken {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The outcome of claiming an idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IdempotencyClaim {
     /// The key was free (or its earlier claim went stale): this request owns it.
-    Claimed,
+    Claimed(ClaimToken),
     /// A request with this key and the same fingerprint completed: answer this.
     Completed(StoredResponse),
     /// A request with this key and the same fingerprint is still running.
@@ -52,31 +71,34 @@ pub struct StreamHead {
 pub trait CommandRecords: Send + Sync {
     /// Claims `key` for `user`'s request whose fingerprint (a hash of method,
     /// path and body) is `fingerprint`. Concurrent claims of one key: exactly one
-    /// gets `Claimed`. A claim older than `stale_after_ms` that never completed
-    /// (its host died) can be claimed again.
+    /// gets `Claimed`. A claim older than `stale_after` that never completed
+    /// (its host died) can be claimed again. Ages are measured by the
+    /// database's clock alone, so hosts whose clocks disagree agree on them.
     fn claim_idempotency_key(
         &self,
         user: &UserId,
         key: &str,
         fingerprint: &[u8; 32],
-        now: Timestamp,
-        stale_after_ms: i64,
+        stale_after: Duration,
     ) -> impl Future<Output = Result<IdempotencyClaim, RecordsError>> + Send;
 
-    /// Stores the response of the request that holds the claim.
+    /// Stores the response of the request that holds the claim `claim`; says
+    /// whether it still held it (a claim taken over is left to its new owner).
     fn complete_idempotency_key(
         &self,
         user: &UserId,
         key: &str,
+        claim: ClaimToken,
         response: &StoredResponse,
-    ) -> impl Future<Output = Result<(), RecordsError>> + Send;
+    ) -> impl Future<Output = Result<bool, RecordsError>> + Send;
 
-    /// Gives a claim back (the request failed before changing anything), so a
-    /// retry can run.
+    /// Gives the claim `claim` back (the request failed before changing
+    /// anything), so a retry can run; a claim taken over is left alone.
     fn release_idempotency_key(
         &self,
         user: &UserId,
         key: &str,
+        claim: ClaimToken,
     ) -> impl Future<Output = Result<(), RecordsError>> + Send;
 
     /// Upserts a post's registry row; a row never moves back to a lower version.
@@ -119,9 +141,23 @@ impl AnyCommandRecords {
     /// Connects by URL scheme (`postgres://`, `mssql://`, or an ADO.NET string
     /// with `server=`) and creates the tables.
     pub async fn connect(url: &str, pool_size: usize) -> Result<Self, RecordsError> {
+        Self::connect_bounded(url, pool_size, None).await
+    }
+
+    /// [`AnyCommandRecords::connect`], with every PostgreSQL statement cut off
+    /// by the server after `statement_timeout`.
+    pub async fn connect_bounded(
+        url: &str,
+        pool_size: usize,
+        statement_timeout: Option<Duration>,
+    ) -> Result<Self, RecordsError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = platform::pg::PgPool::from_url(url, pool_size)
                 .map_err(|e| RecordsError::Unavailable(format!("bad PostgreSQL URL: {e}")))?;
+            let pool = match statement_timeout {
+                Some(timeout) => platform::pg::with_statement_timeout(&pool, timeout),
+                None => pool,
+            };
             let records = postgres::PostgresCommandRecords::new(platform::pg::keyed(&pool));
             records.migrate().await?;
             return Ok(Self::Postgres(records));
@@ -154,23 +190,28 @@ impl CommandRecords for AnyCommandRecords {
         user: &UserId,
         key: &str,
         fingerprint: &[u8; 32],
-        now: Timestamp,
-        stale_after_ms: i64,
+        stale_after: Duration,
     ) -> Result<IdempotencyClaim, RecordsError> {
-        each_adapter!(self, records => records.claim_idempotency_key(user, key, fingerprint, now, stale_after_ms).await)
+        each_adapter!(self, records => records.claim_idempotency_key(user, key, fingerprint, stale_after).await)
     }
 
     async fn complete_idempotency_key(
         &self,
         user: &UserId,
         key: &str,
+        claim: ClaimToken,
         response: &StoredResponse,
-    ) -> Result<(), RecordsError> {
-        each_adapter!(self, records => records.complete_idempotency_key(user, key, response).await)
+    ) -> Result<bool, RecordsError> {
+        each_adapter!(self, records => records.complete_idempotency_key(user, key, claim, response).await)
     }
 
-    async fn release_idempotency_key(&self, user: &UserId, key: &str) -> Result<(), RecordsError> {
-        each_adapter!(self, records => records.release_idempotency_key(user, key).await)
+    async fn release_idempotency_key(
+        &self,
+        user: &UserId,
+        key: &str,
+        claim: ClaimToken,
+    ) -> Result<(), RecordsError> {
+        each_adapter!(self, records => records.release_idempotency_key(user, key, claim).await)
     }
 
     async fn record_stream_head(&self, head: &StreamHead) -> Result<(), RecordsError> {

@@ -4,6 +4,7 @@
 
 use platform::pg::{version_from_sql, version_to_sql};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tiberius::{AuthMethod, Client, Config};
 use tokio::net::TcpStream;
@@ -12,33 +13,51 @@ use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
 use domain::{PostId, Timestamp, UserId};
 
-use super::{CommandRecords, IdempotencyClaim, RecordsError, StoredResponse, StreamHead};
+use super::{
+    ClaimToken, CommandRecords, IdempotencyClaim, RecordsError, StoredResponse, StreamHead,
+};
 
 type Connection = Client<Compat<TcpStream>>;
 
 const DUPLICATE_KEYS: [u32; 2] = [2_627, 2_601];
 
+/// Keys compare as the bytes they are: the server's default collation is
+/// usually case-insensitive, which would give `BOB` the stored answer of `bob`.
 const MIGRATE: &str = "
 IF OBJECT_ID('idempotency_keys') IS NULL
 CREATE TABLE idempotency_keys (
-    user_id           NVARCHAR(64)  NOT NULL,
-    idem_key          NVARCHAR(200) NOT NULL,
+    user_id           NVARCHAR(64)  COLLATE Latin1_General_100_BIN2 NOT NULL,
+    idem_key          NVARCHAR(200) COLLATE Latin1_General_100_BIN2 NOT NULL,
     fingerprint       VARBINARY(32) NOT NULL,
     completed         BIT           NOT NULL DEFAULT 0,
     response_status   INT           NULL,
     response_location NVARCHAR(400) NULL,
     response_body     NVARCHAR(MAX) NULL,
     claimed_at_ms     BIGINT        NOT NULL,
+    owner             NVARCHAR(36)  COLLATE Latin1_General_100_BIN2 NULL,
     CONSTRAINT pk_idempotency_keys PRIMARY KEY (user_id, idem_key)
 );
+IF COL_LENGTH('idempotency_keys', 'owner') IS NULL
+    ALTER TABLE idempotency_keys ADD owner NVARCHAR(36) COLLATE Latin1_General_100_BIN2 NULL;
+IF EXISTS (SELECT 1 FROM sys.columns WHERE object_id = OBJECT_ID('idempotency_keys')
+           AND name = 'user_id' AND collation_name <> 'Latin1_General_100_BIN2')
+BEGIN
+    ALTER TABLE idempotency_keys DROP CONSTRAINT pk_idempotency_keys;
+    ALTER TABLE idempotency_keys ALTER COLUMN user_id NVARCHAR(64) COLLATE Latin1_General_100_BIN2 NOT NULL;
+    ALTER TABLE idempotency_keys ALTER COLUMN idem_key NVARCHAR(200) COLLATE Latin1_General_100_BIN2 NOT NULL;
+    ALTER TABLE idempotency_keys ADD CONSTRAINT pk_idempotency_keys PRIMARY KEY (user_id, idem_key);
+END;
 IF OBJECT_ID('stream_registry') IS NULL
 CREATE TABLE stream_registry (
-    post_id       NVARCHAR(36) NOT NULL CONSTRAINT pk_stream_registry PRIMARY KEY,
-    author        NVARCHAR(64) NOT NULL,
+    post_id       NVARCHAR(36) COLLATE Latin1_General_100_BIN2 NOT NULL CONSTRAINT pk_stream_registry PRIMARY KEY,
+    author        NVARCHAR(64) COLLATE Latin1_General_100_BIN2 NOT NULL,
     version       BIGINT       NOT NULL,
     deleted       BIT          NOT NULL,
     updated_at_ms BIGINT       NOT NULL
 );";
+
+/// The server's clock in epoch milliseconds: claims are aged by it alone.
+const NOW_MS: &str = "DATEDIFF_BIG(MILLISECOND, '19700101', SYSUTCDATETIME())";
 
 #[derive(Clone)]
 pub struct MssqlCommandRecords {
@@ -152,30 +171,37 @@ async fn claim(
     user: &str,
     key: &str,
     fingerprint: &[u8],
-    now_ms: i64,
-    stale_before_ms: i64,
+    stale_after_ms: i64,
 ) -> Result<Result<IdempotencyClaim, RecordsError>, tiberius::error::Error> {
+    let token = ClaimToken::new();
+    let owner = token.0.to_string();
     let inserted = conn
         .execute(
-            "INSERT INTO idempotency_keys (user_id, idem_key, fingerprint, claimed_at_ms) VALUES (@P1, @P2, @P3, @P4)",
-            &[&user, &key, &fingerprint, &now_ms],
+            format!(
+                "INSERT INTO idempotency_keys (user_id, idem_key, fingerprint, claimed_at_ms, owner)
+                 VALUES (@P1, @P2, @P3, {NOW_MS}, @P4)"
+            ),
+            &[&user, &key, &fingerprint, &owner.as_str()],
         )
         .await;
     match inserted {
-        Ok(_) => return Ok(Ok(IdempotencyClaim::Claimed)),
+        Ok(_) => return Ok(Ok(IdempotencyClaim::Claimed(token))),
         Err(error) if is_duplicate_key(&error) => {}
         Err(error) => return Err(error),
     }
     // Taking over a stale claim: the row lock lets exactly one updater match.
     let taken = conn
         .execute(
-            "UPDATE idempotency_keys SET claimed_at_ms = @P3
-             WHERE user_id = @P1 AND idem_key = @P2 AND completed = 0 AND fingerprint = @P4 AND claimed_at_ms < @P5",
-            &[&user, &key, &now_ms, &fingerprint, &stale_before_ms],
+            format!(
+                "UPDATE idempotency_keys SET claimed_at_ms = {NOW_MS}, owner = @P3
+                 WHERE user_id = @P1 AND idem_key = @P2 AND completed = 0 AND fingerprint = @P4
+                   AND claimed_at_ms < {NOW_MS} - @P5"
+            ),
+            &[&user, &key, &owner.as_str(), &fingerprint, &stale_after_ms],
         )
         .await?;
     if taken.total() == 1 {
-        return Ok(Ok(IdempotencyClaim::Claimed));
+        return Ok(Ok(IdempotencyClaim::Claimed(token)));
     }
     let row = conn
         .query(
@@ -220,20 +246,11 @@ impl CommandRecords for MssqlCommandRecords {
         user: &UserId,
         key: &str,
         fingerprint: &[u8; 32],
-        now: Timestamp,
-        stale_after_ms: i64,
+        stale_after: Duration,
     ) -> Result<IdempotencyClaim, RecordsError> {
         let (mut conn, permit) = self.checkout().await?;
-        let now_ms = now.unix_millis();
-        let result = claim(
-            &mut conn,
-            user.as_str(),
-            key,
-            fingerprint,
-            now_ms,
-            now_ms - stale_after_ms,
-        )
-        .await;
+        let stale_after_ms = i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX);
+        let result = claim(&mut conn, user.as_str(), key, fingerprint, stale_after_ms).await;
         self.finish(conn, permit, result)?
     }
 
@@ -241,28 +258,36 @@ impl CommandRecords for MssqlCommandRecords {
         &self,
         user: &UserId,
         key: &str,
+        claim: ClaimToken,
         response: &StoredResponse,
-    ) -> Result<(), RecordsError> {
+    ) -> Result<bool, RecordsError> {
         let (mut conn, permit) = self.checkout().await?;
         let status = i32::from(response.status);
         let location = response.location.as_deref();
+        let owner = claim.0.to_string();
         let result = conn
             .execute(
                 "UPDATE idempotency_keys SET completed = 1, response_status = @P3, response_location = @P4, response_body = @P5
-                 WHERE user_id = @P1 AND idem_key = @P2",
-                &[&user.as_str(), &key, &status, &location, &response.body.as_str()],
+                 WHERE user_id = @P1 AND idem_key = @P2 AND owner = @P6",
+                &[&user.as_str(), &key, &status, &location, &response.body.as_str(), &owner.as_str()],
             )
             .await
-            .map(|_| ());
+            .map(|done| done.total() == 1);
         self.finish(conn, permit, result)
     }
 
-    async fn release_idempotency_key(&self, user: &UserId, key: &str) -> Result<(), RecordsError> {
+    async fn release_idempotency_key(
+        &self,
+        user: &UserId,
+        key: &str,
+        claim: ClaimToken,
+    ) -> Result<(), RecordsError> {
         let (mut conn, permit) = self.checkout().await?;
+        let owner = claim.0.to_string();
         let result = conn
             .execute(
-                "DELETE FROM idempotency_keys WHERE user_id = @P1 AND idem_key = @P2 AND completed = 0",
-                &[&user.as_str(), &key],
+                "DELETE FROM idempotency_keys WHERE user_id = @P1 AND idem_key = @P2 AND completed = 0 AND owner = @P3",
+                &[&user.as_str(), &key, &owner.as_str()],
             )
             .await
             .map(|_| ());

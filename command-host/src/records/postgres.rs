@@ -3,11 +3,13 @@
 
 use platform::pg::{version_from_sql, version_to_sql};
 use std::collections::BTreeMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use domain::{PostId, Timestamp, UserId};
+use domain::{PostId, UserId};
 
-use super::{CommandRecords, IdempotencyClaim, RecordsError, StoredResponse, StreamHead};
+use super::{
+    ClaimToken, CommandRecords, IdempotencyClaim, RecordsError, StoredResponse, StreamHead,
+};
 use platform::pg::PgPool;
 
 const MIGRATE: &str = "
@@ -23,6 +25,7 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     claimed_at        timestamptz NOT NULL,
     PRIMARY KEY (user_id, idem_key)
 );
+ALTER TABLE idempotency_keys ADD COLUMN IF NOT EXISTS owner uuid;
 CREATE TABLE IF NOT EXISTS stream_registry (
     post_id    uuid        PRIMARY KEY,
     author     text        NOT NULL,
@@ -34,22 +37,22 @@ CREATE TABLE IF NOT EXISTS stream_registry (
 
 // Inserts a fresh claim, or takes over a stale unfinished claim of the same
 // request. The row lock makes concurrent claimers queue: exactly one gets a row
-// back; the others see the row as it is after the winner.
+// back; the others see the row as it is after the winner. Ages are the
+// server's own clock ($5: milliseconds), never a host's.
 const CLAIM: &str = "
-INSERT INTO idempotency_keys (user_id, idem_key, fingerprint, claimed_at) VALUES ($1, $2, $3, $4)
-ON CONFLICT (user_id, idem_key) DO UPDATE SET claimed_at = EXCLUDED.claimed_at
+INSERT INTO idempotency_keys (user_id, idem_key, fingerprint, claimed_at, owner) VALUES ($1, $2, $3, now(), $4)
+ON CONFLICT (user_id, idem_key) DO UPDATE SET claimed_at = EXCLUDED.claimed_at, owner = EXCLUDED.owner
 WHERE NOT idempotency_keys.completed
   AND idempotency_keys.fingerprint = EXCLUDED.fingerprint
-  AND idempotency_keys.claimed_at < $5
+  AND idempotency_keys.claimed_at < now() - $5::float8 * interval '1 millisecond'
 RETURNING user_id";
 const EXISTING: &str =
     "SELECT fingerprint, completed, response_status, response_location, response_body
 FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2";
 const COMPLETE: &str = "UPDATE idempotency_keys
 SET completed = true, response_status = $3, response_location = $4, response_body = $5
-WHERE user_id = $1 AND idem_key = $2";
-const RELEASE: &str =
-    "DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2 AND NOT completed";
+WHERE user_id = $1 AND idem_key = $2 AND owner = $6";
+const RELEASE: &str = "DELETE FROM idempotency_keys WHERE user_id = $1 AND idem_key = $2 AND NOT completed AND owner = $3";
 const RECORD_HEAD: &str = "
 INSERT INTO stream_registry (post_id, author, version, deleted, updated_at) VALUES ($1, $2, $3, $4, $5)
 ON CONFLICT (post_id) DO UPDATE
@@ -99,12 +102,10 @@ impl CommandRecords for PostgresCommandRecords {
         user: &UserId,
         key: &str,
         fingerprint: &[u8; 32],
-        now: Timestamp,
-        stale_after_ms: i64,
+        stale_after: Duration,
     ) -> Result<IdempotencyClaim, RecordsError> {
-        let stale_before = SystemTime::from(Timestamp::from_unix_millis(
-            now.unix_millis() - stale_after_ms,
-        ));
+        let token = ClaimToken::new();
+        let stale_after_ms = stale_after.as_secs_f64() * 1_000.0;
         let mut conn = self.pool.get().await.map_err(unavailable)?;
         let claim = conn.prepared(CLAIM).await.map_err(unavailable)?;
         let fingerprint = fingerprint.as_slice();
@@ -115,14 +116,14 @@ impl CommandRecords for PostgresCommandRecords {
                     &user.as_str(),
                     &key,
                     &fingerprint,
-                    &SystemTime::from(now),
-                    &stale_before,
+                    &token.0,
+                    &stale_after_ms,
                 ],
             )
             .await
             .map_err(unavailable)?;
         if claimed.is_some() {
-            return Ok(IdempotencyClaim::Claimed);
+            return Ok(IdempotencyClaim::Claimed(token));
         }
         let existing = conn.prepared(EXISTING).await.map_err(unavailable)?;
         let Some(row) = conn
@@ -155,29 +156,37 @@ impl CommandRecords for PostgresCommandRecords {
         &self,
         user: &UserId,
         key: &str,
+        claim: ClaimToken,
         response: &StoredResponse,
-    ) -> Result<(), RecordsError> {
+    ) -> Result<bool, RecordsError> {
         let mut conn = self.pool.get().await.map_err(unavailable)?;
         let statement = conn.prepared(COMPLETE).await.map_err(unavailable)?;
-        conn.execute(
-            &statement,
-            &[
-                &user.as_str(),
-                &key,
-                &i32::from(response.status),
-                &response.location,
-                &response.body,
-            ],
-        )
-        .await
-        .map_err(unavailable)?;
-        Ok(())
+        let updated = conn
+            .execute(
+                &statement,
+                &[
+                    &user.as_str(),
+                    &key,
+                    &i32::from(response.status),
+                    &response.location,
+                    &response.body,
+                    &claim.0,
+                ],
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(updated == 1)
     }
 
-    async fn release_idempotency_key(&self, user: &UserId, key: &str) -> Result<(), RecordsError> {
+    async fn release_idempotency_key(
+        &self,
+        user: &UserId,
+        key: &str,
+        claim: ClaimToken,
+    ) -> Result<(), RecordsError> {
         let mut conn = self.pool.get().await.map_err(unavailable)?;
         let statement = conn.prepared(RELEASE).await.map_err(unavailable)?;
-        conn.execute(&statement, &[&user.as_str(), &key])
+        conn.execute(&statement, &[&user.as_str(), &key, &claim.0])
             .await
             .map_err(unavailable)?;
         Ok(())

@@ -9,12 +9,12 @@ use std::fmt::Display;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use command_host::CommandHostDeps;
 use command_host::records::postgres::PostgresCommandRecords;
 use command_host::records::{
-    CommandRecords, IdempotencyClaim, RecordsError, StoredResponse, StreamHead,
+    ClaimToken, CommandRecords, IdempotencyClaim, RecordsError, StoredResponse, StreamHead,
 };
 use command_host::relay::RelayConfig;
+use command_host::{CommandHostDeps, WriteLimits};
 use domain::{PostId, Timestamp, UserId};
 use event_bus::KafkaPublisher;
 use event_store::postgres::PostgresEventStore;
@@ -66,6 +66,27 @@ pub async fn spawn_app_with<R: CommandRecords + 'static>(
     brokers: String,
     records: R,
 ) -> TestApp {
+    spawn_app_limited(
+        pool,
+        schema,
+        topic,
+        brokers,
+        records,
+        WriteLimits::default(),
+    )
+    .await
+}
+
+/// [`spawn_app_with`] under `limits`; the event store's statements are cut off
+/// at the write deadline, as the host's own `main` does.
+pub async fn spawn_app_limited<R: CommandRecords + 'static>(
+    pool: PgPool,
+    schema: String,
+    topic: String,
+    brokers: String,
+    records: R,
+    limits: WriteLimits,
+) -> TestApp {
     let store = PostgresEventStore::new(pool.clone());
     store.migrate().await.expect("migrate event store");
     let publisher = KafkaPublisher::new(&brokers, &topic).expect("producer");
@@ -74,8 +95,9 @@ pub async fn spawn_app_with<R: CommandRecords + 'static>(
         .expect("bind port 0");
     let addr = listener.local_addr().expect("bound address");
     let (stop, stopped) = oneshot::channel::<()>();
+    let bounded = platform::pg::with_statement_timeout(&pool, limits.write_deadline);
     let deps = CommandHostDeps {
-        store: PostgresEventStore::new(pool.clone()),
+        store: PostgresEventStore::new(bounded),
         records,
         publisher,
         token_key: TokenKey::new(SECRET),
@@ -89,6 +111,7 @@ pub async fn spawn_app_with<R: CommandRecords + 'static>(
             ..RelayConfig::default()
         },
         metrics: Metrics::new(),
+        limits,
     };
     let task = tokio::spawn(command_host::run(listener, deps, async {
         let _ = stopped.await;
@@ -392,13 +415,14 @@ impl<R: CommandRecords> CommandRecords for HookedRecords<R> {
     testkit::forward_to_inner! {
         before = hook;
         fn claim_idempotency_key(
-            &self, user: &UserId, key: &str, fingerprint: &[u8; 32], now: Timestamp,
-            stale_after_ms: i64
+            &self, user: &UserId, key: &str, fingerprint: &[u8; 32], stale_after: Duration
         ) -> Result<IdempotencyClaim, RecordsError>;
         fn complete_idempotency_key(
-            &self, user: &UserId, key: &str, response: &StoredResponse
+            &self, user: &UserId, key: &str, claim: ClaimToken, response: &StoredResponse
+        ) -> Result<bool, RecordsError>;
+        fn release_idempotency_key(
+            &self, user: &UserId, key: &str, claim: ClaimToken
         ) -> Result<(), RecordsError>;
-        fn release_idempotency_key(&self, user: &UserId, key: &str) -> Result<(), RecordsError>;
         fn record_stream_head(&self, head: &StreamHead) -> Result<(), RecordsError>;
         fn record_stream_heads(&self, heads: &[StreamHead]) -> Result<(), RecordsError>;
         fn stream_head(&self, post_id: PostId) -> Result<Option<StreamHead>, RecordsError>;
