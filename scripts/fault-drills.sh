@@ -124,15 +124,22 @@ SELECT count(*) FROM acked a WHERE NOT EXISTS
 SQL
 }
 
+# Per post in the event store: its version, and its likes (the likers whose
+# latest like or unlike is a like).
+store_posts_sql="
+  WITH latest AS (
+    SELECT DISTINCT ON (stream_id, liker) stream_id, event_type FROM \$schema.store_events
+    WHERE event_type IN ('PostLiked', 'PostUnliked') ORDER BY stream_id, liker, version DESC),
+  liked AS (
+    SELECT stream_id, count(*) FILTER (WHERE event_type = 'PostLiked') AS likes FROM latest GROUP BY stream_id)
+  SELECT e.stream_id, max(e.version) AS version, coalesce(max(l.likes), 0) AS likes
+  FROM \$schema.store_events e LEFT JOIN liked l USING (stream_id) GROUP BY e.stream_id"
+
 # Posts whose read-model row differs from the event store: version behind, or
 # likes not equal to the likes the events imply (a double-applied like shows here).
 diverging_posts() {
   psql_ -c "
-    WITH store AS (
-      SELECT stream_id,
-             max(version) AS version,
-             count(DISTINCT liker) FILTER (WHERE event_type = 'PostLiked') AS likes
-      FROM $schema.store_events GROUP BY stream_id)
+    WITH store AS (${store_posts_sql//\$schema/$schema})
     SELECT count(*) FROM store s LEFT JOIN ${schema}_rm.posts p ON p.id = s.stream_id
     WHERE p.id IS NULL OR p.version <> s.version OR p.likes <> s.likes"
 }
@@ -146,9 +153,7 @@ doubled_writes() {
 
 double_applied() {
   psql_ -c "
-    WITH store AS (
-      SELECT stream_id, count(DISTINCT liker) FILTER (WHERE event_type = 'PostLiked') AS likes
-      FROM $schema.store_events GROUP BY stream_id)
+    WITH store AS (${store_posts_sql//\$schema/$schema})
     SELECT count(*) FROM store s JOIN ${schema}_rm.posts p ON p.id = s.stream_id WHERE p.likes > s.likes"
 }
 
@@ -279,10 +284,13 @@ hot_posts_on_two_command_hosts() {
     host=$COMMAND_PORT; ((RANDOM % 2)) && host=$SECOND_COMMAND_PORT
     post=${posts[$((RANDOM % 20))]} user=${hot[$((RANDOM % 400))]}
     verb=POST; ((RANDOM % 4 == 0)) && verb=DELETE
-    printf 'url = "http://127.0.0.1:%s/posts/%s/likes"\nrequest = "%s"\nheader = "Authorization: Bearer %s"\noutput = "/dev/null"\nnext\n' \
+    # `next` starts each request afresh, options and all.
+    ((i > 1)) && echo next
+    printf 'url = "http://127.0.0.1:%s/posts/%s/likes"\nrequest = "%s"\nheader = "Authorization: Bearer %s"\n' \
       "$host" "$post" "$verb" "$user"
+    printf 'silent\nmax-time = 30\noutput = "/dev/null"\nwrite-out = "%%{http_code}\\n"\n'
   done >"$work/hot.curl"
-  curl -s -Z --parallel-max 32 -m 30 -K "$work/hot.curl" -w '%{http_code}\n' >"$work/hot.codes" || true
+  curl -s -Z --parallel-max 32 -K "$work/hot.curl" >"$work/hot.codes" 2>"$work/hot.curl-log" || true
   total=$(grep -c . "$work/hot.codes" || true)
   server_errors=$(grep -c -e '^5' -e '^000' "$work/hot.codes" || true)
   codes=$(sort "$work/hot.codes" | uniq -c | awk '{printf "%s×%s ", $2, $1}')

@@ -197,6 +197,7 @@ pub struct App<S, R> {
     pub(crate) token_key: TokenKey,
     pub(crate) metrics: CommandMetrics,
     pub(crate) max_body_bytes: usize,
+    pub(crate) body_read_timeout: Duration,
     pub(crate) streams: StreamSlots,
     pub(crate) limits: WriteLimits,
 }
@@ -387,7 +388,7 @@ impl<S: EventStore + 'static, R: CommandRecords + 'static> App<S, R> {
                 | Endpoint::EditComment
         );
         let body = if needs_body {
-            http::read_json_bytes(request, self.max_body_bytes).await?
+            http::read_json_bytes(request, self.max_body_bytes, self.body_read_timeout).await?
         } else {
             Bytes::new()
         };
@@ -635,7 +636,7 @@ impl<S: EventStore + 'static, R: CommandRecords + 'static> App<S, R> {
     /// load → decide every command in order → one append, retried against
     /// fresh state when another writer won. Each command gets its own answer.
     async fn write_batch(&self, state: &mut SlotState, batch: Vec<Queued>) {
-        use WriteFailure::{MaybeAppended, NothingAppended};
+        use WriteFailure::NothingAppended;
         let post_id = batch[0].0.post_id;
         // A new post's id was made for its request: it has nothing to load.
         let creating = batch
@@ -731,19 +732,7 @@ impl<S: EventStore + 'static, R: CommandRecords + 'static> App<S, R> {
                         return answer_all(answers, nothing_appended(&writes, &error.into()));
                     }
                 }
-                Err(error @ StoreError::RolledBack(_)) => {
-                    return answer_all(answers, nothing_appended(&writes, &error.into()));
-                }
-                Err(error) => {
-                    let results = plan
-                        .iter()
-                        .map(|p| match p {
-                            Planned::Appends(_) => Err(MaybeAppended(error.clone().into())),
-                            Planned::Answered(_) => Err(NothingAppended(error.clone().into())),
-                        })
-                        .collect();
-                    return answer_all(answers, results);
-                }
+                Err(error) => return answer_all(answers, failed_append(plan, &error)),
             }
         }
         let results = writes
@@ -935,15 +924,20 @@ impl<S: EventStore + 'static, R: CommandRecords + 'static> App<S, R> {
         );
         let mut failures = Vec::new();
         if let Err(e) = store {
-            failures.push(format!("event store: {e}"));
+            failures.push(http::unready("event store", &e));
         }
         if let Err(e) = records {
-            failures.push(format!("command records: {e}"));
+            failures.push(http::unready("command records", &e));
         }
-        if let Err(e) = broker {
-            failures.push(format!("kafka: {e}"));
+        // Writes go on while the broker is down: their events wait in the
+        // outbox until the relay can publish them.
+        match broker {
+            Err(e) if failures.is_empty() => http::ready_degraded(&[format!(
+                "{}; events wait in the outbox",
+                http::unready("kafka", &e)
+            )]),
+            _ => http::readyz(&failures),
         }
-        http::readyz(&failures)
     }
 
     async fn metrics(&self) -> HttpResponse {
@@ -1023,6 +1017,26 @@ fn nothing_appended(
     writes
         .iter()
         .map(|_| Err(WriteFailure::NothingAppended(each())))
+        .collect()
+}
+
+/// The answers to a batch whose append failed with `error` (not a conflict).
+/// The writes that would have appended fail with it: perhaps appended, unless
+/// the server rolled the append back. A refusal for not being the author keeps
+/// its own answer, as authorship never changes; every other answer depended on
+/// a state the append would have confirmed, and fails with the error too.
+fn failed_append(plan: Vec<Planned>, error: &StoreError) -> Vec<Result<Written, WriteFailure>> {
+    let rolled_back = matches!(error, StoreError::RolledBack(_));
+    plan.into_iter()
+        .map(|planned| match planned {
+            Planned::Answered(Err(
+                refusal @ CommandError::Domain(domain::DomainError::Forbidden(_)),
+            )) => Err(WriteFailure::NothingAppended(refusal)),
+            Planned::Appends(_) if !rolled_back => {
+                Err(WriteFailure::MaybeAppended(error.clone().into()))
+            }
+            _ => Err(WriteFailure::NothingAppended(error.clone().into())),
+        })
         .collect()
 }
 

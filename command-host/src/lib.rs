@@ -86,6 +86,7 @@ where
         token_key: deps.token_key,
         metrics,
         max_body_bytes: deps.server.max_body_bytes,
+        body_read_timeout: deps.server.body_read_timeout,
         streams: StreamSlots::default(),
         limits: deps.limits,
     });

@@ -555,3 +555,58 @@ async fn the_history_is_paginated_and_every_page_links_the_next() {
     let answer = get(format!("/posts/{unknown}/events?from_version=3")).await;
     assert_problem(&answer, StatusCode::NOT_FOUND);
 }
+
+/// A signed-in client that sends its headers and then trickles its body gets
+/// 408 once the body read timeout (2 s here) is up, and nothing is written.
+#[tokio::test]
+async fn a_body_that_trickles_in_is_answered_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = support::spawn_app().await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /posts HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"mess",
+        app.token("alice")
+    );
+    stream.write_all(head.as_bytes()).await.expect("send");
+    let started = std::time::Instant::now();
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut answer))
+        .await
+        .expect("answered before the test gave up")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(1_500));
+    let mut conn = app.pool.get().await.expect("connection");
+    let events: i64 = conn
+        .client()
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(events, 0, "nothing was written");
+}
+
+/// With the broker unreachable the command host stays ready (writes wait in
+/// the outbox), says so, and names no internal address.
+#[tokio::test]
+async fn the_command_host_stays_ready_while_kafka_is_down() {
+    let (pool, schema) = testkit::fresh_pg_schema("cmd").await;
+    let app = support::spawn_app_on(
+        pool,
+        schema,
+        "post-events".to_owned(),
+        "127.0.0.1:1".to_owned(),
+    )
+    .await;
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.body);
+    assert!(ready.body.contains("kafka unavailable"), "{}", ready.body);
+    assert!(!ready.body.contains("127.0.0.1"), "{}", ready.body);
+    app.create_post("alice", "written while the broker is down")
+        .await;
+}

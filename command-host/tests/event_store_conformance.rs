@@ -911,3 +911,21 @@ async fn postgres_finds_streams_by_key_after_the_table_outgrew_its_statistics() 
     // Every append and load above reads the table at least once.
     testkit::assert_read_by_key(&admin, &schema, "events", 32, 20_000).await;
 }
+
+/// `/metrics` reads the backlog on every scrape: on PostgreSQL it stops
+/// counting at a cap, so a backlog of millions (a long broker outage) costs a
+/// bounded read, not a scan of the whole outbox.
+#[tokio::test]
+async fn postgres_counts_the_backlog_up_to_a_cap() {
+    let (store, pool) = support::fresh_event_store("es").await;
+    let cap = event_store::postgres::UNPUBLISHED_COUNT_CAP;
+    let conn = pool.get().await.expect("connection");
+    conn.execute(
+        "INSERT INTO outbox (position, stream_id, version)
+         SELECT n, gen_random_uuid(), 1 FROM generate_series(1, $1::bigint) AS n",
+        &[&(i64::try_from(cap).expect("cap") + 50)],
+    )
+    .await
+    .expect("a backlog past the cap");
+    assert_eq!(store.unpublished_count().await.expect("count"), cap);
+}

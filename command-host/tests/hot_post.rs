@@ -259,3 +259,66 @@ async fn a_post_loads_from_its_snapshot_and_ignores_one_it_cannot_use() {
         app.stop().await;
     }
 }
+
+/// A batch whose append the server rolls back (here: cut off by the statement
+/// timeout behind a lock on the events table) answers each write on its own:
+/// the like that would have appended is 503, a batch-mate refused for not
+/// being the author keeps its 403.
+#[tokio::test]
+async fn a_failed_append_keeps_each_refusals_own_answer() {
+    let limits = command_host::WriteLimits::for_stale_window(Duration::from_secs(8));
+    let (pool, schema) = testkit::fresh_pg_schema("hot").await;
+    let topic = testkit::fresh_topic("hot", 1).await;
+    let records = support::migrated_records(&pool).await;
+    let app = std::sync::Arc::new(
+        support::spawn_app_limited(
+            pool.clone(),
+            schema,
+            topic,
+            testkit::kafka_brokers(),
+            records,
+            limits,
+        )
+        .await,
+    );
+    let post = app.create_post("alice", "hello").await;
+    let mut locker = pool.get().await.expect("connection");
+    let lock = locker.client().transaction().await.expect("begin");
+    lock.batch_execute("LOCK TABLE events IN EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    // The first like holds the post's slot while its append waits on the lock;
+    // the next two queue behind it and form one batch.
+    let first = tokio::spawn({
+        let (app, post) = (std::sync::Arc::clone(&app), post.clone());
+        async move { app.like(&post, "dave").await }
+    });
+    tokio::time::sleep(limits.write_deadline / 4).await;
+    let like = tokio::spawn({
+        let (app, post) = (std::sync::Arc::clone(&app), post.clone());
+        async move { app.like(&post, "bob").await }
+    });
+    let edit = tokio::spawn({
+        let (app, post) = (std::sync::Arc::clone(&app), post.clone());
+        async move { app.edit_message(&post, "carol", "not mine").await }
+    });
+    let (first, like, edit) = (
+        first.await.expect("first"),
+        like.await.expect("like"),
+        edit.await.expect("edit"),
+    );
+    lock.rollback().await.expect("unlock");
+    assert_eq!(
+        first.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        first.body
+    );
+    assert_eq!(
+        like.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        like.body
+    );
+    assert_eq!(edit.status, StatusCode::FORBIDDEN, "{}", edit.body);
+}

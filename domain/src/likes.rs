@@ -3,22 +3,27 @@
 //! holds 16 MB here, not the hundred-odd a set of strings would take, and its
 //! snapshot is that array as it is (see [`crate::post::Post::to_snapshot`]).
 //!
-//! Fingerprints are FNV-1a over the user id's bytes, 128 bits: the chance that
-//! two of a million users share one is about 10^-27, which we accept; two users
-//! that did would count as one for likes. The function never changes, since
+//! Fingerprints are the first 128 bits of SHA-256 over the user id's bytes.
+//! Two users could share one only by a collision no one can aim: finding an id
+//! whose fingerprint is a given user's (so that a like of theirs is a no-op and
+//! their unlike removes the other's) is a second preimage, 2^128 work; two ids
+//! of an attacker's own that collide (2^64 work) harm only those two. By
+//! chance, a million users share one with odds of about 10^-27. The function
+//! never changes without [`crate::post::SNAPSHOT_SCHEMA`] changing too, since
 //! snapshots store its values.
 
 use std::collections::HashSet;
 
+use sha2::{Digest, Sha256};
+
 use crate::values::UserId;
 
-/// FNV-1a, 128 bits, of the user id's bytes.
+/// The first 128 bits of SHA-256 of the user id's bytes.
 pub fn fingerprint(user: &UserId) -> u128 {
-    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
-    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
-    user.as_str().bytes().fold(OFFSET, |hash, byte| {
-        (hash ^ u128::from(byte)).wrapping_mul(PRIME)
-    })
+    let digest = Sha256::digest(user.as_str().as_bytes());
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest[..16]);
+    u128::from_be_bytes(first)
 }
 
 /// A set of fingerprints: a sorted array plus what changed since it was last
@@ -139,6 +144,18 @@ mod tests {
 
     fn user(i: usize) -> UserId {
         UserId::parse(&format!("user{i}")).expect("valid")
+    }
+
+    /// Fingerprints are SHA-256's first 128 bits (a function whose collisions
+    /// cannot be aimed at a given user, unlike FNV-1a's), big-endian.
+    #[test]
+    fn fingerprints_are_the_first_half_of_sha256() {
+        let alice = UserId::parse("alice").expect("valid");
+        // SHA-256("alice") = 2bd806c97f0e00af1a1fc3328fa763a9269723c8db8fac4f93af71db186d6e90
+        assert_eq!(
+            super::fingerprint(&alice),
+            0x2bd8_06c9_7f0e_00af_1a1f_c332_8fa7_63a9
+        );
     }
 
     /// The set behaves as a set of user ids through merges, in any mix of

@@ -96,7 +96,8 @@ struct Created {
 /// The layout of a post's state in a snapshot. Raise it whenever [`Post`]'s
 /// fields or their meaning change: snapshots of another layout are ignored,
 /// and the state is folded from the events instead.
-pub const SNAPSHOT_SCHEMA: u32 = 1;
+/// 2: likes fingerprinted with SHA-256 instead of FNV-1a.
+pub const SNAPSHOT_SCHEMA: u32 = 2;
 
 /// Why bytes are not a snapshot of a post.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

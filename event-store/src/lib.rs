@@ -150,7 +150,8 @@ pub trait EventStore: Send + Sync {
         events: &[(PostId, Version)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// How many events wait to be published (the outbox backlog).
+    /// How many events wait to be published (the outbox backlog); adapters may
+    /// stop counting at a cap of theirs, so a scrape stays cheap.
     fn unpublished_count(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Saves the stream's snapshot unless one of the same or a later version is

@@ -138,7 +138,11 @@ ORDER BY o.position LIMIT $1";
 // Publishing deletes a small outbox row instead of rewriting the event row.
 const MARK_PUBLISHED: &str = "DELETE FROM outbox
 WHERE (stream_id, version) IN (SELECT * FROM unnest($1::uuid[], $2::bigint[]))";
-const UNPUBLISHED_COUNT: &str = "SELECT count(*) FROM outbox";
+/// Counted exactly up to [`UNPUBLISHED_COUNT_CAP`], so a scrape of `/metrics`
+/// during a long broker outage reads a bounded part of the outbox, not all of it.
+const UNPUBLISHED_COUNT: &str = "SELECT count(*) FROM (SELECT 1 FROM outbox LIMIT 100000) backlog";
+/// The most [`EventStore::unpublished_count`] reports on PostgreSQL.
+pub const UNPUBLISHED_COUNT_CAP: u64 = 100_000;
 
 /// The event store on PostgreSQL. Concurrent appends are written together, one
 /// statement per batch (group commit).

@@ -35,6 +35,9 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// A client that has not sent its whole header by then is disconnected.
     pub header_read_timeout: Duration,
+    /// A request whose body has not arrived whole by then is answered 408, so
+    /// a client trickling bodies cannot hold connections for long.
+    pub body_read_timeout: Duration,
     /// On shutdown, in-flight requests get this long to finish.
     pub shutdown_grace: Duration,
     /// Connections served at once; further clients wait in the accept backlog.
@@ -46,6 +49,7 @@ impl Default for ServerConfig {
         Self {
             max_body_bytes: 64 * 1024,
             header_read_timeout: Duration::from_secs(5),
+            body_read_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             max_connections: 4_096,
         }
@@ -266,9 +270,11 @@ fn default_kind(status: StatusCode) -> &'static str {
 
 /// Reads a JSON request body of at most `max_body_bytes` and returns its raw bytes (for fingerprinting) after the
 /// same content-type and size checks.
+/// A body that has not arrived whole within `read_timeout` is 408.
 pub async fn read_json_bytes(
     request: Request<Incoming>,
     max_body_bytes: usize,
+    read_timeout: Duration,
 ) -> Result<Bytes, Problem> {
     check_json_content_type(request.headers())?;
     let declared = request
@@ -279,10 +285,17 @@ pub async fn read_json_bytes(
     if declared.is_some_and(|len| len > max_body_bytes as u64) {
         return Err(too_large(max_body_bytes));
     }
-    match Limited::new(request.into_body(), max_body_bytes)
-        .collect()
-        .await
-    {
+    let read = Limited::new(request.into_body(), max_body_bytes).collect();
+    let Ok(read) = tokio::time::timeout(read_timeout, read).await else {
+        return Err(Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s",
+                read_timeout.as_secs_f64()
+            ),
+        ));
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
             Err(too_large(max_body_bytes))
@@ -434,6 +447,23 @@ pub fn healthz() -> HttpResponse {
 }
 
 /// `GET /readyz`: 200 when every dependency answered, else 503 naming the failures.
+/// A failed dependency as `/readyz` names it: the component alone. The error
+/// itself, which may name internal addresses, goes to the log only.
+pub fn unready(component: &str, error: &dyn std::fmt::Display) -> String {
+    tracing::warn!(%error, "not ready: {component} unavailable");
+    format!("{component} unavailable")
+}
+
+/// `GET /readyz` when ready but running with a dependency down that it can
+/// do without for a while: 200, with what is degraded.
+pub fn ready_degraded(notes: &[String]) -> HttpResponse {
+    let body = format!("ready; degraded: {}\n", notes.join("; "));
+    with_route(
+        text(StatusCode::OK, "text/plain; charset=utf-8", body),
+        "GET /readyz",
+    )
+}
+
 pub fn readyz(failures: &[String]) -> HttpResponse {
     let response = if failures.is_empty() {
         text(

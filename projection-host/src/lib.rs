@@ -251,13 +251,13 @@ impl<S: EventStore + 'static> App<S> {
         match self.pool.get().await {
             Ok(conn) => {
                 if let Err(e) = conn.simple_query("SELECT 1").await {
-                    failures.push(format!("read model: {e}"));
+                    failures.push(http::unready("read model", &e));
                 }
             }
-            Err(e) => failures.push(format!("read model: {e}")),
+            Err(e) => failures.push(http::unready("read model", &e)),
         }
         if let Err(e) = self.store.ping().await {
-            failures.push(format!("event store: {e}"));
+            failures.push(http::unready("event store", &e));
         }
         for (projection, joined) in &self.joined {
             if !joined.load(Ordering::Acquire) {

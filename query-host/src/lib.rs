@@ -192,7 +192,7 @@ impl App {
                         .map(|t| format!("{t}: not created yet (the projection host creates it)"))
                         .collect::<Vec<_>>(),
                 ),
-                Err(e) => http::readyz(&[format!("read model: {e}")]),
+                Err(e) => http::readyz(&[http::unready("read model", &e)]),
             }),
             Query::Metrics => Ok(http::metrics_response(metrics)),
             Query::OpenApi => Ok(http::openapi(OPENAPI)),

@@ -103,6 +103,7 @@ pub async fn spawn_app_limited<R: CommandRecords + 'static>(
         token_key: TokenKey::new(SECRET),
         server: ServerConfig {
             header_read_timeout: Duration::from_secs(2),
+            body_read_timeout: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(5),
             ..ServerConfig::default()
         },
