@@ -264,7 +264,10 @@ wait_for_replay() { # port
     replay_state "$1" running || break
     sleep 0.1
   done
-  replay_state "$1" succeeded || { say "the replay on port $1 did not succeed"; return 1; }
+  replay_state "$1" succeeded && return 0
+  say "the replay on port $1 did not succeed: $(curl -sS -H "Authorization: Bearer $ADMIN_TOKEN" \
+    "http://127.0.0.1:$1/admin/replay")"
+  return 1
 }
 # Drill 7: likes and unlikes of 20 hot posts by 400 users, 32 at a time, spread
 # over both command hosts, sent once each (no retries): every answer is 2xx

@@ -8,7 +8,8 @@
 //! events are all or nothing (one single-document insert), and versions have
 //! no gaps and no duplicates. Runs on MongoDB standalone or as a replica set,
 //! and on FerretDB (the MongoDB wire protocol over PostgreSQL), whose queries
-//! are fast on `_id` and other top-level equalities.
+//! are fast on `_id` and other top-level equalities but not on ranges of
+//! `_id`: every lookup here narrows by an equality first.
 
 use std::collections::{HashMap, HashSet};
 
@@ -42,6 +43,25 @@ const SNAPSHOT_CHUNK: usize = 8 * 1024 * 1024;
 /// A snapshot chunk's `_id`: sorts by stream, then version, then position.
 fn chunk_key(stream: &str, version: Version, index: usize) -> String {
     format!("{}:{index:06}", stream_version_key(stream, version))
+}
+
+/// The commits of `stream` that hold `from` or a later version, in order, as
+/// a filter and a sort. Equality on the stream plus a bound on `last`: MongoDB
+/// walks its `{stream_id, last}` index, and FerretDB narrows by the stream in
+/// PostgreSQL. (A range on `_id` would do for MongoDB, but FerretDB runs a
+/// range over the whole collection: a command's catch-up then read every
+/// commit of every stream.)
+fn stream_from(stream: &str, from: Version) -> (Document, Document) {
+    (
+        doc! { "stream_id": stream, "last": { "$gte": version_of(from.get()) } },
+        doc! { "stream_id": 1, "last": 1 },
+    )
+}
+
+/// The chunks of `stream`'s snapshots before `version`: the ones a snapshot
+/// at `version` makes garbage. By the stream's equality, like `stream_from`.
+fn chunks_before(stream: &str, version: Version) -> Document {
+    doc! { "stream_id": stream, "version": { "$lt": version_of(version.get()) } }
 }
 
 fn unavailable(error: MongoError) -> StoreError {
@@ -213,6 +233,11 @@ impl MongoEventStore {
                 .await
                 .map_err(unavailable)?;
         }
+        // A snapshot's clean-up of the chunks it replaced.
+        self.snapshot_chunks
+            .create_index(index(doc! { "stream_id": 1, "version": 1 }))
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
@@ -231,27 +256,6 @@ impl MongoEventStore {
             .try_collect()
             .await
             .map_err(unavailable)
-    }
-
-    /// The stream from `from` on, found by equality on the stream alone
-    /// (FerretDB runs other filters over the whole collection).
-    async fn whole_stream(
-        &self,
-        stream_id: PostId,
-        from: Version,
-    ) -> Result<Vec<EventEnvelope>, StoreError> {
-        let commits = self
-            .find_commits(
-                // Equality only (FerretDB runs other filters in memory); the
-                // versions before `from` are dropped here.
-                doc! { "stream_id": stream_id.to_string() },
-                doc! { "first": 1 },
-                None,
-            )
-            .await?;
-        let mut events = Self::flatten(&commits)?;
-        events.retain(|e| e.version >= from);
-        Ok(events)
     }
 
     /// Every event of `commits`, in their order.
@@ -308,21 +312,13 @@ impl EventStore for MongoEventStore {
         from: Version,
         limit: usize,
     ) -> Result<Vec<EventEnvelope>, StoreError> {
-        if limit == usize::MAX {
-            return self.whole_stream(stream_id, from).await;
-        }
-        let stream = stream_id.to_string();
-        // A commit's `_id` is the stream and the version it ends at, so the
-        // commits holding `from` and after are one range of the primary key;
-        // each holds at least one event, so `limit` commits are enough.
+        // Each commit holds at least one event, so `limit` commits are enough.
+        let (filter, sort) = stream_from(&stream_id.to_string(), from);
         let commits = self
             .find_commits(
-                doc! { "_id": {
-                    "$gte": stream_version_key(&stream, from),
-                    "$lte": stream_version_key(&stream, Version::new(u64::MAX)),
-                } },
-                doc! { "_id": 1 },
-                Some(version_of(limit.max(1) as u64)),
+                filter,
+                sort,
+                (limit != usize::MAX).then(|| version_of(limit.max(1) as u64)),
             )
             .await?;
         let mut events = Self::flatten(&commits)?;
@@ -537,8 +533,14 @@ impl EventStore for MongoEventStore {
                 subtype: bson::spec::BinarySubtype::Generic,
                 bytes: bytes.to_vec(),
             });
+            let chunk = doc! {
+                "_id": &id,
+                "stream_id": &stream,
+                "version": version_of(snapshot.version.get()),
+                "data": data,
+            };
             self.snapshot_chunks
-                .replace_one(doc! { "_id": &id }, doc! { "_id": &id, "data": data })
+                .replace_one(doc! { "_id": &id }, chunk)
                 .upsert(true)
                 .await
                 .map_err(unavailable)?;
@@ -567,10 +569,7 @@ impl EventStore for MongoEventStore {
         }
         // Chunks of earlier versions are no longer named by any head.
         self.snapshot_chunks
-            .delete_many(doc! { "_id": {
-                "$gte": format!("{stream}:"),
-                "$lt": stream_version_key(&stream, snapshot.version),
-            } })
+            .delete_many(chunks_before(&stream, snapshot.version))
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -589,25 +588,19 @@ impl EventStore for MongoEventStore {
         let version = Version::new(u64::try_from(number(&head, "version")?).map_err(corrupt)?);
         let schema = u32::try_from(number(&head, "schema")?).map_err(corrupt)?;
         let count = usize::try_from(number(&head, "chunks")?).map_err(corrupt)?;
-        let chunks: Vec<Document> = self
-            .snapshot_chunks
-            .find(doc! { "_id": {
-                "$gte": chunk_key(&stream, version, 0),
-                "$lte": chunk_key(&stream, version, 999_999),
-            } })
-            .sort(doc! { "_id": 1 })
-            .await
-            .map_err(unavailable)?
-            .try_collect()
-            .await
-            .map_err(unavailable)?;
-        // A newer snapshot replaced this one between the two reads: read as
-        // if there were none (the events are the truth).
-        if chunks.len() != count {
-            return Ok(None);
-        }
+        // Each chunk by its `_id`, the one lookup every server answers by key.
         let mut data = Vec::new();
-        for chunk in &chunks {
+        for index in 0..count {
+            let chunk = self
+                .snapshot_chunks
+                .find_one(doc! { "_id": chunk_key(&stream, version, index) })
+                .await
+                .map_err(unavailable)?;
+            // A newer snapshot replaced this one between the reads: read as if
+            // there were none (the events are the truth).
+            let Some(chunk) = chunk else {
+                return Ok(None);
+            };
             data.extend_from_slice(&chunk.get_binary_generic("data").map_err(corrupt)?[..]);
         }
         Ok(Some(Snapshot {
@@ -625,5 +618,148 @@ impl EventStore for MongoEventStore {
             .await
             .map(|_| ())
             .map_err(unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::event::PostLiked;
+    use uuid::Uuid;
+
+    fn liked(stream: PostId, version: u64) -> EventEnvelope {
+        let user = UserId::parse(&format!("u{version}")).expect("valid");
+        EventEnvelope::new(
+            stream,
+            Version::new(version),
+            &domain::PostEvent::PostLiked(PostLiked { user: user.clone() }),
+            Uuid::new_v4(),
+            Timestamp::from_unix_millis(1_795_428_000_000),
+            EventMetadata {
+                user,
+                request_id: Uuid::new_v4(),
+                idempotency_key: Some(format!("key-{version}")),
+            },
+        )
+    }
+
+    /// Whether the server answers `filter` (and `sort`) on `collection` without
+    /// reading the whole collection: on FerretDB, whether it pushes the filter
+    /// down to PostgreSQL; on MongoDB, whether the plan has no collection scan.
+    async fn narrowed(
+        store: &MongoEventStore,
+        collection: &str,
+        filter: Document,
+        sort: Document,
+    ) -> Result<bool, String> {
+        let plan = store
+            .client
+            .database(&store.commits.namespace().db)
+            .run_command(doc! {
+                "explain": { "find": collection, "filter": filter, "sort": sort },
+                "verbosity": "queryPlanner",
+            })
+            .await
+            .map_err(|error| error.to_string())?;
+        Ok(match plan.get_bool("filterPushdown") {
+            Ok(pushed_down) => pushed_down,
+            Err(_) => !plan
+                .get_document("queryPlanner")
+                .map_err(|error| error.to_string())?
+                .to_string()
+                .contains("COLLSCAN"),
+        })
+    }
+
+    /// Every lookup a command, a retry, a snapshot and a replay's catch-up make
+    /// finds its documents by key, on MongoDB and on FerretDB alike: a lookup
+    /// that reads the whole collection makes each command as slow as the
+    /// store is big.
+    #[tokio::test]
+    async fn every_lookup_by_stream_or_key_is_narrowed_by_the_server() {
+        let Some(url) = testkit::mongodb_url("MongoDB lookups") else {
+            return;
+        };
+        let database = testkit::unique_name("es");
+        let client = Client::with_uri_str(&url).await.expect("connect");
+        let store = {
+            let db = client.database(&database);
+            MongoEventStore {
+                commits: db.collection("commits"),
+                snapshots: db.collection("snapshots"),
+                snapshot_chunks: db.collection("snapshot_chunks"),
+                client: client.clone(),
+            }
+        };
+        let outcome = async {
+            store.migrate().await.map_err(|e| e.to_string())?;
+            let stream = PostId::from_uuid(Uuid::new_v4());
+            for version in 1..=3 {
+                store
+                    .append_to_stream(stream, Version::new(version - 1), &[liked(stream, version)])
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            store
+                .save_snapshot(&Snapshot {
+                    stream_id: stream,
+                    version: Version::new(2),
+                    schema: 1,
+                    data: vec![7; 16],
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            let id = stream.to_string();
+            let (page, page_order) = stream_from(&id, Version::new(2));
+            let user = UserId::parse("u2").expect("valid");
+            let lookups = [
+                ("a page of a stream", "commits", page, page_order),
+                (
+                    "a retry's key",
+                    "commits",
+                    doc! { "keys": key_of(&user, "key-2") },
+                    doc! {},
+                ),
+                (
+                    "an append's boundary",
+                    "commits",
+                    doc! { "_id": stream_version_key(&id, Version::new(2)) },
+                    doc! {},
+                ),
+                (
+                    "a snapshot's head",
+                    "snapshots",
+                    doc! { "_id": &id },
+                    doc! {},
+                ),
+                (
+                    "a snapshot's chunk",
+                    "snapshot_chunks",
+                    doc! { "_id": chunk_key(&id, Version::new(2), 0) },
+                    doc! {},
+                ),
+                (
+                    "replaced chunks",
+                    "snapshot_chunks",
+                    chunks_before(&id, Version::new(2)),
+                    doc! {},
+                ),
+            ];
+            let mut scans = Vec::new();
+            for (name, collection, filter, sort) in lookups {
+                if !narrowed(&store, collection, filter, sort).await? {
+                    scans.push(name);
+                }
+            }
+            Ok::<_, String>(scans)
+        }
+        .await;
+        client
+            .database(&database)
+            .drop()
+            .await
+            .expect("drop the test database");
+        let scans = outcome.expect("the lookups ran");
+        assert!(scans.is_empty(), "read the whole collection: {scans:?}");
     }
 }
