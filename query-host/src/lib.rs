@@ -242,12 +242,22 @@ impl App {
         let mut response = if if_none_match == Some(post.version.get()) {
             http::empty(StatusCode::NOT_MODIFIED)
         } else {
-            let comments = match comments {
+            let mut comments = match comments {
                 Some(comments) => comments,
                 None => self.reads.post_comments(id).await?,
             };
+            let next = next_cursor(
+                &mut comments,
+                reads::COMMENTS_ON_A_POST,
+                ListKind::Comments,
+                |c| Cursor {
+                    at: c.created_at,
+                    id: c.id,
+                },
+            );
             let mut body = serde_json::to_value(&post).expect("a post view serializes");
             body["comments"] = serde_json::to_value(comments).expect("comment views serialize");
+            body["comments_next_cursor"] = next.into();
             http::json(StatusCode::OK, &body)
         };
         let headers = response.headers_mut();

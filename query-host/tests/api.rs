@@ -200,6 +200,41 @@ async fn lists_newest_first_and_filters_combine() {
     }
 }
 
+/// A post shows its first 100 comments and a cursor to the rest, which the
+/// comments route pages through: no answer grows with the post's comments.
+#[tokio::test]
+async fn a_post_shows_its_first_hundred_comments_and_pages_the_rest() {
+    let app = spawn_app(Duration::from_secs(1)).await;
+    let post = app.post("alice", BASE, 0, 103, 104).await;
+    let mut comments = Vec::new();
+    for i in 0..103 {
+        comments.push(app.comment(post, "bob", BASE + 10 + i, false).await);
+    }
+    // Removed comments are neither shown nor counted towards the 100.
+    app.comment(post, "carol", BASE + 5, true).await;
+    for path in [
+        format!("/posts/{post}"),
+        format!("/posts/{post}?min_version=104"),
+    ] {
+        let answer = app.get(&path, &[]).await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.body);
+        assert_eq!(
+            ids(&answer, "comments"),
+            strings(&comments[..100]),
+            "{path}"
+        );
+        let cursor = answer.json()["comments_next_cursor"]
+            .as_str()
+            .expect("more comments")
+            .to_owned();
+        let rest = app
+            .get(&format!("/posts/{post}/comments?cursor={cursor}"), &[])
+            .await;
+        assert_eq!(ids(&rest, "comments"), strings(&comments[100..]), "{path}");
+        assert!(rest.json()["next_cursor"].is_null());
+    }
+}
+
 #[tokio::test]
 async fn pagination_has_no_duplicates_or_gaps_while_posts_arrive() {
     let app = spawn_app(Duration::from_secs(1)).await;
@@ -253,6 +288,7 @@ async fn one_post_with_live_comments_etag_and_304() {
         (Value::from(2), Value::from(7))
     );
     assert_eq!(ids(&answer, "comments"), strings(&[c1, c3]));
+    assert!(body["comments_next_cursor"].is_null(), "all shown");
     // The post's comments read with the post are the ones the comments route
     // lists, field for field.
     let listed = app.get(&format!("/posts/{post}/comments"), &[]).await;

@@ -196,6 +196,9 @@ CREATE TABLE IF NOT EXISTS {schema}.posts (
 );
 CREATE INDEX IF NOT EXISTS posts_newest ON {schema}.posts (created_at DESC, id DESC) WHERE deleted_at IS NULL;
 CREATE INDEX IF NOT EXISTS posts_by_author ON {schema}.posts (author, created_at DESC, id DESC) WHERE deleted_at IS NULL;
+CREATE INDEX IF NOT EXISTS posts_by_likes ON {schema}.posts (likes, created_at DESC, id DESC) WHERE deleted_at IS NULL;
+CREATE INDEX IF NOT EXISTS posts_with_comments ON {schema}.posts (created_at DESC, id DESC) WHERE deleted_at IS NULL AND comment_count > 0;
+CREATE INDEX IF NOT EXISTS posts_without_comments ON {schema}.posts (created_at DESC, id DESC) WHERE deleted_at IS NULL AND comment_count = 0;
 CREATE TABLE IF NOT EXISTS {schema}.comments (
     post_id    uuid        NOT NULL,
     id         uuid        NOT NULL,
