@@ -35,7 +35,14 @@ pub struct MongoEventStore {
     /// The snapshots' bytes, in chunks under MongoDB's 16 MB document limit,
     /// keyed by stream, version and position.
     snapshot_chunks: Collection<Document>,
+    /// The most unpublished commits [`EventStore::unpublished_count`] reads.
+    backlog_cap: i64,
 }
+
+/// How many unpublished commits a count of the backlog reads at most, so a
+/// scrape of `/metrics` during a long broker outage stays cheap: the events
+/// of the first this many (at least as many events) are reported.
+pub const UNPUBLISHED_COUNT_CAP: i64 = 100_000;
 
 /// The most bytes of a snapshot one chunk document holds.
 const SNAPSHOT_CHUNK: usize = 8 * 1024 * 1024;
@@ -202,6 +209,7 @@ impl MongoEventStore {
             snapshots: database.collection("snapshots"),
             snapshot_chunks: database.collection("snapshot_chunks"),
             client,
+            backlog_cap: UNPUBLISHED_COUNT_CAP,
         })
     }
 
@@ -496,6 +504,7 @@ impl EventStore for MongoEventStore {
     async fn unpublished_count(&self) -> Result<u64, StoreError> {
         let pipeline = vec![
             doc! { "$match": { "published": false } },
+            doc! { "$limit": self.backlog_cap },
             doc! { "$group": { "_id": Bson::Null, "events": { "$sum": "$count" } } },
         ];
         let groups: Vec<Document> = self
@@ -689,6 +698,7 @@ mod tests {
                 snapshots: db.collection("snapshots"),
                 snapshot_chunks: db.collection("snapshot_chunks"),
                 client: client.clone(),
+                backlog_cap: UNPUBLISHED_COUNT_CAP,
             }
         };
         let outcome = async {
@@ -761,5 +771,36 @@ mod tests {
             .expect("drop the test database");
         let scans = outcome.expect("the lookups ran");
         assert!(scans.is_empty(), "read the whole collection: {scans:?}");
+    }
+
+    /// A count of the backlog reads at most `backlog_cap` unpublished commits.
+    #[tokio::test]
+    async fn the_backlog_is_counted_up_to_a_cap() {
+        let Some(url) = testkit::mongodb_url("MongoDB backlog cap") else {
+            return;
+        };
+        let database = testkit::unique_name("es");
+        let client = Client::with_uri_str(&url).await.expect("connect");
+        let db = client.database(&database);
+        let store = MongoEventStore {
+            commits: db.collection("commits"),
+            snapshots: db.collection("snapshots"),
+            snapshot_chunks: db.collection("snapshot_chunks"),
+            client: client.clone(),
+            backlog_cap: 5,
+        };
+        let outcome = async {
+            for _ in 0..8 {
+                let stream = PostId::from_uuid(Uuid::new_v4());
+                store
+                    .append_to_stream(stream, Version::EMPTY, &[liked(stream, 1)])
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            store.unpublished_count().await.map_err(|e| e.to_string())
+        }
+        .await;
+        db.drop().await.expect("drop the test database");
+        assert_eq!(outcome.expect("counted"), 5);
     }
 }
