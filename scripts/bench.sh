@@ -20,6 +20,10 @@
 #                 restart on a post of 1,000,000 events, from its snapshot, and
 #                 the command host's RSS after it
 #
+# `scripts/bench.sh scale` runs the data-scale benchmark instead
+# (scripts/bench-scale.sh): 10k, 100k and 1M posts, each query's p50/p99 next
+# to pgbench's point select, the replay's rate and RSS, the store's size.
+#
 # Each host runs alone during its own load, as its baseline does.
 # Prints one Markdown table. Loopback only; every load is bounded in time.
 #   BENCH_SECONDS (10)  length of each load
@@ -32,6 +36,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/lib.sh"
 root="$here/.."
+[[ "${1:-}" == scale ]] && exec "$here/bench-scale.sh"
 SECONDS_EACH="${BENCH_SECONDS:-10}"
 REPLAY_EVENTS="${BENCH_REPLAY_EVENTS:-200000}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/sourcegram/target}"
