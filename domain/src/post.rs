@@ -39,22 +39,6 @@ pub enum PostCommand {
     DeletePost,
 }
 
-impl PostCommand {
-    /// A short name for logs and metrics.
-    pub fn name(&self) -> &'static str {
-        match self {
-            PostCommand::CreatePost { .. } => "CreatePost",
-            PostCommand::EditMessage { .. } => "EditMessage",
-            PostCommand::LikePost => "LikePost",
-            PostCommand::UnlikePost => "UnlikePost",
-            PostCommand::AddComment { .. } => "AddComment",
-            PostCommand::EditComment { .. } => "EditComment",
-            PostCommand::RemoveComment { .. } => "RemoveComment",
-            PostCommand::DeletePost => "DeletePost",
-        }
-    }
-}
-
 /// What the world supplies to a decision: who acts, when, and the ids a new post
 /// or comment would get. The domain never makes these up itself.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -70,10 +70,6 @@ impl KafkaPublisher {
         Self::new(&self.brokers, &self.topic)
     }
 
-    pub fn topic(&self) -> &str {
-        &self.topic
-    }
-
     /// Publishes `events` and waits until the broker acknowledged all of them.
     /// Events are enqueued in order, so per key they arrive in that order.
     pub async fn publish(&self, events: &[EventEnvelope]) -> Result<(), PublishError> {
