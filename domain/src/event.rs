@@ -7,17 +7,81 @@ use serde_json::Value;
 use crate::time::Timestamp;
 use crate::values::{CommentId, CommentText, Message, PostId, UserId};
 
-/// Everything that can happen to a post. `apply` folds these; they carry no rules.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PostEvent {
-    PostCreated(PostCreated),
-    MessageEdited(MessageEdited),
-    PostLiked(PostLiked),
-    PostUnliked(PostUnliked),
-    CommentAdded(CommentAdded),
-    CommentEdited(CommentEdited),
-    CommentRemoved(CommentRemoved),
-    PostDeleted(PostDeleted),
+/// The table of events: each line is an event, named as its payload struct
+/// and stored under that name (the envelope's `type`), with the schema this
+/// build writes. The enum, the type names, encoding and decoding all follow
+/// from it, so a new event is a struct and one line here; a change to a
+/// payload bumps its schema here and adds a step to [`UPCASTERS`]. The
+/// matches that handle every event (the fold, the read model, notifications)
+/// name each one, with no wildcard arm, so the compiler lists the places a
+/// new event must be handled.
+macro_rules! post_events {
+    ($($name:ident = $schema:literal,)*) => {
+        /// Everything that can happen to a post. `apply` folds these; they carry no rules.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum PostEvent {
+            $($name($name),)*
+        }
+
+        impl PostEvent {
+            /// Every event type name, as stored and published, in the table's order.
+            pub const TYPES: &'static [&'static str] = &[$(stringify!($name)),*];
+
+            /// The stable type name that identifies the payload (the envelope's `type`).
+            pub fn event_type(&self) -> &'static str {
+                match self {
+                    $(PostEvent::$name(_) => stringify!($name),)*
+                }
+            }
+
+            /// The schema this build writes for `event_type`, or `None` if the type is unknown.
+            pub fn current_schema(event_type: &str) -> Option<u32> {
+                match event_type {
+                    $(stringify!($name) => Some($schema),)*
+                    _ => None,
+                }
+            }
+
+            /// The schema of this event's payload as this build writes it.
+            pub fn schema(&self) -> u32 {
+                match self {
+                    $(PostEvent::$name(_) => $schema,)*
+                }
+            }
+
+            /// The payload as JSON (the envelope's `data`).
+            pub fn to_data(&self) -> Value {
+                let value = match self {
+                    $(PostEvent::$name(e) => serde_json::to_value(e),)*
+                };
+                // These structs hold only strings, uuids and timestamps:
+                // serializing them to a `Value` has no failure case.
+                value.expect("event payloads always serialize")
+            }
+
+            /// A payload at its current schema, or `None` for an unknown type.
+            fn decode_current(
+                event_type: &str,
+                data: Value,
+            ) -> Option<Result<Self, serde_json::Error>> {
+                Some(match event_type {
+                    $(stringify!($name) => serde_json::from_value(data).map(PostEvent::$name),)*
+                    _ => return None,
+                })
+            }
+        }
+    };
+}
+
+post_events! {
+    PostCreated = 1,
+    MessageEdited = 1,
+    PostLiked = 1,
+    PostUnliked = 1,
+    CommentAdded = 1,
+    CommentEdited = 1,
+    CommentRemoved = 1,
+    PostDeleted = 1,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,64 +173,10 @@ pub struct Upcaster {
 
 /// The upcasters this build ships. Every event is still at its first schema, so
 /// the chain is empty; a change to a payload adds a step here and bumps the
-/// schema in [`PostEvent::schema`].
+/// schema in the table of events (`post_events!`).
 pub const UPCASTERS: &[Upcaster] = &[];
 
 impl PostEvent {
-    /// Every event type name, as stored and published.
-    pub const TYPES: [&'static str; 8] = [
-        "PostCreated",
-        "MessageEdited",
-        "PostLiked",
-        "PostUnliked",
-        "CommentAdded",
-        "CommentEdited",
-        "CommentRemoved",
-        "PostDeleted",
-    ];
-
-    /// The stable type name that identifies the payload (the envelope's `type`).
-    pub fn event_type(&self) -> &'static str {
-        match self {
-            PostEvent::PostCreated(_) => "PostCreated",
-            PostEvent::MessageEdited(_) => "MessageEdited",
-            PostEvent::PostLiked(_) => "PostLiked",
-            PostEvent::PostUnliked(_) => "PostUnliked",
-            PostEvent::CommentAdded(_) => "CommentAdded",
-            PostEvent::CommentEdited(_) => "CommentEdited",
-            PostEvent::CommentRemoved(_) => "CommentRemoved",
-            PostEvent::PostDeleted(_) => "PostDeleted",
-        }
-    }
-
-    /// The schema this build writes for `event_type`, or `None` if the type is unknown.
-    pub fn current_schema(event_type: &str) -> Option<u32> {
-        Self::TYPES.contains(&event_type).then_some(1)
-    }
-
-    /// The schema of this event's payload as this build writes it.
-    pub fn schema(&self) -> u32 {
-        // Every type is known to `current_schema`, so this is never the fallback.
-        Self::current_schema(self.event_type()).unwrap_or(1)
-    }
-
-    /// The payload as JSON (the envelope's `data`).
-    pub fn to_data(&self) -> Value {
-        let value = match self {
-            PostEvent::PostCreated(e) => serde_json::to_value(e),
-            PostEvent::MessageEdited(e) => serde_json::to_value(e),
-            PostEvent::PostLiked(e) => serde_json::to_value(e),
-            PostEvent::PostUnliked(e) => serde_json::to_value(e),
-            PostEvent::CommentAdded(e) => serde_json::to_value(e),
-            PostEvent::CommentEdited(e) => serde_json::to_value(e),
-            PostEvent::CommentRemoved(e) => serde_json::to_value(e),
-            PostEvent::PostDeleted(e) => serde_json::to_value(e),
-        };
-        // These structs hold only strings, uuids and timestamps: serializing them
-        // to a `Value` has no failure case.
-        value.expect("event payloads always serialize")
-    }
-
     /// Reads a payload of any known schema, upcasting it with [`UPCASTERS`].
     pub fn from_data(event_type: &str, schema: u32, data: Value) -> Result<Self, DecodeError> {
         Self::from_data_with(UPCASTERS, event_type, schema, data)
@@ -208,18 +218,8 @@ impl PostEvent {
             schema: current,
             reason: e.to_string(),
         };
-        Ok(match event_type {
-            "PostCreated" => PostEvent::PostCreated(serde_json::from_value(data).map_err(bad)?),
-            "MessageEdited" => PostEvent::MessageEdited(serde_json::from_value(data).map_err(bad)?),
-            "PostLiked" => PostEvent::PostLiked(serde_json::from_value(data).map_err(bad)?),
-            "PostUnliked" => PostEvent::PostUnliked(serde_json::from_value(data).map_err(bad)?),
-            "CommentAdded" => PostEvent::CommentAdded(serde_json::from_value(data).map_err(bad)?),
-            "CommentEdited" => PostEvent::CommentEdited(serde_json::from_value(data).map_err(bad)?),
-            "CommentRemoved" => {
-                PostEvent::CommentRemoved(serde_json::from_value(data).map_err(bad)?)
-            }
-            "PostDeleted" => PostEvent::PostDeleted(serde_json::from_value(data).map_err(bad)?),
-            other => return Err(DecodeError::UnknownType(other.to_owned())),
-        })
+        Self::decode_current(event_type, data)
+            .ok_or_else(|| DecodeError::UnknownType(event_type.to_owned()))?
+            .map_err(bad)
     }
 }

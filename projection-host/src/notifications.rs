@@ -128,7 +128,13 @@ impl Notifications {
                     PostEvent::CommentAdded(e) => {
                         notifies.push(notify("commented", &e.author, Some(e.comment_id.as_uuid())))
                     }
-                    _ => {}
+                    // Named, not a wildcard: a new event is a compile error
+                    // here until someone decides whether it notifies.
+                    PostEvent::MessageEdited(_)
+                    | PostEvent::PostUnliked(_)
+                    | PostEvent::CommentEdited(_)
+                    | PostEvent::CommentRemoved(_)
+                    | PostEvent::PostDeleted(_) => {}
                 }
                 outcome.applied += 1;
             }
