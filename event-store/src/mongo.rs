@@ -8,8 +8,12 @@
 //! events are all or nothing (one single-document insert), and versions have
 //! no gaps and no duplicates. Runs on MongoDB standalone or as a replica set,
 //! and on FerretDB (the MongoDB wire protocol over PostgreSQL), whose queries
-//! are fast on `_id` and other top-level equalities but not on ranges of
-//! `_id`: every lookup here narrows by an equality first.
+//! FerretDB 1.24 hands top-level equalities to PostgreSQL and runs everything
+//! else itself over every document of the collection, so every lookup here
+//! narrows by an equality first. (It hands them over as jsonb containment,
+//! which its btree indexes cannot serve: on FerretDB each lookup is still a
+//! scan of the collection's table in PostgreSQL, only without decoding every
+//! document. MongoDB serves each from an index.)
 
 use std::collections::{HashMap, HashSet};
 
@@ -56,7 +60,7 @@ fn chunk_key(stream: &str, version: Version, index: usize) -> String {
 /// a filter and a sort. Equality on the stream plus a bound on `last`: MongoDB
 /// walks its `{stream_id, last}` index, and FerretDB narrows by the stream in
 /// PostgreSQL. (A range on `_id` would do for MongoDB, but FerretDB runs a
-/// range over the whole collection: a command's catch-up then read every
+/// range itself over every document: a command's catch-up then decoded every
 /// commit of every stream.)
 fn stream_from(stream: &str, from: Version) -> (Document, Document) {
     (
@@ -652,9 +656,10 @@ mod tests {
         )
     }
 
-    /// Whether the server answers `filter` (and `sort`) on `collection` without
-    /// reading the whole collection: on FerretDB, whether it pushes the filter
-    /// down to PostgreSQL; on MongoDB, whether the plan has no collection scan.
+    /// Whether the server narrows `filter` (and `sort`) on `collection` itself:
+    /// on FerretDB, whether it hands the filter to PostgreSQL rather than
+    /// decoding every document; on MongoDB, whether the plan has no collection
+    /// scan.
     async fn narrowed(
         store: &MongoEventStore,
         collection: &str,
@@ -681,9 +686,9 @@ mod tests {
     }
 
     /// Every lookup a command, a retry, a snapshot and a replay's catch-up make
-    /// finds its documents by key, on MongoDB and on FerretDB alike: a lookup
-    /// that reads the whole collection makes each command as slow as the
-    /// store is big.
+    /// is narrowed by the server, on MongoDB and on FerretDB alike: one that
+    /// FerretDB runs itself decodes every document of the collection, which
+    /// made a replay's catch-up under load never finish.
     #[tokio::test]
     async fn every_lookup_by_stream_or_key_is_narrowed_by_the_server() {
         let Some(url) = testkit::mongodb_url("MongoDB lookups") else {
