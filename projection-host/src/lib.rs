@@ -19,6 +19,7 @@ pub mod replay;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use event_store::EventStore;
 use hyper::body::Incoming;
@@ -76,6 +77,20 @@ pub async fn run<S: EventStore + 'static>(
     let notifications = Notifications::open(deps.pool.clone(), &deps.notifications_schema)
         .await
         .map_err(to_io)?;
+    let replayer = Arc::new(Replayer::new(
+        Arc::clone(&store),
+        deps.pool.clone(),
+        &deps.read_model_schema,
+    ));
+    // Tables an older build made lack the columns this one writes: they are
+    // rebuilt by a replay before this host projects into them.
+    let outdated = {
+        let conn = deps.pool.get().await.map_err(|e| to_io(e.into()))?;
+        read_model::schema::missing_columns(&conn, &deps.read_model_schema)
+            .await
+            .map_err(|e| to_io(e.into()))?
+    };
+    let rebuilding = Arc::new(AtomicBool::new(!outdated.is_empty()));
     let (stop, stopped) = watch::channel(false);
     let mut consumers = Vec::new();
     let mut joined = Vec::new();
@@ -89,6 +104,8 @@ pub async fn run<S: EventStore + 'static>(
     ] {
         let flag = Arc::new(AtomicBool::new(false));
         joined.push((projection.name(), Arc::clone(&flag)));
+        let rebuild = (matches!(projection, Projection::ReadModel(_)) && !outdated.is_empty())
+            .then(|| (Arc::clone(&replayer), Arc::clone(&rebuilding)));
         let consumer = run_consumer(
             config,
             Arc::new(projection),
@@ -97,19 +114,34 @@ pub async fn run<S: EventStore + 'static>(
             stopped.clone(),
             flag,
         );
+        let missing = outdated.join(", ");
+        let stopping = stopped.clone();
         // A consumer that cannot start says so at once, not at shutdown.
         consumers.push(tokio::spawn(async move {
+            if let Some((replayer, rebuilding)) = rebuild {
+                tracing::warn!(%missing, "the read model's tables predate this build: rebuilding them by a replay");
+                // Another host may be replaying already; then this one waits
+                // for that replay, and checks again.
+                loop {
+                    match replayer.replay().await {
+                        Ok(()) => break,
+                        Err(_) if *stopping.borrow() => return,
+                        Err(error) => {
+                            tracing::error!(%error, "the rebuild failed; trying again in 5 s");
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                        }
+                    }
+                }
+                rebuilding.store(false, Ordering::Release);
+            }
             if let Err(error) = consumer.await {
                 tracing::error!(%error, "consumer could not start");
             }
         }));
     }
     let app = Arc::new(App {
-        replayer: Arc::new(Replayer::new(
-            Arc::clone(&store),
-            deps.pool.clone(),
-            &deps.read_model_schema,
-        )),
+        replayer,
+        rebuilding,
         store,
         pool: deps.pool,
         admin_token: deps.admin_token,
@@ -165,6 +197,9 @@ struct App<S> {
     store: Arc<S>,
     pool: PgPool,
     replayer: Arc<Replayer<S>>,
+    /// Set while the tables an older build made are rebuilt, before the live
+    /// read-model projection starts.
+    rebuilding: Arc<AtomicBool>,
     admin_token: Option<String>,
     metrics: Metrics,
     /// Per projection: has its consumer joined its group yet?
@@ -258,6 +293,12 @@ impl<S: EventStore + 'static> App<S> {
         }
         if let Err(e) = self.store.ping().await {
             failures.push(http::unready("event store", &e));
+        }
+        if self.rebuilding.load(Ordering::Acquire) {
+            failures.push(
+                "read model: rebuilding tables an older build made (see GET /admin/replay)"
+                    .to_owned(),
+            );
         }
         for (projection, joined) in &self.joined {
             if !joined.load(Ordering::Acquire) {

@@ -171,6 +171,32 @@ pub async fn create_read_model(
     client.batch_execute(&read_model_ddl(schema)).await
 }
 
+/// The columns this build reads and writes that the tables in `schema` lack,
+/// as `table.column`: tables an older build made. `CREATE TABLE IF NOT EXISTS`
+/// leaves existing tables as they are, so a column added to the read model
+/// reaches existing deployments only by a replay, which builds every table
+/// afresh (docs/read-model.md).
+pub async fn missing_columns(
+    client: &tokio_postgres::Client,
+    schema: &SchemaName,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let wanted: Vec<String> = READ_MODEL_TABLES
+        .iter()
+        .flat_map(|t| t.columns.iter().map(|(c, _)| format!("{}.{c}", t.name)))
+        .collect();
+    let rows = client
+        .query(
+            "SELECT w FROM unnest($1::text[]) WITH ORDINALITY AS wanted(w, n)
+             WHERE NOT EXISTS (
+                 SELECT 1 FROM information_schema.columns
+                 WHERE table_schema = $2 AND table_name || '.' || column_name = w)
+             ORDER BY n",
+            &[&wanted, &schema.as_str()],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
 /// Creates the notification projection's tables in `schema` if they do not exist yet.
 pub async fn create_notifications(
     client: &tokio_postgres::Client,
