@@ -67,10 +67,10 @@ pub struct RequestContext {
 /// The route label a handler attaches to its response, for metrics. Paths are
 /// not used as labels: ids in them would make every request its own series.
 #[derive(Debug, Clone, Copy)]
-pub struct Route(pub &'static str);
+pub struct RouteLabel(pub &'static str);
 
 pub fn with_route(mut response: HttpResponse, route: &'static str) -> HttpResponse {
-    response.extensions_mut().insert(Route(route));
+    response.extensions_mut().insert(RouteLabel(route));
     response
 }
 
@@ -164,7 +164,7 @@ where
     let mut response = handler(request, context).await;
     let route = response
         .extensions()
-        .get::<Route>()
+        .get::<RouteLabel>()
         .map_or("unmatched", |r| r.0);
     let status = response.status().as_u16().to_string();
     metrics
