@@ -208,13 +208,17 @@ impl MongoEventStore {
         let database = client
             .default_database()
             .unwrap_or_else(|| client.database("sourcegram"));
-        Ok(Self {
+        Ok(Self::in_database(client, &database))
+    }
+
+    fn in_database(client: Client, database: &mongodb::Database) -> Self {
+        Self {
             commits: database.collection("commits"),
             snapshots: database.collection("snapshots"),
             snapshot_chunks: database.collection("snapshot_chunks"),
             client,
             backlog_cap: UNPUBLISHED_COUNT_CAP,
-        })
+        }
     }
 
     /// Creates the indexes if missing.
@@ -696,16 +700,7 @@ mod tests {
         };
         let database = testkit::unique_name("es");
         let client = Client::with_uri_str(&url).await.expect("connect");
-        let store = {
-            let db = client.database(&database);
-            MongoEventStore {
-                commits: db.collection("commits"),
-                snapshots: db.collection("snapshots"),
-                snapshot_chunks: db.collection("snapshot_chunks"),
-                client: client.clone(),
-                backlog_cap: UNPUBLISHED_COUNT_CAP,
-            }
-        };
+        let store = MongoEventStore::in_database(client.clone(), &client.database(&database));
         let outcome = async {
             store.migrate().await.map_err(|e| e.to_string())?;
             let stream = PostId::from_uuid(Uuid::new_v4());
@@ -788,11 +783,8 @@ mod tests {
         let client = Client::with_uri_str(&url).await.expect("connect");
         let db = client.database(&database);
         let store = MongoEventStore {
-            commits: db.collection("commits"),
-            snapshots: db.collection("snapshots"),
-            snapshot_chunks: db.collection("snapshot_chunks"),
-            client: client.clone(),
             backlog_cap: 5,
+            ..MongoEventStore::in_database(client.clone(), &db)
         };
         let outcome = async {
             for _ in 0..8 {

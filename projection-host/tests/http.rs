@@ -28,10 +28,15 @@ async fn call(
     (answer.status, answer.body)
 }
 
-#[tokio::test]
-async fn admin_replay_needs_the_token_and_reports_progress() {
-    let mut w = support::world().await;
-    let events = w.write_and_publish(10, 50).await;
+/// The host on `w`'s store, read model and broker, with the admin token
+/// `admin-secret`: its address, the sender that stops it, and its task.
+async fn spawn_host(
+    w: &support::World,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -51,6 +56,14 @@ async fn admin_replay_needs_the_token_and_reports_progress() {
     let server = tokio::spawn(run(listener, deps, async {
         let _ = stopped.await;
     }));
+    (addr, stop, server)
+}
+
+#[tokio::test]
+async fn admin_replay_needs_the_token_and_reports_progress() {
+    let mut w = support::world().await;
+    let events = w.write_and_publish(10, 50).await;
+    let (addr, stop, server) = spawn_host(&w).await;
     // The listener is bound already, so this waits until the host serves, which
     // it does only after its tables exist.
     assert_eq!(
@@ -144,25 +157,7 @@ async fn tables_an_older_build_made_are_rebuilt_before_the_host_projects() {
         .expect("an older build's table");
     }
     let events = w.write_and_publish(10, 50).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let deps = ProjectionHostDeps {
-        store: event_store::postgres::PostgresEventStore::new(w.pool.clone()),
-        pool: w.pool.clone(),
-        read_model_schema: w.read_model.clone(),
-        notifications_schema: w.notifications.clone(),
-        consumer: w.consumer_config(&testkit::unique_name("g")),
-        notifications_group: testkit::unique_name("n"),
-        admin_token: Some("admin-secret".to_owned()),
-        server: ServerConfig::default(),
-        metrics: Metrics::new(),
-    };
-    let server = tokio::spawn(run(listener, deps, async {
-        let _ = stopped.await;
-    }));
+    let (addr, stop, server) = spawn_host(&w).await;
     let (status, body) = call(addr, Method::GET, "/readyz", None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     let pool = w.pool.clone();
