@@ -36,7 +36,7 @@ use tokio_postgres::error::SqlState;
 use crate::changes::Change;
 use crate::cursor::{Cursor, ListKind};
 use crate::queries::{PostFilter, Query};
-use crate::reads::{PostLookup, Reads};
+use crate::reads::{CommentView, PostLookup, Reads};
 
 /// The query host's HTTP contract, served at `GET /openapi.json`.
 const OPENAPI: &str = include_str!("../../docs/openapi/query-host.json");
@@ -250,10 +250,7 @@ impl App {
                 &mut comments,
                 reads::COMMENTS_ON_A_POST,
                 ListKind::Comments,
-                |c| Cursor {
-                    at: c.created_at,
-                    id: c.id,
-                },
+                comment_position,
             );
             let mut body = serde_json::to_value(&post).expect("a post view serializes");
             body["comments"] = serde_json::to_value(comments).expect("comment views serialize");
@@ -330,10 +327,7 @@ impl App {
             PostLookup::Live(_) => {}
         }
         let mut comments = self.reads.list_comments(id, limit, cursor).await?;
-        let next = next_cursor(&mut comments, limit, ListKind::Comments, |c| Cursor {
-            at: c.created_at,
-            id: c.id,
-        });
+        let next = next_cursor(&mut comments, limit, ListKind::Comments, comment_position);
         Ok(uncached(http::json(
             StatusCode::OK,
             &json!({ "comments": comments, "next_cursor": next }),
@@ -378,6 +372,15 @@ fn uncached(mut response: HttpResponse) -> HttpResponse {
         .headers_mut()
         .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// Where a list of comments continues after `comment`: the same for the
+/// comments route and the comments shown with a post.
+fn comment_position(comment: &CommentView) -> Cursor {
+    Cursor {
+        at: comment.created_at,
+        id: comment.id,
+    }
 }
 
 /// Trims the extra row fetched to detect a next page, and returns its cursor.
