@@ -119,18 +119,8 @@ pub async fn run<S: EventStore + 'static>(
         // A consumer that cannot start says so at once, not at shutdown.
         consumers.push(tokio::spawn(async move {
             if let Some((replayer, rebuilding)) = rebuild {
-                tracing::warn!(%missing, "the read model's tables predate this build: rebuilding them by a replay");
-                // Another host may be replaying already; then this one waits
-                // for that replay, and checks again.
-                loop {
-                    match replayer.replay().await {
-                        Ok(()) => break,
-                        Err(_) if *stopping.borrow() => return,
-                        Err(error) => {
-                            tracing::error!(%error, "the rebuild failed; trying again in 5 s");
-                            tokio::time::sleep(Duration::from_secs(5)).await;
-                        }
-                    }
+                if !rebuild_outdated(&replayer, &missing, &stopping).await {
+                    return;
                 }
                 rebuilding.store(false, Ordering::Release);
             }
@@ -166,6 +156,27 @@ pub async fn run<S: EventStore + 'static>(
         }
     }
     served
+}
+
+/// Replays the read model into fresh tables, for live tables that lack the
+/// columns `missing`. Another host may be replaying already; then this one
+/// tries again every 5 s. False if the host stopped first.
+async fn rebuild_outdated<S: EventStore + 'static>(
+    replayer: &Replayer<S>,
+    missing: &str,
+    stopping: &watch::Receiver<bool>,
+) -> bool {
+    tracing::warn!(%missing, "the read model's tables predate this build: rebuilding them by a replay");
+    loop {
+        match replayer.replay().await {
+            Ok(()) => return true,
+            Err(_) if *stopping.borrow() => return false,
+            Err(error) => {
+                tracing::error!(%error, "the rebuild failed; trying again in 5 s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    }
 }
 
 /// Every request the projection host answers.
