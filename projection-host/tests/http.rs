@@ -181,7 +181,14 @@ async fn tables_an_older_build_made_are_rebuilt_before_the_host_projects() {
         w.converges(&w.read_model, Duration::from_secs(60)).await,
         "the rebuilt model equals the store"
     );
-    let (_, body) = call(addr, Method::GET, "/admin/replay", Some("admin-secret")).await;
+    // The swap is visible before the replay has dropped its scratch schemas
+    // and reported its end.
+    let body = testkit::eventually(Duration::from_secs(30), || async move {
+        let (_, body) = call(addr, Method::GET, "/admin/replay", Some("admin-secret")).await;
+        (!body.contains("\"state\":\"running\"")).then_some(body)
+    })
+    .await
+    .expect("the rebuild's replay ends");
     assert!(body.contains("\"state\":\"succeeded\""), "{body}");
     // Live events after the rebuild land in the rebuilt tables.
     w.write_and_publish(5, 20).await;
