@@ -1,6 +1,6 @@
 //! The command host's errors and the one function that maps them to HTTP.
 
-use domain::{DomainError, Version};
+use domain::DomainError;
 use hyper::StatusCode;
 
 use crate::records::RecordsError;
@@ -17,9 +17,6 @@ pub enum CommandError {
     Auth(#[from] AuthError),
     #[error(transparent)]
     Domain(#[from] DomainError),
-    /// `If-Match` named another version than the post's.
-    #[error("the post is at version {current}, not the version in If-Match")]
-    PreconditionFailed { current: Version },
     /// The write kept losing races against other writers.
     #[error("the post kept changing; try again")]
     Conflict,
@@ -56,10 +53,11 @@ pub fn problem_for(error: &CommandError) -> Problem {
             DomainError::NotFound(_) => Problem::new(StatusCode::NOT_FOUND, detail),
             DomainError::Gone => Problem::new(StatusCode::GONE, detail),
             DomainError::Conflict(_) => Problem::new(StatusCode::CONFLICT, detail),
+            DomainError::PreconditionFailed { current } => Problem::new(
+                StatusCode::PRECONDITION_FAILED,
+                format!("the post is at version {current}, not the version in If-Match"),
+            ),
         },
-        CommandError::PreconditionFailed { .. } => {
-            Problem::new(StatusCode::PRECONDITION_FAILED, detail)
-        }
         CommandError::Conflict => Problem::new(StatusCode::CONFLICT, detail),
         CommandError::IdempotencyMismatch => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, detail)
             .with_kind("idempotency-key-reused"),

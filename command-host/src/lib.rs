@@ -1,7 +1,9 @@
 //! Sourcegram's command host: the write side.
 
-//! - [`app`]: the mediator and the write, history and health handlers.
-//! - [`routes`]: the URL space as a closed enum.
+//! - [`app`]: the mediator: HTTP to requests, requests to handlers, answers to HTTP.
+//! - [`routes`]: the URL space as a closed enum; [`commands`]: one handler per write route.
+//! - [`service`]: the write pipeline behind `CommandService::execute`.
+//! - [`history`]: a post's events, a page at a time.
 //! - [`error`]: the host's errors and their one mapping to problem+json.
 //! - [`records`]: the `CommandRecords` port (idempotency, stream registry) and its adapters.
 //! - [`registry`]: repairs the stream registry from the event store.
@@ -11,13 +13,16 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod commands;
 pub mod config;
 pub mod error;
+pub mod history;
 pub mod metrics;
 pub mod records;
 pub mod registry;
 pub mod relay;
 pub mod routes;
+pub mod service;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,11 +34,12 @@ use platform::metrics::Metrics;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
-pub use crate::app::WriteLimits;
-use crate::app::{App, StreamSlots};
+use crate::app::App;
 use crate::metrics::CommandMetrics;
 use crate::records::CommandRecords;
 use crate::relay::RelayConfig;
+use crate::service::CommandService;
+pub use crate::service::WriteLimits;
 use event_bus::KafkaPublisher;
 
 /// What the command host runs on. The caller connects the stores and the
@@ -76,19 +82,20 @@ where
         deps.relay,
         relay_stopped,
     ));
-    let records = Arc::new(deps.records);
-    let app = Arc::new(App {
+    let service = Arc::new(CommandService::new(
         store,
-        registry: app::registry_batcher(Arc::clone(&records), metrics.registry_failures.clone()),
-        records,
-        publisher: deps.publisher,
+        Arc::new(deps.records),
         relay_wake,
+        metrics.clone(),
+        deps.limits,
+    ));
+    let app = Arc::new(App {
+        service: Arc::clone(&service),
+        publisher: deps.publisher,
         token_key: deps.token_key,
         metrics,
         max_body_bytes: deps.server.max_body_bytes,
         body_read_timeout: deps.server.body_read_timeout,
-        streams: StreamSlots::default(),
-        limits: deps.limits,
     });
     let grace = deps.server.shutdown_grace;
     let served = http::serve(
@@ -106,7 +113,7 @@ where
     )
     .await;
     // Registry writes are not waited for by requests; they are by shutdown.
-    if tokio::time::timeout(grace, app.registry.idle())
+    if tokio::time::timeout(grace, service.registry_idle())
         .await
         .is_err()
     {

@@ -6,17 +6,13 @@ use hyper::{Method, StatusCode};
 use platform::http::Problem;
 use platform::routes::{Matched, Route, find};
 
-/// Every endpoint of the command host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use crate::commands::{self, Write};
+
+/// Every endpoint of the command host: the writes, each with its handler in
+/// [`commands`], and the reads.
+#[derive(Debug, Clone, Copy)]
 pub enum Endpoint {
-    CreatePost,
-    EditMessage,
-    LikePost,
-    UnlikePost,
-    AddComment,
-    EditComment,
-    RemoveComment,
-    DeletePost,
+    Write(Write),
     History,
     Healthz,
     Readyz,
@@ -25,14 +21,32 @@ pub enum Endpoint {
 }
 
 pub const ROUTES: &[Route<Endpoint>] = &[
-    Route::new("POST /posts", Endpoint::CreatePost),
-    Route::new("PUT /posts/{id}/message", Endpoint::EditMessage),
-    Route::new("POST /posts/{id}/likes", Endpoint::LikePost),
-    Route::new("DELETE /posts/{id}/likes", Endpoint::UnlikePost),
-    Route::new("POST /posts/{id}/comments", Endpoint::AddComment),
-    Route::new("PUT /posts/{id}/comments/{cid}", Endpoint::EditComment),
-    Route::new("DELETE /posts/{id}/comments/{cid}", Endpoint::RemoveComment),
-    Route::new("DELETE /posts/{id}", Endpoint::DeletePost),
+    Route::new("POST /posts", Endpoint::Write(commands::CREATE_POST)),
+    Route::new(
+        "PUT /posts/{id}/message",
+        Endpoint::Write(commands::EDIT_MESSAGE),
+    ),
+    Route::new(
+        "POST /posts/{id}/likes",
+        Endpoint::Write(commands::LIKE_POST),
+    ),
+    Route::new(
+        "DELETE /posts/{id}/likes",
+        Endpoint::Write(commands::UNLIKE_POST),
+    ),
+    Route::new(
+        "POST /posts/{id}/comments",
+        Endpoint::Write(commands::ADD_COMMENT),
+    ),
+    Route::new(
+        "PUT /posts/{id}/comments/{cid}",
+        Endpoint::Write(commands::EDIT_COMMENT),
+    ),
+    Route::new(
+        "DELETE /posts/{id}/comments/{cid}",
+        Endpoint::Write(commands::REMOVE_COMMENT),
+    ),
+    Route::new("DELETE /posts/{id}", Endpoint::Write(commands::DELETE_POST)),
     Route::new("GET /posts/{id}/events", Endpoint::History),
     Route::new("GET /healthz", Endpoint::Healthz),
     Route::new("GET /readyz", Endpoint::Readyz),
@@ -49,6 +63,15 @@ pub fn route<'a>(method: &Method, path: &'a str) -> Result<Matched<'a, Endpoint>
 /// The post a route names (`{id}`); 400 unless it is a UUID.
 pub fn post_id(matched: &Matched<'_, Endpoint>) -> Result<PostId, Problem> {
     PostId::parse(matched.param("id")).map_err(bad_id)
+}
+
+/// The post a write goes to: the one its route names, or, for a route
+/// without `{id}`, a new one.
+pub fn target_post(matched: &Matched<'_, Endpoint>) -> Result<PostId, Problem> {
+    match matched.get("id") {
+        Some(id) => PostId::parse(id).map_err(bad_id),
+        None => Ok(PostId::from_uuid(uuid::Uuid::now_v7())),
+    }
 }
 
 /// The comment a route names (`{cid}`); 400 unless it is a UUID.

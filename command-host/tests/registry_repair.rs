@@ -33,6 +33,7 @@ async fn write(
         now,
         post_id: id,
         new_comment_id: CommentId::from_uuid(Uuid::new_v4()),
+        expected_version: None,
     };
     let events = decide(post, &command, &context).expect("allowed");
     let mut version = post.version();

@@ -1,5 +1,7 @@
 //! The closed set of reasons a command is refused; hosts map each to a status.
 
+use crate::values::Version;
+
 /// Why raw input could not become a value object.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
@@ -37,4 +39,7 @@ pub enum DomainError {
     /// The command contradicts the stream's state, e.g. creating a post twice (409).
     #[error("conflict: {0}")]
     Conflict(&'static str),
+    /// The post is not at the version the actor expected (412).
+    #[error("the post is at version {current}, not the expected one")]
+    PreconditionFailed { current: Version },
 }

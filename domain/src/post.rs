@@ -49,6 +49,9 @@ pub struct CommandContext {
     pub post_id: PostId,
     /// The id a comment added by this command takes.
     pub new_comment_id: CommentId,
+    /// The version the actor expects the post to be at (HTTP's `If-Match`),
+    /// if they said.
+    pub expected_version: Option<Version>,
 }
 
 /// A comment as the aggregate remembers it.
@@ -205,11 +208,23 @@ impl Post {
 
 /// Decides what `command` causes on `post`. Every rule lives here. An empty list
 /// means "accepted, nothing changes" (liking twice, unliking when not liked).
+///
+/// The expected version is checked first, before every other rule; a post that
+/// does not exist or is deleted is refused as such whatever the expectation.
 pub fn decide(
     post: &Post,
     command: &PostCommand,
     ctx: &CommandContext,
 ) -> Result<Vec<PostEvent>, DomainError> {
+    if let Some(expected) = ctx.expected_version
+        && post.exists()
+        && !post.deleted
+        && post.version() != expected
+    {
+        return Err(DomainError::PreconditionFailed {
+            current: post.version(),
+        });
+    }
     let actor = &ctx.actor;
     if let PostCommand::CreatePost { message } = command {
         if post.exists() {

@@ -8,7 +8,7 @@ use domain::event::{
 };
 use domain::{
     CommandContext, CommentId, CommentText, DomainError, Message, Post, PostCommand, PostEvent,
-    PostId, Timestamp, UserId, decide,
+    PostId, Timestamp, UserId, Version, decide,
 };
 use uuid::Uuid;
 
@@ -76,11 +76,16 @@ fn given(events: &[PostEvent]) -> Given {
 
 impl Given {
     fn when(&self, command: PostCommand, by: &str) -> When {
+        self.when_expecting(None, command, by)
+    }
+
+    fn when_expecting(&self, expected: Option<u64>, command: PostCommand, by: &str) -> When {
         let context = CommandContext {
             actor: user(by),
             now: at(),
             post_id: post_id(),
             new_comment_id: next_comment(),
+            expected_version: expected.map(Version::new),
         };
         When(decide(&self.0, &command, &context))
     }
@@ -112,6 +117,29 @@ fn gone(e: &DomainError) -> bool {
 }
 fn conflict(e: &DomainError) -> bool {
     matches!(e, DomainError::Conflict(_))
+}
+fn at_version_1(e: &DomainError) -> bool {
+    matches!(e, DomainError::PreconditionFailed { current } if *current == Version::new(1))
+}
+
+#[test]
+fn the_expected_version_comes_before_every_rule_but_existence() {
+    let post = given(&[created("alice")]);
+    // Met: the rules decide as without it.
+    post.when_expecting(Some(1), PostCommand::LikePost, "bob")
+        .then_expect(&[liked("bob")]);
+    // Missed: refused before the rules are asked, even a no-op or a forbidden edit.
+    post.when_expecting(Some(2), PostCommand::UnlikePost, "bob")
+        .then_refused(at_version_1);
+    post.when_expecting(Some(0), PostCommand::DeletePost, "bob")
+        .then_refused(at_version_1);
+    // A post that is not there, or is gone, says so whatever was expected.
+    given(&[])
+        .when_expecting(Some(3), PostCommand::LikePost, "bob")
+        .then_refused(not_found);
+    given(&[created("alice"), deleted()])
+        .when_expecting(Some(1), PostCommand::LikePost, "bob")
+        .then_refused(gone);
 }
 
 #[test]

@@ -52,6 +52,7 @@ fn every_event_type_round_trips() {
         now: Timestamp::from_unix_millis(1_000),
         post_id: PostId::from_uuid(Uuid::from_u128(7)),
         new_comment_id: CommentId::from_uuid(Uuid::from_u128(comment)),
+        expected_version: None,
     };
     let mut post = Post::default();
     let mut events = Vec::new();

@@ -40,11 +40,16 @@ impl<E> Matched<'_, E> {
     /// The path parameter `name` (`id` for `{id}`). Every parameter a route's
     /// template names is there; asking for another is a bug in the host.
     pub fn param(&self, name: &str) -> &str {
+        self.get(name)
+            .unwrap_or_else(|| panic!("route {} has no parameter {name}", self.label))
+    }
+
+    /// The path parameter `name`, if the route's template has one.
+    pub fn get(&self, name: &str) -> Option<&str> {
         self.params
             .iter()
             .find(|(n, _)| *n == name)
             .map(|(_, value)| *value)
-            .unwrap_or_else(|| panic!("route {} has no parameter {name}", self.label))
     }
 }
 

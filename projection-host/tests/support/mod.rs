@@ -196,6 +196,7 @@ impl World {
             now: Timestamp::from_unix_millis(self.clock),
             post_id: id,
             new_comment_id: CommentId::from_uuid(Uuid::new_v4()),
+            expected_version: None,
         };
         let Ok(events) = decide(post, command, &context) else {
             return Vec::new();
