@@ -1,57 +1,25 @@
 //! Properties over arbitrary command sequences: versions have no gaps, `apply`
 //! never panics, and folding is deterministic.
 
+mod generator;
+
 use std::collections::BTreeSet;
 
 use domain::{
-    CommandContext, CommentId, CommentText, Message, Post, PostCommand, PostEvent, PostId,
-    Timestamp, UserId, apply, decide,
+    CommentId, CommentText, Message, Post, PostEvent, PostId, Timestamp, UserId, apply, decide,
 };
+use generator::USERS;
 use proptest::prelude::*;
 use uuid::Uuid;
 
-const USERS: [&str; 4] = ["alice", "bob", "carol", "dave"];
-
-fn command() -> impl Strategy<Value = (PostCommand, usize)> {
-    let comment = (0u128..6).prop_map(|n| CommentId::from_uuid(Uuid::from_u128(n)));
-    let cmd = prop_oneof![
-        Just(PostCommand::CreatePost {
-            message: Message::parse("m").expect("valid")
-        }),
-        Just(PostCommand::EditMessage {
-            message: Message::parse("e").expect("valid")
-        }),
-        Just(PostCommand::LikePost),
-        Just(PostCommand::LikePost),
-        Just(PostCommand::UnlikePost),
-        Just(PostCommand::AddComment {
-            text: CommentText::parse("c").expect("valid")
-        }),
-        comment
-            .clone()
-            .prop_map(|comment_id| PostCommand::EditComment {
-                comment_id,
-                text: CommentText::parse("c2").expect("valid")
-            }),
-        comment.prop_map(|comment_id| PostCommand::RemoveComment { comment_id }),
-        Just(PostCommand::DeletePost),
-    ];
-    (cmd, 0..USERS.len())
-}
-
 proptest! {
     #[test]
-    fn folding_any_accepted_sequence_has_gapless_versions(commands in prop::collection::vec(command(), 0..60)) {
+    fn folding_any_accepted_sequence_has_gapless_versions(commands in generator::script(60)) {
         let mut post = Post::default();
         let mut events: Vec<PostEvent> = Vec::new();
         let mut likes = BTreeSet::new();
         for (i, (command, who)) in commands.into_iter().enumerate() {
-            let context = CommandContext {
-                actor: UserId::parse(USERS[who]).expect("valid"),
-                now: Timestamp::from_unix_millis(i as i64),
-                post_id: PostId::from_uuid(Uuid::from_u128(1)),
-                new_comment_id: CommentId::from_uuid(Uuid::from_u128((i % 6) as u128)),
-            };
+            let context = generator::context(PostId::from_uuid(Uuid::from_u128(1)), i, who);
             if let Ok(new_events) = decide(&post, &command, &context) {
                 for event in new_events {
                     let before = post.version();
