@@ -18,7 +18,7 @@ use crate::projector::{
 };
 
 /// A notification of a batch, with its parameters.
-struct Notify {
+struct Notification {
     event_id: Uuid,
     kind: &'static str,
     actor: String,
@@ -111,7 +111,7 @@ impl Notifications {
             let pending = pending_events(store, *stream, done, events, &mut outcome).await?;
             let post = stream.as_uuid();
             for (envelope, event) in &pending {
-                let notify = |kind, actor: &domain::UserId, comment| Notify {
+                let notify = |kind, actor: &domain::UserId, comment| Notification {
                     event_id: envelope.event_id,
                     kind,
                     actor: actor.as_str().to_owned(),
