@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use platform::config::{
+use plumbing::config::{
     ConfigError, DEFAULT_POSTGRES_URL, dev_setup, parsed_or, refuse_placeholder, required_secret,
     var_or,
 };

@@ -12,10 +12,10 @@ use domain::{Timestamp, UserId};
 use event_bus::KafkaPublisher;
 use event_store::AnyEventStore;
 use platform::auth::TokenKey;
-use platform::config;
 use platform::http::ServerConfig;
 use platform::metrics::Metrics;
 use platform::{clock, shutdown_signal};
+use plumbing::config;
 
 const USAGE: &str = "usage:
   command-host                                  serve (configuration from the environment)

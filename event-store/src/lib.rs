@@ -195,13 +195,13 @@ impl AnyEventStore {
         statement_timeout: Option<std::time::Duration>,
     ) -> Result<Self, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool = platform::pg::PgPool::from_url(url, pool_size)
+            let pool = plumbing::pg::PgPool::from_url(url, pool_size)
                 .map_err(|e| StoreError::Unavailable(format!("bad PostgreSQL URL: {e}")))?;
             let pool = match statement_timeout {
-                Some(timeout) => platform::pg::with_statement_timeout(&pool, timeout),
+                Some(timeout) => plumbing::pg::with_statement_timeout(&pool, timeout),
                 None => pool,
             };
-            let store = postgres::PostgresEventStore::new(platform::pg::keyed(&pool));
+            let store = postgres::PostgresEventStore::new(plumbing::pg::keyed(&pool));
             store.migrate().await?;
             return Ok(Self::Postgres(store));
         }

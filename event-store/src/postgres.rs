@@ -3,7 +3,7 @@
 //! statement as the events. Table names are unqualified, so the pool's
 //! `search_path` chooses the schema.
 
-use platform::pg::{version_from_sql, version_to_sql};
+use plumbing::pg::{version_from_sql, version_to_sql};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,8 +16,8 @@ use uuid::Uuid;
 use domain::{EventEnvelope, EventMetadata, PostId, Timestamp, UserId, Version};
 
 use super::{EventStore, ReadAllCursor, ReadAllPage, Snapshot, StoreError};
-use platform::batch::{BatchLimits, Batcher};
-use platform::pg::{PgPool, PooledConn};
+use plumbing::batch::{BatchLimits, Batcher};
+use plumbing::pg::{PgPool, PooledConn};
 
 const MIGRATE: &str = "
 SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.sourcegram_events'));
@@ -81,7 +81,7 @@ BEGIN
 END $$;
 ";
 
-// One statement for the appends of many commands (see `platform::batch`), each to
+// One statement for the appends of many commands (see `plumbing::batch`), each to
 // its own stream: a command's events go in only if its stream is still at its
 // expected version, so each command is all or nothing, and the stream ids
 // returned say which commands went in. A concurrent writer of the same version

@@ -4,22 +4,17 @@
 //! - [`auth`]: HMAC-signed bearer tokens.
 //! - [`metrics`]: a small Prometheus registry with typed handles.
 //! - [`routes`]: route tables: matching, 404, 405 with `Allow`, labels.
-//! - [`pg`]: the PostgreSQL connection pool, and versions to and from SQL.
-//! - [`batch`]: group commit, so concurrent writes share a statement.
-//! - [`config`]: configuration from the environment.
 //! - [`clock`]: where the hosts read the time.
 //!
-//! It links no broker client and no other database driver than PostgreSQL's,
-//! so the query host, which needs only this, stays small.
+//! It links no broker client and no database driver; the PostgreSQL pool,
+//! group commit and configuration are in `plumbing`, which the stores use
+//! without pulling in HTTP.
 #![forbid(unsafe_code)]
 
 pub mod auth;
-pub mod batch;
 pub mod clock;
-pub mod config;
 pub mod http;
 pub mod metrics;
-pub mod pg;
 pub mod routes;
 
 /// A host's exit status from what its `main` did; an error is printed first,

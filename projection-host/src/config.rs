@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use platform::config::{ConfigError, DEFAULT_POSTGRES_URL, parsed_or, secret, var_or};
+use plumbing::config::{ConfigError, DEFAULT_POSTGRES_URL, parsed_or, secret, var_or};
 use read_model::schema::Location;
 
 #[derive(Debug, Clone)]

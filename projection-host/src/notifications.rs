@@ -3,14 +3,14 @@
 //! Like the read model it tracks each stream's version in the same transaction
 //! as its effects, and notifications are keyed by the causing event's id.
 
-use platform::pg::{version_from_sql, version_to_sql};
+use plumbing::pg::{version_from_sql, version_to_sql};
 use read_model::SchemaName;
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use domain::{EventEnvelope, PostEvent, PostId};
 use event_store::EventStore;
-use platform::pg::PgPool;
+use plumbing::pg::PgPool;
 use uuid::Uuid;
 
 use crate::projector::{

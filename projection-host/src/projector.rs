@@ -9,7 +9,7 @@ use std::task::Poll;
 
 use domain::{EventEnvelope, PostEvent, PostId, Version};
 use event_store::{EventStore, StoreError};
-use platform::pg::{PgConn, PgPool, version_from_sql};
+use plumbing::pg::{PgConn, PgPool, version_from_sql};
 use read_model::SchemaName;
 use read_model::live::{LiveSql, Statements, insert_created, write_effect};
 use uuid::Uuid;

@@ -3,14 +3,14 @@
 //! meanwhile, then swaps the tables in one transaction. A replay that fails
 //! leaves the live model untouched.
 
-use platform::pg::version_from_sql;
+use plumbing::pg::version_from_sql;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use domain::{EventEnvelope, PostId, Version};
 use event_store::{EventStore, ReadAllCursor, StoreError};
-use platform::pg::PgPool;
+use plumbing::pg::PgPool;
 use serde::Serialize;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::ToSql;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use domain::{CommentText, PostCommand};
 use event_store::EventStore;
 use event_store::postgres::PostgresEventStore;
-use platform::pg::PgPool;
+use plumbing::pg::PgPool;
 use projection_host::consumer::Projection;
 use projection_host::fence;
 use projection_host::notifications::Notifications;

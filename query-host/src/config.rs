@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use platform::config::{ConfigError, parsed_or, secret};
+use plumbing::config::{ConfigError, parsed_or, secret};
 use read_model::schema::Location;
 
 #[derive(Debug, Clone)]

@@ -26,7 +26,7 @@ use hyper::{Request, StatusCode};
 use platform::auth::{self, AuthError, TokenKey};
 use platform::http::{self, HttpResponse, Problem, RequestContext, ServerConfig};
 use platform::metrics::Metrics;
-use platform::pg::PgPool;
+use plumbing::pg::PgPool;
 use read_model::SchemaName;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -105,7 +105,7 @@ pub async fn run(
         listening,
     ));
     // Every read finds its rows by key or in an index's order.
-    let pool = platform::pg::keyed(&deps.pool);
+    let pool = plumbing::pg::keyed(&deps.pool);
     let app = Arc::new(App {
         reads: Reads::new(pool, &deps.read_model_schema, &deps.notifications_schema),
         token_key: deps.token_key,

@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use platform::auth::TokenKey;
 use platform::http::ServerConfig;
 use platform::metrics::Metrics;
-use platform::pg::PgPool;
 use platform::shutdown_signal;
+use plumbing::pg::PgPool;
 use query_host::config::Config;
 use query_host::{QueryHostDeps, run};
 

@@ -4,7 +4,7 @@
 use std::time::SystemTime;
 
 use domain::{PostId, Timestamp};
-use platform::pg::PgPool;
+use plumbing::pg::PgPool;
 use read_model::SchemaName;
 use read_model::rows::{CommentRow, PostRow};
 use read_model::schema::{COMMENTS, POSTS, READ_MODEL_TABLES};

@@ -9,7 +9,7 @@ use hyper::StatusCode;
 use platform::auth::TokenKey;
 use platform::http::ServerConfig;
 use platform::metrics::Metrics;
-use platform::pg::PgPool;
+use plumbing::pg::PgPool;
 use query_host::{QueryHostDeps, run};
 use read_model::SchemaName;
 use serde_json::Value;

@@ -5,7 +5,7 @@
 use std::time::SystemTime;
 
 use domain::{EventEnvelope, PostEvent};
-use platform::pg::{PgConn, version_to_sql};
+use plumbing::pg::{PgConn, version_to_sql};
 use tokio_postgres::Statement;
 use tokio_postgres::types::ToSql;
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
 use domain::{EventEnvelope, PostEvent, Timestamp, Version};
-use platform::pg::{version_from_sql, version_to_sql};
+use plumbing::pg::{version_from_sql, version_to_sql};
 use serde::Serialize;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;

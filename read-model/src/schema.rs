@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use platform::config::{ConfigError, DEFAULT_POSTGRES_URL, parsed_or, var_or};
+use plumbing::config::{ConfigError, DEFAULT_POSTGRES_URL, parsed_or, var_or};
 use tokio_postgres::types::Type;
 
 /// The longest suffix a schema name is given for a copy of it ([`SchemaName::next`],

@@ -19,7 +19,7 @@ use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
-use platform::pg::PgPool;
+use plumbing::pg::PgPool;
 
 pub const DEFAULT_POSTGRES_URL: &str = "postgres://sourcegram:sourcegram@127.0.0.1:5432/sourcegram";
 pub const DEFAULT_KAFKA_BROKERS: &str = "127.0.0.1:9092";

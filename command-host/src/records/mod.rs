@@ -152,13 +152,13 @@ impl AnyCommandRecords {
         statement_timeout: Option<Duration>,
     ) -> Result<Self, RecordsError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool = platform::pg::PgPool::from_url(url, pool_size)
+            let pool = plumbing::pg::PgPool::from_url(url, pool_size)
                 .map_err(|e| RecordsError::Unavailable(format!("bad PostgreSQL URL: {e}")))?;
             let pool = match statement_timeout {
-                Some(timeout) => platform::pg::with_statement_timeout(&pool, timeout),
+                Some(timeout) => plumbing::pg::with_statement_timeout(&pool, timeout),
                 None => pool,
             };
-            let records = postgres::PostgresCommandRecords::new(platform::pg::keyed(&pool));
+            let records = postgres::PostgresCommandRecords::new(plumbing::pg::keyed(&pool));
             records.migrate().await?;
             return Ok(Self::Postgres(records));
         }

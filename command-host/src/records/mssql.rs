@@ -2,7 +2,7 @@
 //! `stream_registry`. Ids are stored as text and instants as epoch
 //! milliseconds, so no driver type mapping can shift them.
 
-use platform::pg::{version_from_sql, version_to_sql};
+use plumbing::pg::{version_from_sql, version_to_sql};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Command records on PostgreSQL: `idempotency_keys` and `stream_registry`.
 //! Table names are unqualified, so the pool's `search_path` chooses the schema.
 
-use platform::pg::{version_from_sql, version_to_sql};
+use plumbing::pg::{version_from_sql, version_to_sql};
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
@@ -10,7 +10,7 @@ use domain::{PostId, UserId};
 use super::{
     ClaimToken, CommandRecords, IdempotencyClaim, RecordsError, StoredResponse, StreamHead,
 };
-use platform::pg::PgPool;
+use plumbing::pg::PgPool;
 
 const MIGRATE: &str = "
 SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.sourcegram_records'));

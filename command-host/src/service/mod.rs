@@ -23,8 +23,8 @@ use crate::error::CommandError;
 use crate::metrics::CommandMetrics;
 use crate::records::{CommandRecords, StreamHead};
 use event_store::EventStore;
-use platform::batch::{BatchLimits, Batcher};
 use platform::metrics::Counter;
+use plumbing::batch::{BatchLimits, Batcher};
 
 pub use idempotency::Recorded;
 use slots::StreamSlots;

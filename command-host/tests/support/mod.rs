@@ -22,7 +22,7 @@ use hyper::{Method, StatusCode};
 use platform::auth::TokenKey;
 use platform::http::ServerConfig;
 use platform::metrics::Metrics;
-use platform::pg::PgPool;
+use plumbing::pg::PgPool;
 use testkit::http::HttpClient;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -95,7 +95,7 @@ pub async fn spawn_app_limited<R: CommandRecords + 'static>(
         .expect("bind port 0");
     let addr = listener.local_addr().expect("bound address");
     let (stop, stopped) = oneshot::channel::<()>();
-    let bounded = platform::pg::with_statement_timeout(&pool, limits.write_deadline);
+    let bounded = plumbing::pg::with_statement_timeout(&pool, limits.write_deadline);
     let deps = CommandHostDeps {
         store: PostgresEventStore::new(bounded),
         records,

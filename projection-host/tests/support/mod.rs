@@ -15,7 +15,7 @@ use domain::{
 use event_bus::KafkaPublisher;
 use event_store::postgres::PostgresEventStore;
 use event_store::{EventStore, ReadAllCursor};
-use platform::pg::PgPool;
+use plumbing::pg::PgPool;
 use projection_host::consumer::{ConsumerConfig, Projection, run_consumer};
 use projection_host::projector::ReadModel;
 use read_model::SchemaName;
