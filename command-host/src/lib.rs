@@ -31,8 +31,9 @@ use event_store::EventStore;
 use platform::auth::TokenKey;
 use platform::http::{self, ServerConfig};
 use platform::metrics::Metrics;
+use platform::stop::Background;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 
 use crate::app::App;
 use crate::metrics::CommandMetrics;
@@ -73,15 +74,18 @@ where
     let metrics = CommandMetrics::new(&deps.metrics);
     let store = Arc::new(deps.store);
     let relay_wake = Arc::new(Notify::new());
-    let (stop_relay, relay_stopped) = watch::channel(false);
-    let relay = tokio::spawn(relay::run_relay(
-        Arc::clone(&store),
-        deps.publisher.clone(),
-        Arc::clone(&relay_wake),
-        metrics.clone(),
-        deps.relay,
-        relay_stopped,
-    ));
+    let mut background = Background::new();
+    background.spawn(
+        "outbox relay",
+        relay::run_relay(
+            Arc::clone(&store),
+            deps.publisher.clone(),
+            Arc::clone(&relay_wake),
+            metrics.clone(),
+            deps.relay,
+            background.stopping(),
+        ),
+    );
     let service = Arc::new(CommandService::new(
         store,
         Arc::new(deps.records),
@@ -121,10 +125,6 @@ where
             "stream registry writes still pending at shutdown; repair-registry brings the registry up to date"
         );
     }
-    // Sending fails only if the relay already ended, which is what we want anyway.
-    let _ = stop_relay.send(true);
-    if let Err(error) = relay.await {
-        tracing::error!(%error, "outbox relay task failed");
-    }
+    background.stop().await;
     served
 }

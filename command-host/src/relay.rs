@@ -9,7 +9,8 @@ use std::time::Duration;
 use domain::{PostId, Version};
 use event_bus::{KafkaPublisher, PublishError};
 use event_store::{EventStore, StoreError};
-use tokio::sync::{Notify, watch};
+use platform::stop::Stopping;
+use tokio::sync::Notify;
 
 use crate::metrics::CommandMetrics;
 
@@ -51,14 +52,14 @@ pub async fn run_relay<S: EventStore>(
     wake: Arc<Notify>,
     metrics: CommandMetrics,
     config: RelayConfig,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: Stopping,
 ) {
     let mut backoff = Duration::ZERO;
     let mut failing = false;
     // Published, acknowledged by the broker, not yet marked in the store.
     let mut unmarked: Vec<(PostId, Version)> = Vec::new();
     loop {
-        if *shutdown.borrow() {
+        if shutdown.is_requested() {
             return mark_before_leaving(&*store, &unmarked).await;
         }
         let pause = if backoff.is_zero() {
@@ -69,7 +70,7 @@ pub async fn run_relay<S: EventStore>(
         tokio::select! {
             () = wake.notified(), if backoff.is_zero() => {}
             () = tokio::time::sleep(pause) => {}
-            _ = shutdown.changed() => return mark_before_leaving(&*store, &unmarked).await,
+            () = shutdown.requested() => return mark_before_leaving(&*store, &unmarked).await,
         }
         let drained = publish_backlog(
             &*store,
@@ -130,11 +131,11 @@ async fn publish_backlog<S: EventStore>(
     metrics: &CommandMetrics,
     batch_size: usize,
     unmarked: &mut Vec<(PostId, Version)>,
-    shutdown: &watch::Receiver<bool>,
+    shutdown: &Stopping,
 ) -> Result<(), RelayError> {
     loop {
         let batch = store.unpublished(batch_size, unmarked).await?;
-        if batch.is_empty() || *shutdown.borrow() {
+        if batch.is_empty() || shutdown.is_requested() {
             store.mark_published(unmarked).await?;
             unmarked.clear();
             return Ok(());

@@ -17,9 +17,10 @@ use event_bus::KafkaPublisher;
 use event_store::postgres::PostgresEventStore;
 use event_store::{EventStore, ReadAllCursor, ReadAllPage, Snapshot, StoreError};
 use platform::metrics::Metrics;
+use platform::stop::Background;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::message::Message;
-use tokio::sync::{Notify, watch};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 /// The PostgreSQL store, with two holds: the relay's second outbox fetch waits
@@ -123,7 +124,7 @@ async fn the_next_batch_is_published_while_the_last_one_is_being_marked() {
         .await
         .expect("append the first event");
     let wake = Arc::new(Notify::new());
-    let (stop, stopped) = watch::channel(false);
+    let stop = Background::new();
     let relay = tokio::spawn(run_relay(
         Arc::clone(&store),
         KafkaPublisher::new(&brokers, &topic).expect("producer"),
@@ -133,7 +134,7 @@ async fn the_next_batch_is_published_while_the_last_one_is_being_marked() {
             poll_interval: Duration::from_millis(50),
             ..RelayConfig::default()
         },
-        stopped,
+        stop.stopping(),
     ));
 
     // The relay published the first event and now looks for more: a second
@@ -169,6 +170,6 @@ async fn the_next_batch_is_published_while_the_last_one_is_being_marked() {
     })
     .await;
     assert!(drained.is_some(), "both events end up marked published");
-    stop.send(true).expect("relay listens");
+    stop.stop().await;
     relay.await.expect("relay stops");
 }

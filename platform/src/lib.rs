@@ -5,6 +5,7 @@
 //! - [`metrics`]: a small Prometheus registry with typed handles.
 //! - [`routes`]: route tables: matching, 404, 405 with `Allow`, labels.
 //! - [`clock`]: where the hosts read the time.
+//! - [`stop`]: the background tasks of a host, and how they stop.
 //!
 //! It links no broker client and no database driver; the PostgreSQL pool,
 //! group commit and configuration are in `plumbing`, which the stores use
@@ -16,6 +17,7 @@ pub mod clock;
 pub mod http;
 pub mod metrics;
 pub mod routes;
+pub mod stop;
 
 /// A host's exit status from what its `main` did; an error is printed first,
 /// prefixed with the host's name.

@@ -11,6 +11,7 @@ use std::time::Duration;
 use domain::EventEnvelope;
 use event_store::EventStore;
 use platform::metrics::{Counter, Gauge, Histogram, Metrics};
+use platform::stop::Stopping;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -18,7 +19,6 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use tokio::sync::watch;
 
 use crate::notifications::Notifications;
 use crate::projector::{BatchOutcome, ProjectionError, ReadModel};
@@ -110,7 +110,7 @@ pub async fn run_consumer<S: EventStore>(
     projection: Arc<Projection>,
     store: Arc<S>,
     metrics: Metrics,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: Stopping,
     joined: Arc<AtomicBool>,
 ) -> Result<(), KafkaError> {
     let metrics = ProjectionMetrics::new(&metrics, projection.name());
@@ -169,17 +169,17 @@ async fn consume<S: EventStore>(
     projection: &Projection,
     store: &S,
     metrics: &ProjectionMetrics,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &mut Stopping,
 ) -> Result<(), KafkaError> {
     let name = projection.name();
     let mut failing = false;
     loop {
-        if *shutdown.borrow() {
+        if shutdown.is_requested() {
             return Ok(());
         }
         let first = tokio::select! {
             message = consumer.recv() => message,
-            _ = shutdown.changed() => return Ok(()),
+            () = shutdown.requested() => return Ok(()),
         };
         let mut batch = Batch::default();
         match first {
@@ -222,7 +222,7 @@ async fn consume<S: EventStore>(
                     // shutdown it is left uncommitted and redelivered later.
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.changed() => return Ok(()),
+                        () = shutdown.requested() => return Ok(()),
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }

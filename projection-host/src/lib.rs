@@ -27,10 +27,10 @@ use hyper::{Request, StatusCode};
 use platform::http::{self, HttpResponse, Problem, RequestContext, ServerConfig};
 use platform::metrics::Metrics;
 use platform::routes::{Route, find};
+use platform::stop::{Background, Stopping};
 use plumbing::pg::PgPool;
 use read_model::SchemaName;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::consumer::{ConsumerConfig, Projection, run_consumer};
 use crate::notifications::Notifications;
@@ -91,8 +91,7 @@ pub async fn run<S: EventStore + 'static>(
             .map_err(|e| to_io(e.into()))?
     };
     let rebuilding = Arc::new(AtomicBool::new(!outdated.is_empty()));
-    let (stop, stopped) = watch::channel(false);
-    let mut consumers = Vec::new();
+    let mut background = Background::new();
     let mut joined = Vec::new();
     let notifications_config = notifications_consumer(&deps.consumer, &deps.notifications_group);
     for (projection, config) in [
@@ -103,7 +102,8 @@ pub async fn run<S: EventStore + 'static>(
         ),
     ] {
         let flag = Arc::new(AtomicBool::new(false));
-        joined.push((projection.name(), Arc::clone(&flag)));
+        let projection_name = projection.name();
+        joined.push((projection_name, Arc::clone(&flag)));
         let rebuild = (matches!(projection, Projection::ReadModel(_)) && !outdated.is_empty())
             .then(|| (Arc::clone(&replayer), Arc::clone(&rebuilding)));
         let consumer = run_consumer(
@@ -111,13 +111,13 @@ pub async fn run<S: EventStore + 'static>(
             Arc::new(projection),
             Arc::clone(&store),
             deps.metrics.clone(),
-            stopped.clone(),
+            background.stopping(),
             flag,
         );
         let missing = outdated.join(", ");
-        let stopping = stopped.clone();
+        let stopping = background.stopping();
         // A consumer that cannot start says so at once, not at shutdown.
-        consumers.push(tokio::spawn(async move {
+        background.spawn(projection_name, async move {
             if let Some((replayer, rebuilding)) = rebuild {
                 if !rebuild_outdated(&replayer, &missing, &stopping).await {
                     return;
@@ -127,7 +127,7 @@ pub async fn run<S: EventStore + 'static>(
             if let Err(error) = consumer.await {
                 tracing::error!(%error, "consumer could not start");
             }
-        }));
+        });
     }
     let app = Arc::new(App {
         replayer,
@@ -149,12 +149,7 @@ pub async fn run<S: EventStore + 'static>(
         shutdown,
     )
     .await;
-    let _ = stop.send(true);
-    for consumer in consumers {
-        if let Err(error) = consumer.await {
-            tracing::error!(%error, "consumer task failed");
-        }
-    }
+    background.stop().await;
     served
 }
 
@@ -164,13 +159,13 @@ pub async fn run<S: EventStore + 'static>(
 async fn rebuild_outdated<S: EventStore + 'static>(
     replayer: &Replayer<S>,
     missing: &str,
-    stopping: &watch::Receiver<bool>,
+    stopping: &Stopping,
 ) -> bool {
     tracing::warn!(%missing, "the read model's tables predate this build: rebuilding them by a replay");
     loop {
         match replayer.replay().await {
             Ok(()) => return true,
-            Err(_) if *stopping.borrow() => return false,
+            Err(_) if stopping.is_requested() => return false,
             Err(error) => {
                 tracing::error!(%error, "the rebuild failed; trying again in 5 s");
                 tokio::time::sleep(Duration::from_secs(5)).await;

@@ -26,6 +26,7 @@ use hyper::{Request, StatusCode};
 use platform::auth::{self, AuthError, TokenKey};
 use platform::http::{self, HttpResponse, Problem, RequestContext, ServerConfig};
 use platform::metrics::Metrics;
+use platform::stop::Background;
 use plumbing::pg::PgPool;
 use read_model::SchemaName;
 use serde_json::json;
@@ -99,11 +100,13 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let (changes, _) = broadcast::channel(1_024);
     let (listening, _) = watch::channel(false);
-    let listener_task = tokio::spawn(changes::listen(
-        deps.pool.config().clone(),
-        changes.clone(),
-        listening,
-    ));
+    let mut background = Background::new();
+    // The listener has nothing to finish: it stops wherever it is.
+    let listen = changes::listen(deps.pool.config().clone(), changes.clone(), listening);
+    let stopping = background.stopping();
+    background.spawn("change listener", async move {
+        stopping.or_until_stopped(listen).await;
+    });
     // Every read finds its rows by key or in an index's order.
     let pool = plumbing::pg::keyed(&deps.pool);
     let app = Arc::new(App {
@@ -124,7 +127,7 @@ pub async fn run(
         shutdown,
     )
     .await;
-    listener_task.abort();
+    background.stop().await;
     served
 }
 

@@ -15,13 +15,13 @@ use domain::{
 use event_bus::KafkaPublisher;
 use event_store::postgres::PostgresEventStore;
 use event_store::{EventStore, ReadAllCursor};
+use platform::stop::Background;
 use plumbing::pg::PgPool;
 use projection_host::consumer::{ConsumerConfig, Projection, run_consumer};
 use projection_host::projector::ReadModel;
 use read_model::SchemaName;
 use read_model::rows::{CommentRow, PostRow, StreamRows};
 use read_model::schema::{COMMENTS, LIKES, POSTS, Table};
-use tokio::sync::watch;
 use uuid::Uuid;
 
 pub struct World {
@@ -263,13 +263,13 @@ impl World {
 
     /// Starts a consumer of `projection` in `group`.
     pub fn spawn_consumer(&self, projection: Projection, group: &str) -> Consumer {
-        let (stop, stopped) = watch::channel(false);
+        let stop = Background::new();
         let task = tokio::spawn(run_consumer(
             self.consumer_config(group),
             Arc::new(projection),
             Arc::clone(&self.store),
             platform::metrics::Metrics::new(),
-            stopped,
+            stop.stopping(),
             Default::default(),
         ));
         let task =
@@ -337,14 +337,14 @@ impl World {
 
 /// A running consumer.
 pub struct Consumer {
-    stop: watch::Sender<bool>,
+    stop: Background,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Consumer {
     /// Stops the consumer and waits until it has; it must not have failed.
     pub async fn stop(self) {
-        self.stop.send(true).expect("stop");
+        self.stop.stop().await;
         self.task.await.expect("consumer");
     }
 }
