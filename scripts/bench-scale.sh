@@ -50,14 +50,6 @@ bin="$CARGO_TARGET_DIR/release"
 psql_() { PGOPTIONS=--client-min-messages=warning psql "$POSTGRES_URL" -qAtX "$@"; }
 export TOKEN_SECRET="bench-secret-$RANDOM" ADMIN_TOKEN="bench-admin-$RANDOM"
 
-start() { # name port env...
-  local name=$1 port=$2; shift 2
-  env "$@" LISTEN_ADDR="127.0.0.1:$port" "$bin/$name" >"$work/$name-$port.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 1 300); do curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && return; sleep 0.1; done
-  say "$name did not start:"; cat "$work/$name-$port.log" >&2; exit 1
-}
-stop_last() { kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'; }
 # wrk's p50 and p99 in ms, and its count of non-2xx answers.
 to_ms() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); v/=1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v*=1000}; printf "%.2f", v}'; }
 wrk_latency() { # url -> "p50 p99 errors"
@@ -83,8 +75,8 @@ for posts in $SIZES; do
   topic="bench-$schema"
   create_topic "$topic" 1
   # The command host makes the store's tables, as in a deployment.
-  start command-host 18181 EVENT_STORE_URL="$store_url" RECORDS_URL="$store_url" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic"
-  stop_last
+  start_host command-host 18181 EVENT_STORE_URL="$store_url" RECORDS_URL="$store_url" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic"
+  stop_last_host
 
   say "$posts posts: generating $((posts * 10 + 10001)) events"
   base="timestamptz '2026-01-01'"
@@ -130,7 +122,7 @@ for posts in $SIZES; do
 
   say "$posts posts: replaying $events events (loaded in ${load_s}s)"
   create_topic "$topic-idle" 1
-  start projection-host 18183 EVENT_STORE_URL="$store_url" READ_MODEL_URL="$POSTGRES_URL" READ_MODEL_SCHEMA="${schema}_rm" \
+  start_host projection-host 18183 EVENT_STORE_URL="$store_url" READ_MODEL_URL="$POSTGRES_URL" READ_MODEL_SCHEMA="${schema}_rm" \
     NOTIFICATIONS_SCHEMA="${schema}_nt" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic-idle" \
     READ_MODEL_GROUP="$schema-rm" NOTIFICATIONS_GROUP="$schema-nt"
   projection_pid=${pids[-1]}
@@ -141,7 +133,7 @@ for posts in $SIZES; do
   elapsed_ms=$(sed -n 's/.*"elapsed_ms":\([0-9]*\).*/\1/p' <<<"$progress")
   replay_rate=$(( events * 1000 / (elapsed_ms > 0 ? elapsed_ms : 1) ))
   replay_rss_mb=$(( $(awk '/VmHWM/ {print $2}' "/proc/$projection_pid/status") / 1024 ))
-  stop_last
+  stop_last_host
   delete_topic "^($topic|$topic-idle)\$" >/dev/null 2>&1 || true
 
   say "$posts posts: baseline, pgbench point select on $posts rows"
@@ -151,7 +143,7 @@ for posts in $SIZES; do
   printf '\\set n random(1, %s)\nSELECT * FROM %s.pgb_posts WHERE n = :n;\n' "$posts" "$schema" >"$work/select.sql"
   read -r pg_p50 pg_p99 < <(pgbench_latency "$work/select.sql")
 
-  start query-host 18182 READ_MODEL_URL="$POSTGRES_URL" READ_MODEL_SCHEMA="${schema}_rm" NOTIFICATIONS_SCHEMA="${schema}_nt" PG_POOL_SIZE=16
+  start_host query-host 18182 READ_MODEL_URL="$POSTGRES_URL" READ_MODEL_SCHEMA="${schema}_rm" NOTIFICATIONS_SCHEMA="${schema}_nt" PG_POOL_SIZE=16
   q=http://127.0.0.1:18182
   # Page 1,000 (or the last page, on a list shorter than that), by following the cursors.
   deep="$q/posts?limit=20" page=1
@@ -168,7 +160,7 @@ for posts in $SIZES; do
     read -r p50 p99 errors < <(wrk_latency "$url")
     rows+="| $posts | $name | $p50 ms | $p99 ms | $errors | $pg_p50 / $pg_p99 ms | $(awk -v a="$p99" -v b="$pg_p99" 'BEGIN {printf "%.1f", a / b}') |"$'\n'
   done
-  stop_last
+  stop_last_host
   rows+="| $posts | replay of $events events | $replay_rate events/s | peak RSS $replay_rss_mb MB | | event store: $store_mb MB on disk | |"$'\n'
   psql_ -c "DROP SCHEMA $schema CASCADE; DROP SCHEMA ${schema}_rm CASCADE; DROP SCHEMA ${schema}_nt CASCADE"
 done

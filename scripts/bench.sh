@@ -103,14 +103,6 @@ produce_rate=$("$bin/examples/produce_rate" "$KAFKA_BROKERS" "$topic-raw" 50000)
 # Sourcegram runs during a host's load. The live pipeline is measured last,
 # with the command host and the projection host together.
 export TOKEN_SECRET="bench-secret-$RANDOM" ADMIN_TOKEN="bench-admin-$RANDOM"
-start() { # name port env...
-  local name=$1 port=$2; shift 2
-  env "$@" LISTEN_ADDR="127.0.0.1:$port" "$bin/$name" >"$work/$name-$port.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 1 100); do curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && return; sleep 0.1; done
-  say "$name did not start:"; cat "$work/$name-$port.log" >&2; exit 1
-}
-stop_last() { kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'; }
 metric() { # port name -> value
   curl -fsS "http://127.0.0.1:$1/metrics" | awk -v n="$2" '$1 == n {print $2}'
 }
@@ -180,7 +172,7 @@ end
 LUA
 export TOKENS="$work/tokens" IDS="$work/ids"
 
-start command-host 18081 EVENT_STORE_URL="$store_url" RECORDS_URL="$store_url" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic" PG_POOL_SIZE=32
+start_host command-host 18081 EVENT_STORE_URL="$store_url" RECORDS_URL="$store_url" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic" PG_POOL_SIZE=32
 say "command host: create post"
 read -r create_rps create_p99 create_err < <(MODE=create wrk_run 32 http://127.0.0.1:18081 "$work/load.lua")
 psql_ -c "SELECT DISTINCT stream_id FROM $schema.events LIMIT 2000" >"$work/ids"
@@ -204,7 +196,7 @@ read -r relike_rps relike_p99 relike_err < <(MODE=relike wrk_run 32 http://127.0
 relike_appended=$(( $(psql_ -c "SELECT count(*) FROM $schema.events") - before_relike ))
 published=$(metric 18081 sourcegram_events_published_total)
 total=$(psql_ -c "SELECT count(*) FROM $schema.events")
-stop_last
+stop_last_host
 
 # The same create load with publishing held back: this host's relay points at a
 # port where no broker listens, so its events wait in the outbox (of a schema of
@@ -212,10 +204,10 @@ stop_last
 # what the broker and the relay, sharing the machine's cores, cost the write path.
 psql_ -c "CREATE SCHEMA ${schema}_held"
 held_url="$POSTGRES_URL?options=-csearch_path%3D${schema}_held"
-start command-host 18084 EVENT_STORE_URL="$held_url" RECORDS_URL="$held_url" KAFKA_BROKERS=127.0.0.1:1 KAFKA_TOPIC="$topic" PG_POOL_SIZE=32
+start_host command-host 18084 EVENT_STORE_URL="$held_url" RECORDS_URL="$held_url" KAFKA_BROKERS=127.0.0.1:1 KAFKA_TOPIC="$topic" PG_POOL_SIZE=32
 say "command host: create post, publishing held back"
 read -r held_rps held_p99 held_err < <(MODE=create wrk_run 32 http://127.0.0.1:18084 "$work/load.lua")
-stop_last
+stop_last_host
 
 # The query load needs the whole read model: a replay builds it from the event
 # store. This projection host listens to a topic nobody writes to, so it does
@@ -231,17 +223,17 @@ replay() { # on the projection host at ${replay_port:-18083}
   grep -q '"state":"succeeded"' <<<"$progress" || { say "replay failed: $progress"; exit 1; }
 }
 create_topic "$topic-idle" 1
-start projection-host 18083 EVENT_STORE_URL="$store_url" READ_MODEL_URL="$POSTGRES_URL" READ_MODEL_SCHEMA="${schema}_rm" \
+start_host projection-host 18083 EVENT_STORE_URL="$store_url" READ_MODEL_URL="$POSTGRES_URL" READ_MODEL_SCHEMA="${schema}_rm" \
   NOTIFICATIONS_SCHEMA="${schema}_nt" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic-idle" READ_MODEL_GROUP="$schema-rm" NOTIFICATIONS_GROUP="$schema-nt"
 projection_pid=${pids[-1]}
 say "building the read model for the query load (replay)"
 replay
-start query-host 18082 READ_MODEL_URL="$POSTGRES_URL" READ_MODEL_SCHEMA="${schema}_rm" NOTIFICATIONS_SCHEMA="${schema}_nt" PG_POOL_SIZE=16
+start_host query-host 18082 READ_MODEL_URL="$POSTGRES_URL" READ_MODEL_SCHEMA="${schema}_rm" NOTIFICATIONS_SCHEMA="${schema}_nt" PG_POOL_SIZE=16
 say "query host: GET /posts/{id}"
 read -r get_rps get_p99 get_err < <(MODE=get wrk_run 64 http://127.0.0.1:18082 "$work/load.lua")
 say "query host: GET /posts?limit=20"
 read -r list_rps list_p99 list_err < <(MODE=list wrk_run 64 http://127.0.0.1:18082 "$work/load.lua")
-stop_last
+stop_last_host
 
 # --- a post of a million events, after a restart -------------------------------
 # Its likes are written straight into the event store (the API would take
@@ -252,17 +244,17 @@ stop_last
 big_events="${BENCH_BIG_POST:-1000000}"
 say "a post of $big_events events: writing them"
 big_token=$(head -1 "$TOKENS")
-start command-host 18081 EVENT_STORE_URL="$store_url" RECORDS_URL="$store_url" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic" PG_POOL_SIZE=8
+start_host command-host 18081 EVENT_STORE_URL="$store_url" RECORDS_URL="$store_url" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic" PG_POOL_SIZE=8
 big=$(curl -fsS -X POST -H "Authorization: Bearer $big_token" -H 'content-type: application/json' \
   -d '{"message":"a million likes"}' http://127.0.0.1:18081/posts | sed -n 's/.*"id":"\([^"]*\)".*/\1/p')
-stop_last
+stop_last_host
 psql_ -c "INSERT INTO $schema.events (event_id, stream_id, stream_type, version, event_type, schema, occurred_at, metadata, data)
   SELECT gen_random_uuid(), '$big', 'post', v, 'PostLiked', 1, now(),
          jsonb_build_object('user', 'liker' || v, 'request_id', gen_random_uuid(), 'idempotency_key', null),
          jsonb_build_object('user', 'liker' || v)
   FROM generate_series(2, $big_events) AS v"
 first_command() { # sets first_s: seconds of one like's round trip, after a fresh start
-  start command-host 18081 EVENT_STORE_URL="$store_url" RECORDS_URL="$store_url" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic" PG_POOL_SIZE=8
+  start_host command-host 18081 EVENT_STORE_URL="$store_url" RECORDS_URL="$store_url" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic" PG_POOL_SIZE=8
   local token; token=$(sed -n "$((RANDOM % 1000 + 2))p" "$TOKENS")
   first_s=$(curl -fsS -o /dev/null -w '%{time_total}' -X POST -H "Authorization: Bearer $token" "http://127.0.0.1:18081/posts/$big/likes")
 }
@@ -273,14 +265,14 @@ for _ in $(seq 1 600); do
   [[ -n "$(psql_ -c "SELECT 1 FROM $schema.snapshots WHERE stream_id = '$big'")" ]] && break; sleep 0.1
 done
 big_snapshot_mb=$(psql_ -c "SELECT round(length(data) / 1048576.0, 1) FROM $schema.snapshots WHERE stream_id = '$big'")
-stop_last
+stop_last_host
 say "a post of $big_events events: first command after a restart, from its snapshot (three restarts)"
 big_runs=()
 for _ in 1 2 3; do
   first_command
   big_runs+=("$first_s")
   big_rss_mb=$(awk '/^VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/${pids[-1]}/status")
-  stop_last
+  stop_last_host
 done
 big_ms() { awk -v s="$1" 'BEGIN { printf "%.1f", s * 1000 }'; }
 big_snap_ms="$(big_ms "${big_runs[0]}") / $(big_ms "${big_runs[1]}") / $(big_ms "${big_runs[2]}")"
@@ -311,7 +303,7 @@ replay
 elapsed_ms=$(sed -n 's/.*"elapsed_ms":\([0-9]*\).*/\1/p' <<<"$progress")
 replay_rate=$(( replay_total * 1000 / (elapsed_ms > 0 ? elapsed_ms : 1) ))
 replay_rss_mb=$(( $(awk '/VmHWM/ {print $2}' "/proc/$projection_pid/status") / 1024 ))
-stop_last
+stop_last_host
 
 say "baseline: COPY of the same number of event rows"
 psql_ -c "CREATE TABLE $schema.copy_events (LIKE $schema.events INCLUDING INDEXES)"
@@ -333,7 +325,7 @@ if [[ -n "${MONGODB_URL:-}" ]]; then
   psql_ -c "CREATE SCHEMA ${schema}_fdb"
   fdb_records="$POSTGRES_URL?options=-csearch_path%3D${schema}_fdb"
   fdb_store="${MONGODB_URL%/}/${schema}_fdb"
-  start command-host 18086 EVENT_STORE_URL="$fdb_store" RECORDS_URL="$fdb_records" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic" PG_POOL_SIZE=32
+  start_host command-host 18086 EVENT_STORE_URL="$fdb_store" RECORDS_URL="$fdb_records" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic" PG_POOL_SIZE=32
   say "command host, event store on FerretDB: create post"
   read -r fdb_create_rps fdb_create_p99 fdb_create_err < <(MODE=create wrk_run 32 http://127.0.0.1:18086 "$work/load.lua")
   # Through files, not one pipeline: head's early exit would fail it (pipefail).
@@ -342,15 +334,15 @@ if [[ -n "${MONGODB_URL:-}" ]]; then
   head -2000 "$work/fdb-posts" >"$work/ids"
   say "command host, event store on FerretDB: like"
   read -r fdb_like_rps fdb_like_p99 fdb_like_err < <(MODE=like wrk_run 32 http://127.0.0.1:18086 "$work/load.lua")
-  stop_last
-  start projection-host 18087 EVENT_STORE_URL="$fdb_store" READ_MODEL_URL="$POSTGRES_URL" READ_MODEL_SCHEMA="${schema}_fdb_rm" \
+  stop_last_host
+  start_host projection-host 18087 EVENT_STORE_URL="$fdb_store" READ_MODEL_URL="$POSTGRES_URL" READ_MODEL_SCHEMA="${schema}_fdb_rm" \
     NOTIFICATIONS_SCHEMA="${schema}_fdb_nt" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic-idle" READ_MODEL_GROUP="$schema-fdb-rm" NOTIFICATIONS_GROUP="$schema-fdb-nt"
   say "replay from FerretDB"
   replay_port=18087 replay
   fdb_replay_total=$(sed -n 's/.*"events_total":\([0-9]*\).*/\1/p' <<<"$progress")
   elapsed_ms=$(sed -n 's/.*"elapsed_ms":\([0-9]*\).*/\1/p' <<<"$progress")
   fdb_replay_rate=$(( ${fdb_replay_total:-0} * 1000 / (elapsed_ms > 0 ? elapsed_ms : 1) ))
-  stop_last
+  stop_last_host
   mongo_port="${MONGODB_URL##*:}"
   mongo_command 127.0.0.1 "${mongo_port%%/*}" dropDatabase "${schema}_fdb" >/dev/null 2>&1 || true
 else
@@ -391,8 +383,8 @@ live_run() { # name rate [mode]; sets live_result="rps events caught_up cpu p50 
   psql_ -c "CREATE SCHEMA $live_schema"
   local url="$POSTGRES_URL?options=-csearch_path%3D$live_schema"
   create_topic "$topic-$name" "$partitions"
-  start command-host 18091 EVENT_STORE_URL="$url" RECORDS_URL="$url" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic-$name" PG_POOL_SIZE=32
-  start projection-host 18093 EVENT_STORE_URL="$url" READ_MODEL_URL="$POSTGRES_URL" PROJECTION_INSTANCE_ID="bench-$name" \
+  start_host command-host 18091 EVENT_STORE_URL="$url" RECORDS_URL="$url" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic-$name" PG_POOL_SIZE=32
+  start_host projection-host 18093 EVENT_STORE_URL="$url" READ_MODEL_URL="$POSTGRES_URL" PROJECTION_INSTANCE_ID="bench-$name" \
     READ_MODEL_SCHEMA="${live_schema}_rm" NOTIFICATIONS_SCHEMA="${live_schema}_nt" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic-$name" \
     READ_MODEL_GROUP="$live_schema-rm" NOTIFICATIONS_GROUP="$live_schema-nt"
   local ready=no
@@ -436,7 +428,7 @@ live_run() { # name rate [mode]; sets live_result="rps events caught_up cpu p50 
   # the relay's producer to the read model's consumer (the broker).
   outbox=$(quantiles 'sourcegram_outbox_delay_seconds_bucket{' "$work/outbox-before" "$work/outbox-after")
   transit=$(quantiles 'sourcegram_broker_transit_seconds_bucket{projection="read_model",' "$work/lag-before" "$work/lag-after")
-  stop_last; stop_last
+  stop_last_host; stop_last_host
   live_result="$rps $events $caught_up $busy $lag $outbox $transit"
 }
 live_half=$(( create_rps / 2 ))

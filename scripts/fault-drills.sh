@@ -144,6 +144,18 @@ diverging_posts() {
     WHERE p.id IS NULL OR p.version <> s.version OR p.likes <> s.likes"
 }
 
+# How long the read model took to equal the event store ("N s"), polled for
+# up to 180 s; "no" if it never did.
+time_to_converge() {
+  local started=$SECONDS
+  while ((SECONDS - started < 180)); do
+    snapshot_store >/dev/null
+    if [[ "$(diverging_posts)" == 0 ]]; then echo "$((SECONDS - started)) s"; return; fi
+    sleep 0.5
+  done
+  echo no
+}
+
 # Idempotency keys whose write was appended more than once.
 doubled_writes() {
   psql_ -c "
@@ -167,13 +179,7 @@ drill() { # name fault-function
   sleep "$LOAD_SECONDS"
   stop_load
   local acked; acked=$(cat "$work"/acked.* 2>/dev/null | wc -l)
-  local started=$SECONDS converged="no" left
-  while ((SECONDS - started < 180)); do
-    snapshot_store
-    left=$(diverging_posts)
-    if [[ "$left" == 0 ]]; then converged="$((SECONDS - started)) s"; break; fi
-    sleep 0.5
-  done
+  local converged; converged=$(time_to_converge)
   results+=("| $name | $acked | $(lost_writes) | $(doubled_writes) | $(double_applied) | $converged |")
   rm -f "$work"/acked.*
 }
@@ -274,7 +280,7 @@ wait_for_replay() { # port
 # or a refusal the rules give, never a 5xx; afterwards the read model
 # converges to the event store.
 hot_posts_on_two_command_hosts() {
-  local posts=() i host post user verb codes total server_errors started converged="no" left
+  local posts=() i host post user verb codes total server_errors converged
   start_second command-host "$SECOND_COMMAND_PORT"
   for i in $(seq 1 20); do
     posts+=("$(curl -sS -X POST "http://127.0.0.1:$COMMAND_PORT/posts" -H "Authorization: Bearer ${TOKENS[0]}" \
@@ -298,13 +304,7 @@ hot_posts_on_two_command_hosts() {
   server_errors=$(grep -c -e '^5' -e '^000' "$work/hot.codes" || true)
   codes=$(sort "$work/hot.codes" | uniq -c | awk '{printf "%s×%s ", $2, $1}')
   say "hot posts: $total answers: $codes"
-  started=$SECONDS
-  while ((SECONDS - started < 180)); do
-    snapshot_store
-    left=$(diverging_posts)
-    if [[ "$left" == 0 ]]; then converged="$((SECONDS - started)) s"; break; fi
-    sleep 0.5
-  done
+  converged=$(time_to_converge)
   hot_row="| hot posts on two command hosts | $total | $server_errors | $converged |"
   [[ "$server_errors" == 0 && "$total" -gt 0 && "$converged" != no ]]
 }

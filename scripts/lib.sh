@@ -226,3 +226,17 @@ stack_down() {
   "$lib_dir/down.sh" >/dev/null 2>&1 || true
   "$lib_dir/services.sh" stop >/dev/null 2>&1 || true
 }
+
+# Starts the host binary "$bin/NAME" on 127.0.0.1:PORT with the given
+# environment, logging to "$work/NAME-PORT.log", and waits up to 30 s for its
+# /healthz. Its pid joins the caller's array `pids`.
+start_host() { # name port env...
+  local name=$1 port=$2; shift 2
+  env "$@" LISTEN_ADDR="127.0.0.1:$port" "$bin/$name" >"$work/$name-$port.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 300); do curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && return; sleep 0.1; done
+  printf '%s did not start:\n' "$name" >&2; cat "$work/$name-$port.log" >&2; exit 1
+}
+
+# Stops the host started last by start_host.
+stop_last_host() { kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'; }

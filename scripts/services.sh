@@ -272,18 +272,48 @@ not_started() {
 
 wait_for_broker() { wait_until "$1" "$2" 0.5 kafka_answers 127.0.0.1 "$KAFKA_PORT"; }
 
+# Whether a server must be started on PORT: not if ours already runs (PID_FN
+# prints its pid, which goes in the caller's `pid`) or another server answers
+# there (ANSWERS_FN host port); a port held by anything else ends the script.
+must_start() { # what port pid_fn answers_fn port_variable
+  local what=$1 port=$2 pid_fn=$3 answers_fn=$4 variable=$5
+  if pid=$("$pid_fn"); then return 1; fi
+  pid=""
+  if "$answers_fn" 127.0.0.1 "$port"; then
+    say "a $what not started from $STATE_DIR answers on $port; using it"
+    return 1
+  fi
+  if wait_for_port "$port" 0; then
+    say "something that does not answer as a $what listens on $port; stop it or set $variable"
+    exit 1
+  fi
+}
+
+# The status line of a server on PORT: ours up (or starting, or stuck),
+# another server answering, or something else holding the port. Prints
+# nothing and fails when nothing listens.
+report_server() { # label port pid_fn answers_fn ours foreign not_answering stuck_hint
+  local label=$1 port=$2 pid_fn=$3 answers_fn=$4 pid
+  if pid=$("$pid_fn"); then
+    if "$answers_fn" 127.0.0.1 "$port"; then
+      echo "$label: up on 127.0.0.1:$port ($5, pid $pid)"
+    else
+      echo "$label: starting or stuck (pid $pid runs, but 127.0.0.1:$port $7; $8)"
+    fi
+  elif "$answers_fn" 127.0.0.1 "$port"; then
+    echo "$label: up on 127.0.0.1:$port ($6 this script did not start from $STATE_DIR)"
+  elif wait_for_port "$port" 0; then
+    echo "$label: down (something listens on 127.0.0.1:$port but $7)"
+  else
+    return 1
+  fi
+}
+
 start_broker() {
   fetch_kafka
   mkdir -p "$KAFKA_STATE"
   local pid=""
-  if pid=$(broker_pid); then
-    :
-  elif kafka_answers 127.0.0.1 "$KAFKA_PORT"; then
-    say "a Kafka broker not started from $STATE_DIR answers on $KAFKA_PORT; using it as the broker"
-  elif wait_for_port "$KAFKA_PORT" 0; then
-    say "something that does not answer as a Kafka broker listens on $KAFKA_PORT; stop it or set SOURCEGRAM_KAFKA_PORT"
-    exit 1
-  else
+  if must_start "Kafka broker" "$KAFKA_PORT" broker_pid kafka_answers SOURCEGRAM_KAFKA_PORT; then
     write_broker_config
     format_storage
     say "starting Apache Kafka $KAFKA_VERSION on 127.0.0.1:$KAFKA_PORT (controller on $CONTROLLER_PORT)"
@@ -372,14 +402,7 @@ wait_for_mongo() { wait_until "$1" "$2" 0.2 mongo_answers 127.0.0.1 "$MONGO_PORT
 # Kafka are still started, and the MongoDB test legs report themselves skipped.
 start_ferretdb() {
   local pid=""
-  if pid=$(ferretdb_pid); then
-    :
-  elif mongo_answers 127.0.0.1 "$MONGO_PORT"; then
-    say "a MongoDB wire-protocol server not started from $STATE_DIR answers on $MONGO_PORT; using it"
-  elif wait_for_port "$MONGO_PORT" 0; then
-    say "something that does not answer a MongoDB ping listens on $MONGO_PORT; stop it or set SOURCEGRAM_MONGO_PORT"
-    exit 1
-  else
+  if must_start "MongoDB wire-protocol server" "$MONGO_PORT" ferretdb_pid mongo_answers SOURCEGRAM_MONGO_PORT; then
     build_ferretdb || return 0
     mkdir -p "$FERRETDB_STATE"
     # One earlier log is kept; the server logs each connection at info level,
@@ -472,34 +495,15 @@ case "${1:-start}" in
     ;;
   status)
     if wait_for_port "$PG_PORT" 0; then echo "postgres: up on 127.0.0.1:$PG_PORT"; else echo "postgres: down"; fi
-    if pid=$(broker_pid); then
-      if kafka_answers 127.0.0.1 "$KAFKA_PORT"; then
-        echo "broker: up on 127.0.0.1:$KAFKA_PORT (Kafka $KAFKA_VERSION, pid $pid, data in $KAFKA_STATE/data)"
+    report_server broker "$KAFKA_PORT" broker_pid kafka_answers "Kafka $KAFKA_VERSION, data in $KAFKA_STATE/data" \
+      "a Kafka broker" "answers no Kafka metadata request" "see $KAFKA_STATE/kafka.log" || echo "broker: down"
+    report_server mongodb "$MONGO_PORT" ferretdb_pid mongo_answers "FerretDB $FERRETDB_VERSION, data in PostgreSQL database ferretdb" \
+      "a MongoDB wire-protocol server" "answers no MongoDB ping" "see $FERRETDB_STATE/ferretdb.log" ||
+      if [[ ! -x "$FERRETDB_BIN" ]]; then
+        echo "mongodb: down (FerretDB is not built yet; start builds it when Go is installed)"
       else
-        echo "broker: starting or stuck (pid $pid runs, but 127.0.0.1:$KAFKA_PORT answers no metadata request; see $KAFKA_STATE/kafka.log)"
+        echo "mongodb: down"
       fi
-    elif kafka_answers 127.0.0.1 "$KAFKA_PORT"; then
-      echo "broker: up on 127.0.0.1:$KAFKA_PORT (a Kafka broker this script did not start from $STATE_DIR)"
-    elif wait_for_port "$KAFKA_PORT" 0; then
-      echo "broker: down (something listens on 127.0.0.1:$KAFKA_PORT but answers no Kafka metadata request)"
-    else
-      echo "broker: down"
-    fi
-    if pid=$(ferretdb_pid); then
-      if mongo_answers 127.0.0.1 "$MONGO_PORT"; then
-        echo "mongodb: up on 127.0.0.1:$MONGO_PORT (FerretDB $FERRETDB_VERSION, pid $pid, data in PostgreSQL database ferretdb)"
-      else
-        echo "mongodb: starting or stuck (FerretDB pid $pid runs, but 127.0.0.1:$MONGO_PORT answers no ping; see $FERRETDB_STATE/ferretdb.log)"
-      fi
-    elif mongo_answers 127.0.0.1 "$MONGO_PORT"; then
-      echo "mongodb: up on 127.0.0.1:$MONGO_PORT (a MongoDB wire-protocol server this script did not start from $STATE_DIR)"
-    elif wait_for_port "$MONGO_PORT" 0; then
-      echo "mongodb: down (something listens on 127.0.0.1:$MONGO_PORT but answers no MongoDB ping)"
-    elif [[ ! -x "$FERRETDB_BIN" ]]; then
-      echo "mongodb: down (FerretDB is not built yet; start builds it when Go is installed)"
-    else
-      echo "mongodb: down"
-    fi
     ;;
   *)
     # The usage: the comment at the top, up to the first command.
