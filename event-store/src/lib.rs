@@ -216,80 +216,34 @@ impl AnyEventStore {
     }
 }
 
-/// Forwards a call to the adapter inside.
-macro_rules! each_adapter {
-    ($self:ident, $store:ident => $call:expr) => {
-        match $self {
-            Self::Postgres($store) => $call,
-            Self::Mongo($store) => $call,
-        }
+/// Each method of [`EventStore`], forwarded to the adapter inside.
+macro_rules! forward {
+    ($(fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
+        $(async fn $name(&self $(, $arg: $ty)*) -> $ret {
+            match self {
+                Self::Postgres(store) => store.$name($($arg),*).await,
+                Self::Mongo(store) => store.$name($($arg),*).await,
+            }
+        })*
     };
 }
 
 impl EventStore for AnyEventStore {
-    async fn append_to_stream(
-        &self,
-        stream_id: PostId,
-        expected: Version,
-        events: &[EventEnvelope],
-    ) -> Result<(), StoreError> {
-        each_adapter!(self, store => store.append_to_stream(stream_id, expected, events).await)
-    }
-
-    async fn load_stream_page(
-        &self,
-        stream_id: PostId,
-        from: Version,
-        limit: usize,
-    ) -> Result<Vec<EventEnvelope>, StoreError> {
-        each_adapter!(self, store => store.load_stream_page(stream_id, from, limit).await)
-    }
-
-    async fn find_by_idempotency_key(
-        &self,
-        user: &UserId,
-        key: &str,
-    ) -> Result<Vec<EventEnvelope>, StoreError> {
-        each_adapter!(self, store => store.find_by_idempotency_key(user, key).await)
-    }
-
-    async fn read_all(
-        &self,
-        cursor: &ReadAllCursor,
-        limit: usize,
-    ) -> Result<ReadAllPage, StoreError> {
-        each_adapter!(self, store => store.read_all(cursor, limit).await)
-    }
-
-    async fn stream_heads(&self) -> Result<Vec<(PostId, Version)>, StoreError> {
-        each_adapter!(self, store => store.stream_heads().await)
-    }
-
-    async fn unpublished(
-        &self,
-        limit: usize,
-        skip: &[(PostId, Version)],
-    ) -> Result<Vec<EventEnvelope>, StoreError> {
-        each_adapter!(self, store => store.unpublished(limit, skip).await)
-    }
-
-    async fn mark_published(&self, events: &[(PostId, Version)]) -> Result<(), StoreError> {
-        each_adapter!(self, store => store.mark_published(events).await)
-    }
-
-    async fn unpublished_count(&self) -> Result<u64, StoreError> {
-        each_adapter!(self, store => store.unpublished_count().await)
-    }
-
-    async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
-        each_adapter!(self, store => store.save_snapshot(snapshot).await)
-    }
-
-    async fn load_snapshot(&self, stream_id: PostId) -> Result<Option<Snapshot>, StoreError> {
-        each_adapter!(self, store => store.load_snapshot(stream_id).await)
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        each_adapter!(self, store => store.ping().await)
+    forward! {
+        fn append_to_stream(&self, stream_id: PostId, expected: Version, events: &[EventEnvelope])
+            -> Result<(), StoreError>;
+        fn load_stream_page(&self, stream_id: PostId, from: Version, limit: usize)
+            -> Result<Vec<EventEnvelope>, StoreError>;
+        fn find_by_idempotency_key(&self, user: &UserId, key: &str)
+            -> Result<Vec<EventEnvelope>, StoreError>;
+        fn read_all(&self, cursor: &ReadAllCursor, limit: usize) -> Result<ReadAllPage, StoreError>;
+        fn stream_heads(&self) -> Result<Vec<(PostId, Version)>, StoreError>;
+        fn unpublished(&self, limit: usize, skip: &[(PostId, Version)])
+            -> Result<Vec<EventEnvelope>, StoreError>;
+        fn mark_published(&self, events: &[(PostId, Version)]) -> Result<(), StoreError>;
+        fn unpublished_count(&self) -> Result<u64, StoreError>;
+        fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError>;
+        fn load_snapshot(&self, stream_id: PostId) -> Result<Option<Snapshot>, StoreError>;
+        fn ping(&self) -> Result<(), StoreError>;
     }
 }

@@ -174,59 +174,42 @@ impl AnyCommandRecords {
     }
 }
 
-/// Forwards a call to the adapter inside.
-macro_rules! each_adapter {
-    ($self:ident, $records:ident => $call:expr) => {
-        match $self {
-            Self::Postgres($records) => $call,
-            Self::Mssql($records) => $call,
+/// Each method of [`CommandRecords`], forwarded to the adapter inside.
+macro_rules! forward {
+    ($(fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)*) => {
+        $(async fn $name(&self $(, $arg: $ty)*) -> $ret {
+            match self {
+                Self::Postgres(records) => records.$name($($arg),*).await,
+                Self::Mssql(records) => records.$name($($arg),*).await,
+            }
+        })*
+    };
+}
+
+/// Hands the macro `$forward` the signatures of [`CommandRecords`]' methods,
+/// after `$head`: the dispatcher above and the tests' wrappers forward every
+/// method from this one list.
+#[macro_export]
+macro_rules! command_records_methods {
+    ($($forward:ident)::+ { $($head:tt)* }) => {
+        $($forward)::+! {
+            $($head)*
+            fn claim_idempotency_key(
+                &self, user: &UserId, key: &str, fingerprint: &[u8; 32], stale_after: Duration
+            ) -> Result<IdempotencyClaim, RecordsError>;
+            fn complete_idempotency_key(
+                &self, user: &UserId, key: &str, claim: ClaimToken, response: &StoredResponse
+            ) -> Result<bool, RecordsError>;
+            fn release_idempotency_key(&self, user: &UserId, key: &str, claim: ClaimToken)
+                -> Result<(), RecordsError>;
+            fn record_stream_head(&self, head: &StreamHead) -> Result<(), RecordsError>;
+            fn record_stream_heads(&self, heads: &[StreamHead]) -> Result<(), RecordsError>;
+            fn stream_head(&self, post_id: PostId) -> Result<Option<StreamHead>, RecordsError>;
+            fn ping(&self) -> Result<(), RecordsError>;
         }
     };
 }
 
 impl CommandRecords for AnyCommandRecords {
-    async fn claim_idempotency_key(
-        &self,
-        user: &UserId,
-        key: &str,
-        fingerprint: &[u8; 32],
-        stale_after: Duration,
-    ) -> Result<IdempotencyClaim, RecordsError> {
-        each_adapter!(self, records => records.claim_idempotency_key(user, key, fingerprint, stale_after).await)
-    }
-
-    async fn complete_idempotency_key(
-        &self,
-        user: &UserId,
-        key: &str,
-        claim: ClaimToken,
-        response: &StoredResponse,
-    ) -> Result<bool, RecordsError> {
-        each_adapter!(self, records => records.complete_idempotency_key(user, key, claim, response).await)
-    }
-
-    async fn release_idempotency_key(
-        &self,
-        user: &UserId,
-        key: &str,
-        claim: ClaimToken,
-    ) -> Result<(), RecordsError> {
-        each_adapter!(self, records => records.release_idempotency_key(user, key, claim).await)
-    }
-
-    async fn record_stream_head(&self, head: &StreamHead) -> Result<(), RecordsError> {
-        each_adapter!(self, records => records.record_stream_head(head).await)
-    }
-
-    async fn record_stream_heads(&self, heads: &[StreamHead]) -> Result<(), RecordsError> {
-        each_adapter!(self, records => records.record_stream_heads(heads).await)
-    }
-
-    async fn stream_head(&self, post_id: PostId) -> Result<Option<StreamHead>, RecordsError> {
-        each_adapter!(self, records => records.stream_head(post_id).await)
-    }
-
-    async fn ping(&self) -> Result<(), RecordsError> {
-        each_adapter!(self, records => records.ping().await)
-    }
+    crate::command_records_methods!(forward {});
 }

@@ -7,6 +7,7 @@
 
 use std::fmt::Display;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use command_host::records::postgres::PostgresCommandRecords;
@@ -49,6 +50,17 @@ pub async fn spawn_app() -> TestApp {
     let (pool, schema) = testkit::fresh_pg_schema("cmd").await;
     let topic = testkit::fresh_topic("cmd", 3).await;
     spawn_app_on(pool, schema, topic, testkit::kafka_brokers()).await
+}
+
+/// Starts a host with `limits` on fresh storage named after `name` (one
+/// partition), and returns the pool too, for a test that holds locks on it.
+pub async fn spawn_app_with_limits(name: &str, limits: WriteLimits) -> (Arc<TestApp>, PgPool) {
+    let (pool, schema) = testkit::fresh_pg_schema(name).await;
+    let topic = testkit::fresh_topic(name, 1).await;
+    let records = migrated_records(&pool).await;
+    let brokers = testkit::kafka_brokers();
+    let app = spawn_app_limited(pool.clone(), schema, topic, brokers, records, limits).await;
+    (Arc::new(app), pool)
 }
 
 /// Starts the host on existing storage (e.g. to restart it) and a given broker.
@@ -413,20 +425,5 @@ impl<R> HookedRecords<R> {
 }
 
 impl<R: CommandRecords> CommandRecords for HookedRecords<R> {
-    testkit::forward_to_inner! {
-        before = hook;
-        fn claim_idempotency_key(
-            &self, user: &UserId, key: &str, fingerprint: &[u8; 32], stale_after: Duration
-        ) -> Result<IdempotencyClaim, RecordsError>;
-        fn complete_idempotency_key(
-            &self, user: &UserId, key: &str, claim: ClaimToken, response: &StoredResponse
-        ) -> Result<bool, RecordsError>;
-        fn release_idempotency_key(
-            &self, user: &UserId, key: &str, claim: ClaimToken
-        ) -> Result<(), RecordsError>;
-        fn record_stream_head(&self, head: &StreamHead) -> Result<(), RecordsError>;
-        fn record_stream_heads(&self, heads: &[StreamHead]) -> Result<(), RecordsError>;
-        fn stream_head(&self, post_id: PostId) -> Result<Option<StreamHead>, RecordsError>;
-        fn ping(&self) -> Result<(), RecordsError>;
-    }
+    command_host::command_records_methods!(testkit::forward_to_inner { before = hook; });
 }
