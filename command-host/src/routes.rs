@@ -21,38 +21,28 @@ pub enum Endpoint {
 }
 
 pub const ROUTES: &[Route<Endpoint>] = &[
-    Route::new("POST /posts", Endpoint::Write(commands::CREATE_POST)),
-    Route::new(
-        "PUT /posts/{id}/message",
-        Endpoint::Write(commands::EDIT_MESSAGE),
-    ),
-    Route::new(
-        "POST /posts/{id}/likes",
-        Endpoint::Write(commands::LIKE_POST),
-    ),
-    Route::new(
-        "DELETE /posts/{id}/likes",
-        Endpoint::Write(commands::UNLIKE_POST),
-    ),
-    Route::new(
-        "POST /posts/{id}/comments",
-        Endpoint::Write(commands::ADD_COMMENT),
-    ),
-    Route::new(
-        "PUT /posts/{id}/comments/{cid}",
-        Endpoint::Write(commands::EDIT_COMMENT),
-    ),
-    Route::new(
+    write("POST /posts", commands::CREATE_POST),
+    write("PUT /posts/{id}/message", commands::EDIT_MESSAGE),
+    write("POST /posts/{id}/likes", commands::LIKE_POST),
+    write("DELETE /posts/{id}/likes", commands::UNLIKE_POST),
+    write("POST /posts/{id}/comments", commands::ADD_COMMENT),
+    write("PUT /posts/{id}/comments/{cid}", commands::EDIT_COMMENT),
+    write(
         "DELETE /posts/{id}/comments/{cid}",
-        Endpoint::Write(commands::REMOVE_COMMENT),
+        commands::REMOVE_COMMENT,
     ),
-    Route::new("DELETE /posts/{id}", Endpoint::Write(commands::DELETE_POST)),
+    write("DELETE /posts/{id}", commands::DELETE_POST),
     Route::new("GET /posts/{id}/events", Endpoint::History),
     Route::new("GET /healthz", Endpoint::Healthz),
     Route::new("GET /readyz", Endpoint::Readyz),
     Route::new("GET /metrics", Endpoint::Metrics),
     Route::new("GET /openapi.json", Endpoint::OpenApi),
 ];
+
+/// A write route: a line of [`ROUTES`] per command.
+const fn write(route: &'static str, command: Write) -> Route<Endpoint> {
+    Route::new(route, Endpoint::Write(command))
+}
 
 /// Finds the endpoint for a request line: unknown paths are 404, known paths
 /// with another method 405.
