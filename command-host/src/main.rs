@@ -25,21 +25,20 @@ const USAGE: &str = "usage:
   command-host repair-registry                  rebuild the stream registry (RECORDS_URL) from the
                                                 event store (EVENT_STORE_URL); safe while hosts serve";
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    platform::init_tracing();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        None | Some("serve") => serve().await,
-        Some("mint-token") => mint_token(&args[1..]),
-        Some("repair-registry") => repair_registry().await,
-        Some("-h" | "--help" | "help") => {
-            println!("{USAGE}");
-            Ok(())
+fn main() -> ExitCode {
+    platform::host_main("command-host", || async {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        match args.first().map(String::as_str) {
+            None | Some("serve") => serve().await,
+            Some("mint-token") => mint_token(&args[1..]),
+            Some("repair-registry") => repair_registry().await,
+            Some("-h" | "--help" | "help") => {
+                println!("{USAGE}");
+                Ok(())
+            }
+            Some(other) => Err(format!("unknown subcommand {other:?}\n{USAGE}")),
         }
-        Some(other) => Err(format!("unknown subcommand {other:?}\n{USAGE}")),
-    };
-    platform::exit_code("command-host", result)
+    })
 }
 
 async fn serve() -> Result<(), String> {

@@ -19,9 +19,23 @@ pub mod metrics;
 pub mod routes;
 pub mod stop;
 
+/// A host's `main`: logging, a multi-threaded runtime, then `run` on it; the
+/// exit status says how `run` ended.
+pub fn host_main<F>(host: &str, run: impl FnOnce() -> F) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = Result<(), String>>,
+{
+    init_tracing();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("start the runtime: {e}"));
+    exit_code(host, runtime.and_then(|runtime| runtime.block_on(run())))
+}
+
 /// A host's exit status from what its `main` did; an error is printed first,
 /// prefixed with the host's name.
-pub fn exit_code(host: &str, result: Result<(), String>) -> std::process::ExitCode {
+fn exit_code(host: &str, result: Result<(), String>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(message) => {
@@ -43,9 +57,8 @@ pub async fn bind(
     Ok(listener)
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`). Each host's `main`
-/// calls this first.
-pub fn init_tracing() {
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),

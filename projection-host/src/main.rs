@@ -8,15 +8,11 @@ use event_store::AnyEventStore;
 use platform::http::ServerConfig;
 use platform::metrics::Metrics;
 use platform::shutdown_signal;
-use plumbing::pg::PgPool;
 use projection_host::config::Config;
-use projection_host::consumer::ConsumerConfig;
 use projection_host::{ProjectionHostDeps, run};
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    platform::init_tracing();
-    platform::exit_code("projection-host", serve().await)
+fn main() -> ExitCode {
+    platform::host_main("projection-host", serve)
 }
 
 async fn serve() -> Result<(), String> {
@@ -24,8 +20,7 @@ async fn serve() -> Result<(), String> {
     let store = AnyEventStore::connect(&config.event_store_url, config.pool_size)
         .await
         .map_err(|e| format!("connect event store: {e}"))?;
-    let pool = PgPool::from_url(&config.read_model.url, config.pool_size)
-        .map_err(|e| format!("READ_MODEL_URL: {e}"))?;
+    let pool = config.read_model.pool(config.pool_size)?;
     if config.admin_token.is_none() {
         tracing::warn!("ADMIN_TOKEN is not set: the replay admin surface is disabled");
     }
@@ -35,16 +30,7 @@ async fn serve() -> Result<(), String> {
         pool,
         read_model_schema: config.read_model.schema,
         notifications_schema: config.read_model.notifications,
-        consumer: ConsumerConfig {
-            brokers: config.kafka_brokers,
-            topic: config.kafka_topic,
-            group: config.read_model_group,
-            max_batch: config.max_batch,
-            max_wait: config.max_wait,
-            fetch_wait: config.fetch_wait,
-            instance_id: config.instance_id,
-            debug: config.kafka_debug,
-        },
+        consumer: config.consumer,
         notifications_group: config.notifications_group,
         admin_token: config.admin_token,
         server: ServerConfig::default(),

@@ -7,20 +7,16 @@ use platform::auth::TokenKey;
 use platform::http::ServerConfig;
 use platform::metrics::Metrics;
 use platform::shutdown_signal;
-use plumbing::pg::PgPool;
 use query_host::config::Config;
 use query_host::{QueryHostDeps, run};
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    platform::init_tracing();
-    platform::exit_code("query-host", serve().await)
+fn main() -> ExitCode {
+    platform::host_main("query-host", serve)
 }
 
 async fn serve() -> Result<(), String> {
     let config = Config::from_env().map_err(|e| e.to_string())?;
-    let pool = PgPool::from_url(&config.read_model.url, config.pool_size)
-        .map_err(|e| format!("READ_MODEL_URL: {e}"))?;
+    let pool = config.read_model.pool(config.pool_size)?;
     if config.token_secret.is_none() {
         tracing::warn!("TOKEN_SECRET is not set: /me/notifications answers 503");
     }

@@ -96,6 +96,11 @@ impl Location {
             notifications: parsed_or("NOTIFICATIONS_SCHEMA", plain("notifications"))?,
         })
     }
+
+    /// A pool of at most `size` connections to the read model's database.
+    pub fn pool(&self, size: usize) -> Result<plumbing::pg::PgPool, String> {
+        plumbing::pg::PgPool::from_url(&self.url, size).map_err(|e| format!("READ_MODEL_URL: {e}"))
+    }
 }
 
 /// One table of the read model: its name and columns, in the order rows are
