@@ -285,10 +285,20 @@ impl Reads {
         rows.iter().map(PostRow::from_row).collect()
     }
 
-    pub async fn get_post(&self, id: PostId) -> Result<PostLookup, tokio_postgres::Error> {
+    /// Runs the prepared statement `sql` on a pooled connection.
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
         let mut conn = self.pool.get().await?;
-        let statement = conn.prepared(&self.sql.get_post).await?;
-        post_lookup(conn.query_opt(&statement, &[&id.as_uuid()]).await?.as_ref())
+        let statement = conn.prepared(sql).await?;
+        conn.query(&statement, params).await
+    }
+
+    pub async fn get_post(&self, id: PostId) -> Result<PostLookup, tokio_postgres::Error> {
+        let rows = self.query(&self.sql.get_post, &[&id.as_uuid()]).await?;
+        post_lookup(rows.first())
     }
 
     /// The post and, if it is live, its comments oldest first: one statement.
@@ -296,9 +306,9 @@ impl Reads {
         &self,
         id: PostId,
     ) -> Result<(PostLookup, Vec<CommentView>), tokio_postgres::Error> {
-        let mut conn = self.pool.get().await?;
-        let statement = conn.prepared(&self.sql.get_post_with_comments).await?;
-        let row = conn.query_opt(&statement, &[&id.as_uuid()]).await?;
+        let sql = &self.sql.get_post_with_comments;
+        // One row at most: the post is found by its key.
+        let row = self.query(sql, &[&id.as_uuid()]).await?.into_iter().next();
         let lookup = post_lookup(row.as_ref())?;
         let (Some(row), PostLookup::Live(_)) = (row, &lookup) else {
             return Ok((lookup, Vec::new()));
@@ -334,13 +344,10 @@ impl Reads {
         &self,
         id: PostId,
     ) -> Result<Vec<CommentView>, tokio_postgres::Error> {
-        let mut conn = self.pool.get().await?;
-        let statement = conn.prepared(&self.sql.post_comments).await?;
-        conn.query(&statement, &[&id.as_uuid()])
-            .await?
-            .iter()
-            .map(CommentRow::from_row)
-            .collect()
+        let rows = self
+            .query(&self.sql.post_comments, &[&id.as_uuid()])
+            .await?;
+        rows.iter().map(CommentRow::from_row).collect()
     }
 
     /// Up to `limit + 1` comments, oldest first.
@@ -350,12 +357,9 @@ impl Reads {
         limit: i64,
         cursor: Option<Cursor>,
     ) -> Result<Vec<CommentView>, tokio_postgres::Error> {
-        let mut conn = self.pool.get().await?;
-        let statement = conn.prepared(&self.sql.list_comments).await?;
         let (at, after) = cursor_params(cursor);
-        let rows = conn
-            .query(&statement, &[&id.as_uuid(), &at, &after, &(limit + 1)])
-            .await?;
+        let params: [&(dyn ToSql + Sync); 4] = [&id.as_uuid(), &at, &after, &(limit + 1)];
+        let rows = self.query(&self.sql.list_comments, &params).await?;
         rows.iter().map(CommentRow::from_row).collect()
     }
 
@@ -366,12 +370,9 @@ impl Reads {
         limit: i64,
         cursor: Option<Cursor>,
     ) -> Result<Vec<NotificationView>, tokio_postgres::Error> {
-        let mut conn = self.pool.get().await?;
-        let statement = conn.prepared(&self.sql.notifications).await?;
         let (at, id) = cursor_params(cursor);
-        let rows = conn
-            .query(&statement, &[&recipient, &at, &id, &(limit + 1)])
-            .await?;
+        let params: [&(dyn ToSql + Sync); 4] = [&recipient, &at, &id, &(limit + 1)];
+        let rows = self.query(&self.sql.notifications, &params).await?;
         Ok(rows
             .iter()
             .map(|row| NotificationView {
