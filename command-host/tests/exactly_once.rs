@@ -283,20 +283,7 @@ async fn two_hosts_never_answer_from_state_the_other_moved_on() {
 #[tokio::test]
 async fn a_write_stuck_past_the_stale_window_and_its_retry_append_once() {
     let limits = command_host::WriteLimits::default();
-    let (pool, schema) = testkit::fresh_pg_schema("once").await;
-    let topic = testkit::fresh_topic("once", 1).await;
-    let records = support::migrated_records(&pool).await;
-    let app = std::sync::Arc::new(
-        support::spawn_app_limited(
-            pool.clone(),
-            schema,
-            topic,
-            testkit::kafka_brokers(),
-            records,
-            limits,
-        )
-        .await,
-    );
+    let (app, pool) = support::spawn_app_with_limits("once", limits).await;
     let post = app.create_post("alice", "hello").await;
     let key = "stuck-comment";
     let path = format!("/posts/{post}/comments");

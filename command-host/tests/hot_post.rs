@@ -267,20 +267,7 @@ async fn a_post_loads_from_its_snapshot_and_ignores_one_it_cannot_use() {
 #[tokio::test]
 async fn a_failed_append_keeps_each_refusals_own_answer() {
     let limits = command_host::WriteLimits::for_stale_window(Duration::from_secs(8));
-    let (pool, schema) = testkit::fresh_pg_schema("hot").await;
-    let topic = testkit::fresh_topic("hot", 1).await;
-    let records = support::migrated_records(&pool).await;
-    let app = std::sync::Arc::new(
-        support::spawn_app_limited(
-            pool.clone(),
-            schema,
-            topic,
-            testkit::kafka_brokers(),
-            records,
-            limits,
-        )
-        .await,
-    );
+    let (app, pool) = support::spawn_app_with_limits("hot", limits).await;
     let post = app.create_post("alice", "hello").await;
     let mut locker = pool.get().await.expect("connection");
     let lock = locker.client().transaction().await.expect("begin");

@@ -85,6 +85,14 @@ async fn expect_claim(
     claimed
 }
 
+/// Gives back the key `claim` holds; the call must succeed.
+async fn release(records: &impl CommandRecords, who: &str, key: &str, claim: &IdempotencyClaim) {
+    records
+        .release_idempotency_key(&user(who), key, token(claim))
+        .await
+        .expect("release");
+}
+
 fn token(claim: &IdempotencyClaim) -> ClaimToken {
     match claim {
         Claimed(token) => *token,
@@ -121,10 +129,7 @@ async fn claim_complete_and_replay(records: &impl CommandRecords) {
 async fn release_frees_the_key_and_stale_claims_are_taken_over(records: &impl CommandRecords) {
     let key = fresh_key();
     let first = expect_claim(records, "alice", &key, 1, STALE, Got::Claimed).await;
-    records
-        .release_idempotency_key(&user("alice"), &key, token(&first))
-        .await
-        .expect("release");
+    release(records, "alice", &key, &first).await;
     expect_claim(records, "alice", &key, 1, STALE, Got::Claimed).await;
 
     let stale = fresh_key();
@@ -143,10 +148,7 @@ async fn only_the_holder_completes_or_releases(records: &impl CommandRecords) {
     let old = expect_claim(records, "dave", &key, 3, STALE, Got::Claimed).await;
     outlive().await;
     let new = expect_claim(records, "dave", &key, 3, BRIEF, Got::Claimed).await;
-    records
-        .release_idempotency_key(&user("dave"), &key, token(&old))
-        .await
-        .expect("release");
+    release(records, "dave", &key, &old).await;
     expect_claim(records, "dave", &key, 3, STALE, Got::InProgress).await;
     let held = records
         .complete_idempotency_key(&user("dave"), &key, token(&old), &response("old"))
