@@ -6,7 +6,7 @@
 # table of N rows measured in the same run.
 #
 # The events are written by SQL straight into the events table, in the format
-# the command host writes (docs/events.md), as if long published: a bulk load
+# the command host writes (the envelope: domain/src/envelope.rs), as if long published: a bulk load
 # of real events, which the replay then decodes and folds like any others.
 # Post i (1..N) is by author(i mod 1000); 5% (i mod 20 = 0) have 9 comments
 # and no likes, the others i mod 10 likes and edits for the rest, so

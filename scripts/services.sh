@@ -208,8 +208,8 @@ EOF
 # Written by scripts/services.sh on every start. The broker's log, in a file
 # of at most 4 x 20 MB. Partition state changes and request traces, one line
 # per partition or request, stay at WARN: tests create many topics. So do the
-# dumps of every setting each client and server logs as it starts (about two
-# thousand lines a start); server.properties above says what was set.
+# dumps of every setting each client and server logs as it starts;
+# server.properties above says what was set.
 status = warn
 appender.file.type = RollingFile
 appender.file.name = file

@@ -206,11 +206,7 @@ pub fn with_statement_timeout(pool: &PgPool, timeout: std::time::Duration) -> Pg
 
 /// `pool` for statements that all find their rows by key or in an index's
 /// order, as every adapter's do: its connections run with sequential scans
-/// off. A connection keeps a prepared statement's generic plan until the table
-/// is analyzed again, and a table analyzed while nearly empty (a fresh
-/// deployment) gets sequential-scan plans, which then read the whole table for
-/// every statement as it grows, until autovacuum analyzes it again. With
-/// sequential scans off, plans use the indexes whatever the statistics say.
+/// off (docs/performance.md#keyed-plans).
 pub fn keyed(pool: &PgPool) -> PgPool {
     pool.with_setting("enable_seqscan", "off")
 }

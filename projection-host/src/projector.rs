@@ -130,14 +130,8 @@ impl ReadModel {
 }
 
 /// Opens the transaction a projection applies a batch in, with sequential
-/// scans ruled out. Every statement in it finds its rows by key, and each
-/// connection keeps the generic plan of a prepared statement until the table is
-/// analyzed again. On a table last analyzed while nearly empty (a new read
-/// model, a replayed one) that plan is a sequential scan, which then reads the
-/// whole table for every batch as it grows, until autovacuum analyzes it again:
-/// batches slowed from milliseconds to a hundred on a read model filling at a
-/// few thousand events a second. With sequential scans off, every plan made in
-/// these transactions uses the keys' indexes, whatever the statistics say.
+/// scans off: every statement in it finds its rows by key
+/// (docs/performance.md#keyed-plans).
 pub(crate) async fn keyed_transaction(
     conn: &mut PgConn,
 ) -> Result<tokio_postgres::Transaction<'_>, tokio_postgres::Error> {

@@ -107,7 +107,8 @@ pub async fn run(
     background.spawn("change listener", async move {
         stopping.or_until_stopped(listen).await;
     });
-    // Every read finds its rows by key or in an index's order.
+    // Every read finds its rows by key or in an index's order
+    // (docs/performance.md#keyed-plans).
     let pool = plumbing::pg::keyed(&deps.pool);
     let app = Arc::new(App {
         reads: Reads::new(pool, &deps.read_model_schema, &deps.notifications_schema),

@@ -233,7 +233,7 @@ fn registry_batcher<R: CommandRecords + 'static>(
             max_items: 512,
             max_in_flight: 1,
             // Nobody waits for these rows: gather up to 20 ms of them per
-            // statement (under load, 4-5 heads a statement without it).
+            // statement.
             linger: Duration::from_millis(20),
         },
         move |heads: Vec<StreamHead>| {
