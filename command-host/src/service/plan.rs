@@ -76,14 +76,7 @@ impl<S: EventStore + 'static, R: CommandRecords + 'static> CommandService<S, R> 
             };
             if envelopes.is_empty() {
                 state.post = Some(post);
-                let results = plan
-                    .into_iter()
-                    .map(|p| match p {
-                        Planned::Answered(result) => result.map_err(NothingAppended),
-                        Planned::Appends(_) => unreachable!("nothing appends"),
-                    })
-                    .collect();
-                return send(replies, results);
+                return send(replies, appended(plan));
             }
             if writes.iter().any(WriteRequest::past_deadline) {
                 // Decide the others again, without it.
@@ -91,13 +84,7 @@ impl<S: EventStore + 'static, R: CommandRecords + 'static> CommandService<S, R> 
             }
             match self.store.append_to_stream(post_id, base, &envelopes).await {
                 Ok(()) => {
-                    let results = plan
-                        .into_iter()
-                        .map(|planned| match planned {
-                            Planned::Appends(written) => Ok(written),
-                            Planned::Answered(result) => result.map_err(NothingAppended),
-                        })
-                        .collect();
+                    let results = appended(plan);
                     self.relay_wake.notify_one();
                     self.metrics.events_appended.inc(envelopes.len() as u64);
                     self.metrics.write_batches.inc(1);
@@ -223,6 +210,16 @@ fn plan_batch(post: &mut Post, writes: &[WriteRequest]) -> (Vec<Planned>, Vec<Ev
         })
         .collect();
     (plan, envelopes)
+}
+
+/// The answers to a batch whose events (if it had any) are appended.
+fn appended(plan: Vec<Planned>) -> Vec<Result<Written, WriteFailure>> {
+    plan.into_iter()
+        .map(|planned| match planned {
+            Planned::Appends(written) => Ok(written),
+            Planned::Answered(result) => result.map_err(WriteFailure::NothingAppended),
+        })
+        .collect()
 }
 
 /// The same failure for every write of a batch, none of which appended.
