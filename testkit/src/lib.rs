@@ -331,13 +331,17 @@ impl PrivateKafka {
         );
         std::fs::write(dir.join("server.properties"), properties).expect("write properties");
         let formatted = Self::java(&dir)
-            .args(["kafka.tools.StorageTool", "format", "-t"])
-            .arg(cluster_id())
+            .args(["kafka.tools.StorageTool", "format"])
+            .arg(format!("--cluster-id={}", cluster_id()))
             .args(["-c", "server.properties"])
             .status()
             .await
             .expect("run the storage formatter");
-        assert!(formatted.success(), "format the private broker's storage");
+        if !formatted.success() {
+            let log = std::fs::read_to_string(dir.join("kafka.log")).unwrap_or_default();
+            let _ = std::fs::remove_dir_all(&dir);
+            panic!("format the private broker's storage:\n{log}");
+        }
         let mut kafka = Self {
             dir,
             port,
@@ -443,7 +447,18 @@ fn broker_answers(brokers: &str) -> Option<()> {
 }
 
 /// A Kafka cluster id: 16 random bytes in URL-safe base64 without padding.
+/// Like Kafka's own `Uuid.randomUuid`, it never starts with `-`, which the
+/// storage tool's argument parser would take for an option.
 fn cluster_id() -> String {
+    loop {
+        let id = encoded_uuid();
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
+}
+
+fn encoded_uuid() -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let bytes = Uuid::new_v4().into_bytes();
     let mut bits = 0u32;
@@ -461,4 +476,24 @@ fn cluster_id() -> String {
         out.push(char::from(ALPHABET[((bits << (6 - held)) & 63) as usize]));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cluster_id;
+
+    #[test]
+    fn cluster_ids_are_22_url_safe_characters_never_led_by_a_dash() {
+        // One id in 64 would start with `-` if nothing prevented it.
+        for _ in 0..10_000 {
+            let id = cluster_id();
+            assert_eq!(id.len(), 22, "{id}");
+            assert!(!id.starts_with('-'), "{id}");
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                "{id}"
+            );
+        }
+    }
 }
