@@ -94,17 +94,9 @@ replay_run() { # build-label bin-dir; sets result (events/s)
   start_host projection-host 18093 EVENT_STORE_URL="$store_url" READ_MODEL_URL="$POSTGRES_URL" \
     READ_MODEL_SCHEMA="$model" NOTIFICATIONS_SCHEMA="${model}_nt" KAFKA_BROKERS="$KAFKA_BROKERS" \
     KAFKA_TOPIC="$topic-idle" READ_MODEL_GROUP="$model" NOTIFICATIONS_GROUP="${model}_nt"
-  local admin=(-fsS -H "Authorization: Bearer $ADMIN_TOKEN" http://127.0.0.1:18093/admin/replay) progress
-  curl -X POST "${admin[@]}" >/dev/null
-  for _ in $(seq 1 6000); do
-    progress=$(curl "${admin[@]}")
-    grep -q '"state":"running"' <<<"$progress" || break
-    sleep 0.2
-  done
+  replay_on 18093 1200
   stop_last_host
-  grep -q '"state":"succeeded"' <<<"$progress" || { say "replay failed: $progress"; exit 1; }
-  local ms; ms=$(sed -n 's/.*"elapsed_ms":\([0-9]*\).*/\1/p' <<<"$progress")
-  result=$(( events * 1000 / (ms > 0 ? ms : 1) ))
+  result=$(( events * 1000 / (replay_ms > 0 ? replay_ms : 1) ))
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b / a }'; }
 median() { sort -g | awk '{ v[NR] = $1 } END { printf "%.2f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }

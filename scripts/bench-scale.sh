@@ -126,12 +126,8 @@ for posts in $SIZES; do
     NOTIFICATIONS_SCHEMA="${schema}_nt" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic-idle" \
     READ_MODEL_GROUP="$schema-rm" NOTIFICATIONS_GROUP="$schema-nt"
   projection_pid=${pids[-1]}
-  curl -fsS -X POST -H "Authorization: Bearer $ADMIN_TOKEN" http://127.0.0.1:18183/admin/replay >/dev/null
-  while progress=$(curl -fsS -H "Authorization: Bearer $ADMIN_TOKEN" http://127.0.0.1:18183/admin/replay) &&
-    grep -q '"state":"running"' <<<"$progress"; do sleep 1; done
-  grep -q '"state":"succeeded"' <<<"$progress" || { say "replay failed: $progress"; exit 1; }
-  elapsed_ms=$(sed -n 's/.*"elapsed_ms":\([0-9]*\).*/\1/p' <<<"$progress")
-  replay_rate=$(( events * 1000 / (elapsed_ms > 0 ? elapsed_ms : 1) ))
+  replay_on 18183
+  replay_rate=$(( events * 1000 / (replay_ms > 0 ? replay_ms : 1) ))
   replay_rss_mb=$(( $(awk '/VmHWM/ {print $2}' "/proc/$projection_pid/status") / 1024 ))
   stop_last_host
   delete_topic "^($topic|$topic-idle)\$" >/dev/null 2>&1 || true

@@ -212,22 +212,12 @@ stop_last_host
 # The query load needs the whole read model: a replay builds it from the event
 # store. This projection host listens to a topic nobody writes to, so it does
 # nothing but replays.
-replay() { # on the projection host at ${replay_port:-18083}
-  local port=${replay_port:-18083}
-  curl -fsS -X POST -H "Authorization: Bearer $ADMIN_TOKEN" "http://127.0.0.1:$port/admin/replay" >/dev/null
-  for _ in $(seq 1 3000); do
-    progress=$(curl -fsS -H "Authorization: Bearer $ADMIN_TOKEN" "http://127.0.0.1:$port/admin/replay")
-    grep -q '"state":"running"' <<<"$progress" || break
-    sleep 0.2
-  done
-  grep -q '"state":"succeeded"' <<<"$progress" || { say "replay failed: $progress"; exit 1; }
-}
 create_topic "$topic-idle" 1
 start_host projection-host 18083 EVENT_STORE_URL="$store_url" READ_MODEL_URL="$POSTGRES_URL" READ_MODEL_SCHEMA="${schema}_rm" \
   NOTIFICATIONS_SCHEMA="${schema}_nt" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic-idle" READ_MODEL_GROUP="$schema-rm" NOTIFICATIONS_GROUP="$schema-nt"
 projection_pid=${pids[-1]}
 say "building the read model for the query load (replay)"
-replay
+replay_on 18083 600
 start_host query-host 18082 READ_MODEL_URL="$POSTGRES_URL" READ_MODEL_SCHEMA="${schema}_rm" NOTIFICATIONS_SCHEMA="${schema}_nt" PG_POOL_SIZE=16
 say "query host: GET /posts/{id}"
 read -r get_rps get_p99 get_err < <(MODE=get wrk_run 64 http://127.0.0.1:18082 "$work/load.lua")
@@ -299,9 +289,8 @@ FROM (SELECT gen_random_uuid() AS id FROM generate_series(1, $posts)) p, generat
 psql_ -c "VACUUM ANALYZE $schema.events"
 replay_total=$(psql_ -c "SELECT count(*) FROM $schema.events")
 say "replay: $replay_total events"
-replay
-elapsed_ms=$(sed -n 's/.*"elapsed_ms":\([0-9]*\).*/\1/p' <<<"$progress")
-replay_rate=$(( replay_total * 1000 / (elapsed_ms > 0 ? elapsed_ms : 1) ))
+replay_on 18083 600
+replay_rate=$(( replay_total * 1000 / (replay_ms > 0 ? replay_ms : 1) ))
 replay_rss_mb=$(( $(awk '/VmHWM/ {print $2}' "/proc/$projection_pid/status") / 1024 ))
 stop_last_host
 
@@ -338,10 +327,9 @@ if [[ -n "${MONGODB_URL:-}" ]]; then
   start_host projection-host 18087 EVENT_STORE_URL="$fdb_store" READ_MODEL_URL="$POSTGRES_URL" READ_MODEL_SCHEMA="${schema}_fdb_rm" \
     NOTIFICATIONS_SCHEMA="${schema}_fdb_nt" KAFKA_BROKERS="$KAFKA_BROKERS" KAFKA_TOPIC="$topic-idle" READ_MODEL_GROUP="$schema-fdb-rm" NOTIFICATIONS_GROUP="$schema-fdb-nt"
   say "replay from FerretDB"
-  replay_port=18087 replay
+  replay_on 18087 600
   fdb_replay_total=$(sed -n 's/.*"events_total":\([0-9]*\).*/\1/p' <<<"$progress")
-  elapsed_ms=$(sed -n 's/.*"elapsed_ms":\([0-9]*\).*/\1/p' <<<"$progress")
-  fdb_replay_rate=$(( ${fdb_replay_total:-0} * 1000 / (elapsed_ms > 0 ? elapsed_ms : 1) ))
+  fdb_replay_rate=$(( ${fdb_replay_total:-0} * 1000 / (replay_ms > 0 ? replay_ms : 1) ))
   stop_last_host
   mongo_port="${MONGODB_URL##*:}"
   mongo_command 127.0.0.1 "${mongo_port%%/*}" dropDatabase "${schema}_fdb" >/dev/null 2>&1 || true

@@ -240,3 +240,19 @@ start_host() { # name port env...
 
 # Stops the host started last by start_host.
 stop_last_host() { kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'; }
+
+# replay_on <port> [seconds]: starts a replay on the projection host at
+# 127.0.0.1:<port> (as ADMIN_TOKEN), waits until it is no longer running (at
+# most <seconds>, unbounded if none) and sets `progress` to its last answer and
+# `replay_ms` to its elapsed time; exits unless it succeeded.
+replay_on() {
+  local admin=(-fsS -H "Authorization: Bearer $ADMIN_TOKEN" "http://127.0.0.1:$1/admin/replay")
+  local limit=${2:-0} started=$SECONDS
+  curl -X POST "${admin[@]}" >/dev/null
+  while progress=$(curl "${admin[@]}") && grep -q '"state":"running"' <<<"$progress" &&
+    (( limit == 0 || SECONDS - started < limit )); do
+    sleep 0.2
+  done
+  grep -q '"state":"succeeded"' <<<"$progress" || { printf 'replay failed: %s\n' "$progress" >&2; exit 1; }
+  replay_ms=$(sed -n 's/.*"elapsed_ms":\([0-9]*\).*/\1/p' <<<"$progress")
+}
